@@ -1,0 +1,20 @@
+/* Value parsers shared by the directives and the handshake. APR only. */
+#ifndef WSP_PARSE_H
+#define WSP_PARSE_H
+
+#include <apr.h>
+#include <apr_time.h>
+
+/* "5M", "64K", "1G", "1000": bytes. Returns NULL or an error text. */
+const char *wsp_parse_size(const char *arg, apr_off_t *bytes);
+
+/* "10" (seconds), "2s", "250ms", "1m": a time. Returns NULL or an error. */
+const char *wsp_parse_time(const char *arg, apr_interval_time_t *t);
+
+/* A canonical UUID: 8-4-4-4-12 hex digits, either case. */
+int wsp_uuid_valid(const char *s);
+
+/* Whether a comma separated header value lists token (case-insensitive). */
+int wsp_header_has_token(const char *value, const char *token);
+
+#endif /* WSP_PARSE_H */

@@ -1,0 +1,32 @@
+#!/bin/sh
+# Checks (and, as root, installs) the Debian packages a target needs.
+# usage: t/deps.sh build|test|demo
+set -e
+case "$1" in
+    build) pkgs="apache2-dev uuid-dev gcc make" ;;
+    demo)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-websockets" ;;
+    test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets openssl" ;;
+    *) echo "usage: $0 build|test|demo" >&2; exit 2 ;;
+esac
+missing=""
+for p in $pkgs; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing
+    # Debian starts the stock apache2 service on install; our tests and the
+    # demo run their own httpd, so keep the system one out of the way.
+    if echo "$missing" | grep -q "apache2 "; then
+        apache2ctl -k stop >/dev/null 2>&1 || true
+    fi
+else
+    echo "missing Debian packages:$missing" >&2
+    echo "install them with: sudo apt-get install$missing" >&2
+    exit 1
+fi
