@@ -1,0 +1,163 @@
+/* Value parsers shared by the directives and the handshake. APR only. */
+#include <apr_lib.h>
+#include <apr_strings.h>
+#include <apr_cstr.h>
+
+#include "wsp_parse.h"
+
+#define WSP_OFF_MAX ((APR_UINT64_C(1) << (sizeof(apr_off_t) * 8 - 1)) - 1)
+#define WSP_TIME_MAX ((apr_uint64_t)APR_INT64_MAX)
+
+/* The texts do not repeat the value: they take no pool, and the directive
+ * handlers quote the value and the directive name around them. */
+#define WSP_NOT_SIZE "not a size (bytes, or a number with suffix K, M or G)"
+#define WSP_NOT_TIME "not a time (seconds, or a number with suffix ms, s, " \
+                     "m or h)"
+#define WSP_TOO_LARGE "too large"
+#define WSP_NEGATIVE "negative"
+
+#define WSP_DIGITS_OK    0
+#define WSP_DIGITS_NONE  1
+#define WSP_DIGITS_BIG   2
+
+/* The leading decimal digits of s into *n, at most max; *end is the first
+ * byte after them. */
+static int wsp_parse_digits(const char *s, apr_uint64_t max,
+                            apr_uint64_t *n, const char **end)
+{
+    apr_uint64_t v = 0;
+
+    if (!apr_isdigit(*s)) {
+        return WSP_DIGITS_NONE;
+    }
+    for (; apr_isdigit(*s); s++) {
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (max - d) / 10) {
+            return WSP_DIGITS_BIG;
+        }
+        v = v * 10 + d;
+    }
+    *n = v;
+    *end = s;
+    return WSP_DIGITS_OK;
+}
+
+const char *wsp_parse_size(const char *arg, apr_off_t *bytes)
+{
+    apr_uint64_t n, mult = 1;
+    const char *s;
+    int rv;
+
+    if (!arg || !*arg) {
+        return "empty";
+    }
+    rv = wsp_parse_digits(arg, WSP_OFF_MAX, &n, &s);
+    if (rv != WSP_DIGITS_OK) {
+        return rv == WSP_DIGITS_BIG ? WSP_TOO_LARGE
+               : *arg == '-' ? WSP_NEGATIVE : WSP_NOT_SIZE;
+    }
+    switch (apr_tolower(*s)) {
+    case 'k': mult = APR_UINT64_C(1) << 10; s++; break;
+    case 'm': mult = APR_UINT64_C(1) << 20; s++; break;
+    case 'g': mult = APR_UINT64_C(1) << 30; s++; break;
+    }
+    if (apr_tolower(*s) == 'b') {
+        s++;
+    }
+    if (*s) {
+        return WSP_NOT_SIZE;
+    }
+    if (n > WSP_OFF_MAX / mult) {
+        return WSP_TOO_LARGE;
+    }
+    *bytes = (apr_off_t)(n * mult);
+    return NULL;
+}
+
+const char *wsp_parse_time(const char *arg, apr_interval_time_t *t)
+{
+    static const struct {
+        const char *suffix;
+        apr_uint64_t usec;
+    } units[] = {
+        { "",    APR_USEC_PER_SEC },
+        { "ms",  1000 },
+        { "s",   APR_USEC_PER_SEC },
+        { "m",   APR_USEC_PER_SEC * 60 },
+        { "min", APR_USEC_PER_SEC * 60 },
+        { "h",   APR_USEC_PER_SEC * 3600 },
+    };
+    apr_uint64_t n;
+    const char *s;
+    apr_size_t i;
+    int rv;
+
+    if (!arg || !*arg) {
+        return "empty";
+    }
+    rv = wsp_parse_digits(arg, WSP_TIME_MAX, &n, &s);
+    if (rv != WSP_DIGITS_OK) {
+        return rv == WSP_DIGITS_BIG ? WSP_TOO_LARGE
+               : *arg == '-' ? WSP_NEGATIVE : WSP_NOT_TIME;
+    }
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (!apr_cstr_casecmp(s, units[i].suffix)) {
+            if (n > WSP_TIME_MAX / units[i].usec) {
+                return WSP_TOO_LARGE;
+            }
+            *t = (apr_interval_time_t)(n * units[i].usec);
+            return NULL;
+        }
+    }
+    return WSP_NOT_TIME;
+}
+
+int wsp_uuid_valid(const char *s)
+{
+    int i;
+
+    if (!s) {
+        return 0;
+    }
+    for (i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-') {
+                return 0;
+            }
+        }
+        else if (!apr_isxdigit(s[i])) {
+            return 0;
+        }
+    }
+    return s[36] == '\0';
+}
+
+int wsp_header_has_token(const char *value, const char *token)
+{
+    apr_size_t tlen;
+
+    if (!value || !token || !(tlen = strlen(token))) {
+        return 0;
+    }
+    while (*value) {
+        const char *end;
+        apr_size_t n;
+
+        while (*value == ' ' || *value == '\t') {
+            value++;
+        }
+        end = strchr(value, ',');
+        n = end ? (apr_size_t)(end - value) : strlen(value);
+        while (n && (value[n - 1] == ' ' || value[n - 1] == '\t')) {
+            n--;
+        }
+        if (n == tlen && !apr_cstr_casecmpn(value, token, n)) {
+            return 1;
+        }
+        if (!end) {
+            break;
+        }
+        value = end + 1;
+    }
+    return 0;
+}
