@@ -1,0 +1,62 @@
+/* One connection to a backend: non-blocking connect, the client-role
+ * handshake, and the socket and buffers the pipe then uses. */
+#ifndef WSP_BACKEND_H
+#define WSP_BACKEND_H
+
+#include <apr_network_io.h>
+#include <apr_poll.h>
+
+#include "wsp_pool.h"
+#include "wsp_handshake.h"
+
+#define WSP_IBUF_SIZE (64 * 1024)
+
+typedef enum {
+    WSP_BC_CONNECTING,
+    WSP_BC_SENDING,
+    WSP_BC_READING,
+    WSP_BC_OPEN
+} wsp_bc_state_e;
+
+typedef struct {
+    apr_pool_t *pool;              /* the connection's own, gone on close */
+    wsp_backend_t *be;
+    apr_socket_t *sock;
+    apr_sockaddr_t *addr;
+    wsp_bc_state_e state;
+    char *req;                     /* handshake request text */
+    apr_size_t req_len;
+    apr_size_t req_off;
+    char accept[WSP_ACCEPT_LEN + 1];
+    const char *offered;           /* Sec-WebSocket-Protocol we sent */
+    int require_protocol;
+    const char *protocol;          /* what the backend chose */
+    unsigned char *ibuf;           /* bytes read, ibuf[ipos..ilen) unused */
+    apr_size_t ipos;
+    apr_size_t ilen;
+} wsp_bconn_t;
+
+/* Start connecting to be. The request is built by the caller (key inside
+ * req must match key). Fails at once when the address does not resolve or
+ * the connect is refused synchronously. */
+apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
+                            wsp_backend_t *be, const char *req,
+                            const char *key, const char *offered,
+                            int require_protocol);
+
+/* Move the handshake on as far as the socket allows. Returns WSP_HS_MORE,
+ * WSP_HS_OK (state is WSP_BC_OPEN, bytes after the head stay in ibuf) or
+ * WSP_HS_FAIL with *why. */
+int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why);
+
+/* Poll events the handshake waits for. */
+apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc);
+
+/* Read more bytes into ibuf (compacting it first). APR_SUCCESS with data,
+ * APR_EAGAIN, APR_EOF or an error. */
+apr_status_t wsp_bconn_fill(wsp_bconn_t *bc);
+
+/* Close the socket and free everything of the connection. */
+void wsp_bconn_close(wsp_bconn_t *bc);
+
+#endif /* WSP_BACKEND_H */

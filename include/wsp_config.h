@@ -1,0 +1,22 @@
+/* Directives and per-directory configuration. */
+#ifndef WSP_CONFIG_H
+#define WSP_CONFIG_H
+
+#include "mod_ws_persist.h"
+
+extern const command_rec wsp_cmds[];
+
+void *wsp_create_dir_config(apr_pool_t *p, char *dir);
+void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv);
+
+/* Fails the configuration when ws-persist handles a context that has no
+ * backend. Runs at configtest and at start. */
+int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
+                     server_rec *s);
+
+/* The effective values, defaults applied. */
+apr_off_t wsp_conf_max_message(const wsp_dir_conf_t *conf);
+int wsp_conf_is_failover_code(const wsp_dir_conf_t *conf, int code);
+void wsp_conf_pool_opts(const wsp_dir_conf_t *conf, wsp_pool_opts_t *o);
+
+#endif /* WSP_CONFIG_H */

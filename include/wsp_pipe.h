@@ -1,0 +1,159 @@
+/* The pipe: one client id, its client connection, its current backend and
+ * the buffer between them. A non-blocking state machine: a driver polls
+ * what wsp_pipe_want() asks for and calls wsp_pipe_run() on readiness or
+ * when the wake-up time passes. */
+#ifndef WSP_PIPE_H
+#define WSP_PIPE_H
+
+#include "httpd.h"
+#include "apr_buckets.h"
+#include "apr_poll.h"
+#include "util_filter.h"
+
+#include "mod_ws_persist.h"
+#include "wsp_frame.h"
+#include "wsp_queue.h"
+#include "wsp_backend.h"
+
+typedef enum {
+    WSP_PH_CONNECT,        /* first backend, client not upgraded yet */
+    WSP_PH_LIVE,           /* relaying */
+    WSP_PH_FAILOVER,       /* between backends, buffering the client */
+    WSP_PH_DONE,           /* over: the driver ends the request */
+    WSP_PH_FAILED          /* no backend at connect time: 503 */
+} wsp_phase_e;
+
+/* Frames arriving on one hop, gathered into whole messages. */
+typedef struct {
+    wsp_reader_t rd;
+    int in_payload;
+    unsigned char cpay[WSP_CONTROL_MAX];   /* control frame payload */
+    apr_bucket_alloc_t *ba;                /* data frames are built here */
+    int remask;                            /* toward a backend: mask */
+    unsigned char *frame;                  /* data frame being filled */
+    apr_size_t frame_len;
+    apr_size_t frame_hdr;
+    unsigned char key[4];
+    apr_bucket_brigade *msg;               /* frames of this message */
+    apr_off_t msg_bytes;
+    int drop;                              /* discard this message */
+} wsp_hop_in_t;
+
+/* The client connection of a pipe; replaced on a duplicate in replace
+ * mode. Lives in the request's pool. */
+typedef struct {
+    request_rec *r;
+    conn_rec *c;
+    apr_socket_t *sock;
+    ap_filter_t *core_out;
+    wsp_hop_in_t in;                       /* client frames */
+    apr_bucket_brigade *ibb;
+    apr_bucket_brigade *out;               /* frames not yet passed on */
+    apr_bucket_brigade *tmp;
+    apr_off_t out_bytes;
+    int upgraded;
+    int more_input;                        /* stopped reading early */
+    int want_write;
+    int gone;
+    int close_sent;
+    int close_rcvd;
+    int close_code;                        /* what the client sent */
+    const char *close_reason;
+    apr_time_t last_rx;
+    apr_time_t ping_sent;
+} wsp_client_t;
+
+typedef enum {
+    WSP_HANDOVER_NONE = 0,
+    WSP_HANDOVER_ASKED,
+    WSP_HANDOVER_DONE
+} wsp_handover_e;
+
+typedef struct wsp_pipe_t wsp_pipe_t;
+
+struct wsp_pipe_t {
+    apr_pool_t *pool;                  /* the pipe's own, outlives requests */
+    apr_allocator_t *allocator;
+    apr_bucket_alloc_t *ba;            /* client messages toward backends */
+    server_rec *s;
+    const char *id;
+    const char *client_ip;
+    const wsp_dir_conf_t *conf;
+    wsp_pool_opts_t opts;
+    wsp_phase_e phase;
+
+    /* what every backend handshake carries */
+    const char *rest;                  /* path rest and query */
+    const char *offered;               /* client's Sec-WebSocket-Protocol */
+    const char *protocol;              /* pinned by the first backend */
+    apr_table_t *fwd;                  /* forwarded headers */
+    int connections;                   /* backend handshakes completed */
+
+    wsp_client_t *client;
+    wsp_queue_t q;                     /* client messages toward backends */
+
+    /* the current backend */
+    wsp_backend_t *be;
+    wsp_bconn_t *bc;
+    wsp_hop_in_t bin;                  /* backend frames */
+    unsigned char ctrl[2 * (WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX)];
+    apr_size_t ctrl_len;
+    apr_size_t ctrl_off;
+    int b_want_write;
+    int b_close_pending;               /* code to send after the queue */
+    const char *b_close_reason;
+    int b_close_sent;
+    int b_close_rcvd;
+    apr_time_t b_last_rx;
+    apr_time_t b_ping_sent;
+
+    /* timers */
+    apr_time_t deadline;               /* for a usable backend */
+    apr_time_t attempt_deadline;       /* for the current handshake */
+    apr_time_t retry_at;               /* no backend before this */
+    int ending;                        /* session over, closing both hops */
+    apr_time_t close_deadline;
+
+    apr_uint64_t rng;                  /* mask keys */
+
+    /* replace mode: another request takes the pipe over */
+    volatile wsp_handover_e handover;
+    void (*wake)(void *baton);
+    void *wake_baton;
+};
+
+/* A new pipe for request r (its own pool). */
+apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
+                             const wsp_dir_conf_t *conf, const char *id);
+
+/* Attach r's connection as the pipe's client (not upgraded yet). */
+void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r);
+
+/* The 101 went out: start reading the client. */
+void wsp_pipe_upgraded(wsp_pipe_t *p);
+
+/* Let go of the client (a newer connection takes over): close it with
+ * 1008 and forget it. */
+void wsp_pipe_detach(wsp_pipe_t *p);
+
+/* What to poll: events on the client socket, the backend socket (NULL
+ * when none) and its events, and when to call again regardless. */
+void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
+                   apr_int16_t *bev, apr_time_t *wake_at);
+
+/* Do everything the sockets and timers allow. */
+void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev);
+
+/* Free the pipe (backend connection, buffers, pool). */
+void wsp_pipe_destroy(wsp_pipe_t *p);
+
+/* For log lines. */
+const char *wsp_pipe_backend_url(const wsp_pipe_t *p);
+
+/* Every line names the client id, its address and the backend. */
+#define WSP_LOG(p, level, rv, fmt, ...) \
+    ap_log_error(APLOG_MARK, level, rv, (p)->s, \
+                 "ws_persist: client %s (%s) backend %s: " fmt, (p)->id, \
+                 (p)->client_ip, wsp_pipe_backend_url(p), ##__VA_ARGS__)
+
+#endif /* WSP_PIPE_H */

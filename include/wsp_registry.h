@@ -1,0 +1,32 @@
+/* Client id -> live pipe, for this process: an APR hash under a mutex
+ * shared by the MPM's threads. */
+#ifndef WSP_REGISTRY_H
+#define WSP_REGISTRY_H
+
+#include "wsp_pipe.h"
+
+apr_status_t wsp_registry_child_init(apr_pool_t *p);
+
+/* Register p under its id. When a live pipe holds the id: in reject mode
+ * APR_EEXIST; in replace mode ask that pipe's driver to let its client go
+ * and wait up to wait for it: APR_SUCCESS with *taken the old pipe, now
+ * the caller's (p is not registered then), or APR_TIMEUP. */
+apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
+                                apr_interval_time_t wait,
+                                wsp_pipe_t **taken);
+
+/* The pipe ended: its id is free at once. */
+void wsp_registry_remove(wsp_pipe_t *p);
+
+/* The driver of p saw a handover request (checked without the lock
+ * first, cheaply); detach the client, then call this. */
+void wsp_registry_handed_over(wsp_pipe_t *p);
+
+/* Install the wake-up of p's current driver; wakes it at once when a
+ * handover was asked for meanwhile. fn NULL: the driver is leaving. */
+void wsp_registry_set_wake(wsp_pipe_t *p, void (*fn)(void *), void *baton);
+
+/* Live pipes of this process. */
+int wsp_registry_count(void);
+
+#endif /* WSP_REGISTRY_H */

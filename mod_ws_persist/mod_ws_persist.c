@@ -1,0 +1,42 @@
+/* mod_ws_persist: an interruption-resistant WebSocket proxy.
+ * The module record and hook registration only. */
+#define WSP_MODULE_MAIN
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+
+#include "mod_ws_persist.h"
+#include "wsp_config.h"
+#include "wsp_handler.h"
+#include "wsp_pool.h"
+#include "wsp_registry.h"
+
+static void wsp_child_init(apr_pool_t *p, server_rec *s)
+{
+    apr_status_t rv;
+
+    if ((rv = wsp_pool_child_init(p)) != APR_SUCCESS
+        || (rv = wsp_registry_child_init(p)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
+                     "ws_persist: cannot create the process's locks");
+    }
+}
+
+static void wsp_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    ap_hook_check_config(wsp_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(wsp_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(wsp_handler, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+AP_DECLARE_MODULE(ws_persist) = {
+    STANDARD20_MODULE_STUFF,
+    wsp_create_dir_config,
+    wsp_merge_dir_config,
+    NULL,
+    NULL,
+    wsp_cmds,
+    wsp_register_hooks,
+    AP_MODULE_FLAG_NONE
+};

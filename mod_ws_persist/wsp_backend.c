@@ -1,0 +1,171 @@
+/* A backend connection up to and including its opening handshake. */
+#include <errno.h>
+#include <apr_strings.h>
+
+#include "wsp_backend.h"
+
+apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
+                            wsp_backend_t *be, const char *req,
+                            const char *key, const char *offered,
+                            int require_protocol)
+{
+    apr_pool_t *p;
+    wsp_bconn_t *bc;
+    apr_status_t rv;
+
+    *out = NULL;
+    if ((rv = apr_pool_create(&p, parent)) != APR_SUCCESS) {
+        return rv;
+    }
+    bc = apr_pcalloc(p, sizeof(*bc));
+    bc->pool = p;
+    bc->be = be;
+    bc->req = apr_pstrdup(p, req);
+    bc->req_len = strlen(req);
+    bc->offered = offered ? apr_pstrdup(p, offered) : NULL;
+    bc->require_protocol = require_protocol;
+    wsp_accept_make(key, bc->accept);
+
+    /* Resolved per attempt: a redeployed backend may have a new address. */
+    rv = apr_sockaddr_info_get(&bc->addr, be->host, APR_UNSPEC, be->port, 0,
+                               p);
+    if (rv == APR_SUCCESS) {
+        rv = apr_socket_create(&bc->sock, bc->addr->family, SOCK_STREAM,
+                               APR_PROTO_TCP, p);
+    }
+    if (rv == APR_SUCCESS) {
+        apr_socket_opt_set(bc->sock, APR_SO_NONBLOCK, 1);
+        apr_socket_timeout_set(bc->sock, 0);
+        apr_socket_opt_set(bc->sock, APR_TCP_NODELAY, 1);
+        rv = apr_socket_connect(bc->sock, bc->addr);
+        if (rv == APR_SUCCESS) {
+            bc->state = WSP_BC_SENDING;
+        }
+        else if (APR_STATUS_IS_EINPROGRESS(rv)) {
+            bc->state = WSP_BC_CONNECTING;
+            rv = APR_SUCCESS;
+        }
+    }
+    if (rv != APR_SUCCESS) {
+        wsp_bconn_close(bc);
+        return rv;
+    }
+    bc->ibuf = apr_palloc(p, WSP_IBUF_SIZE);
+    *out = bc;
+    return APR_SUCCESS;
+}
+
+apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc)
+{
+    return bc->state == WSP_BC_READING ? APR_POLLIN : APR_POLLOUT;
+}
+
+static const char *wsp_errtext(apr_pool_t *p, const char *what,
+                               apr_status_t rv)
+{
+    char buf[120];
+
+    return apr_psprintf(p, "%s: %s", what, apr_strerror(rv, buf,
+                                                        sizeof(buf)));
+}
+
+int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
+{
+    apr_status_t rv;
+
+    if (bc->state == WSP_BC_CONNECTING) {
+        /* A second connect() reports how the first one ended. */
+        rv = apr_socket_connect(bc->sock, bc->addr);
+        if (APR_STATUS_IS_EINPROGRESS(rv) || rv == APR_FROM_OS_ERROR(EALREADY)) {
+            return WSP_HS_MORE;
+        }
+        if (rv != APR_SUCCESS && rv != APR_FROM_OS_ERROR(EISCONN)) {
+            *why = wsp_errtext(bc->pool, "connect", rv);
+            return WSP_HS_FAIL;
+        }
+        bc->state = WSP_BC_SENDING;
+    }
+    while (bc->state == WSP_BC_SENDING) {
+        apr_size_t n = bc->req_len - bc->req_off;
+
+        rv = apr_socket_send(bc->sock, bc->req + bc->req_off, &n);
+        bc->req_off += n;
+        if (bc->req_off == bc->req_len) {
+            bc->state = WSP_BC_READING;
+        }
+        else if (APR_STATUS_IS_EAGAIN(rv)) {
+            return WSP_HS_MORE;
+        }
+        else if (rv != APR_SUCCESS) {
+            *why = wsp_errtext(bc->pool, "sending the handshake", rv);
+            return WSP_HS_FAIL;
+        }
+    }
+    for (;;) {
+        apr_size_t head_len;
+        int res;
+
+        rv = wsp_bconn_fill(bc);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            return WSP_HS_MORE;
+        }
+        if (APR_STATUS_IS_EOF(rv)) {
+            *why = "connection closed during the handshake";
+            return WSP_HS_FAIL;
+        }
+        if (rv != APR_SUCCESS) {
+            *why = wsp_errtext(bc->pool, "reading the handshake", rv);
+            return WSP_HS_FAIL;
+        }
+        res = wsp_handshake_response(bc->pool, (const char *)bc->ibuf,
+                                     bc->ilen, bc->accept, bc->offered,
+                                     bc->require_protocol, &head_len,
+                                     &bc->protocol, why);
+        if (res == WSP_HS_OK) {
+            bc->ipos = head_len;
+            bc->state = WSP_BC_OPEN;
+            return WSP_HS_OK;
+        }
+        if (res == WSP_HS_FAIL) {
+            return WSP_HS_FAIL;
+        }
+        if (bc->ilen >= WSP_HANDSHAKE_MAX) {
+            *why = "handshake response too large";
+            return WSP_HS_FAIL;
+        }
+    }
+}
+
+apr_status_t wsp_bconn_fill(wsp_bconn_t *bc)
+{
+    apr_size_t n;
+    apr_status_t rv;
+
+    if (bc->ipos == bc->ilen) {
+        bc->ipos = bc->ilen = 0;
+    }
+    else if (bc->ipos > 0 && bc->state == WSP_BC_OPEN) {
+        memmove(bc->ibuf, bc->ibuf + bc->ipos, bc->ilen - bc->ipos);
+        bc->ilen -= bc->ipos;
+        bc->ipos = 0;
+    }
+    n = WSP_IBUF_SIZE - bc->ilen;
+    if (n == 0) {
+        return APR_SUCCESS;
+    }
+    rv = apr_socket_recv(bc->sock, (char *)bc->ibuf + bc->ilen, &n);
+    bc->ilen += n;
+    if (n > 0) {
+        return APR_SUCCESS;
+    }
+    return rv == APR_SUCCESS ? APR_EOF : rv;
+}
+
+void wsp_bconn_close(wsp_bconn_t *bc)
+{
+    if (bc->sock) {
+        apr_socket_close(bc->sock);
+        bc->sock = NULL;
+    }
+    apr_pool_destroy(bc->pool);
+}

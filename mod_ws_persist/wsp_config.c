@@ -1,0 +1,457 @@
+/* Directives: parsing, validation, create and merge of per-dir config. */
+#include "httpd.h"
+#include "apr_strings.h"
+#include "apr_lib.h"
+#include "http_config.h"
+#include "http_log.h"
+
+#include "mod_ws_persist.h"
+#include "wsp_config.h"
+#include "wsp_parse.h"
+#include "wsp_frame.h"
+
+#define WSP_DEFAULT_BUFFER       (5 * 1024 * 1024)
+#define WSP_DEFAULT_CONNECT      apr_time_from_sec(10)
+#define WSP_DEFAULT_RETRY_MIN    apr_time_from_msec(100)
+#define WSP_DEFAULT_RETRY_MAX    apr_time_from_sec(30)
+#define WSP_DEFAULT_MAX_ERRORS   100
+#define WSP_DEFAULT_PING         apr_time_from_sec(30)
+
+static const int wsp_default_failover[] = { 1001, 1006, 1011, 1012, 1013,
+                                            1014 };
+
+void *wsp_create_dir_config(apr_pool_t *p, char *dir)
+{
+    wsp_dir_conf_t *conf = apr_pcalloc(p, sizeof(*conf));
+    apr_size_t i;
+
+    conf->location = dir;
+    conf->location_set = dir != NULL;
+    conf->buffer_limit = WSP_DEFAULT_BUFFER;
+    conf->connect_timeout = WSP_DEFAULT_CONNECT;
+    conf->retry_min = WSP_DEFAULT_RETRY_MIN;
+    conf->retry_max = WSP_DEFAULT_RETRY_MAX;
+    conf->max_errors = WSP_DEFAULT_MAX_ERRORS;
+    conf->id_source = WSP_ID_PATH;
+    conf->ping_interval = WSP_DEFAULT_PING;
+    for (i = 0; i < sizeof(wsp_default_failover) / sizeof(int); i++) {
+        conf->failover_codes[i] = wsp_default_failover[i];
+    }
+    conf->nfailover_codes = (int)i;
+    return conf;
+}
+
+#define WSP_MERGE(field, bit) do { \
+    if (add->bit) { conf->field = add->field; conf->bit = 1; } \
+    else { conf->field = base->field; conf->bit = base->bit; } \
+} while (0)
+
+void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv)
+{
+    wsp_dir_conf_t *base = basev, *add = addv;
+    wsp_dir_conf_t *conf = apr_pcalloc(p, sizeof(*conf));
+
+    WSP_MERGE(location, location_set);
+    WSP_MERGE(pool, pool_set);
+    WSP_MERGE(buffer_limit, buffer_limit_set);
+    WSP_MERGE(max_message, max_message_set);
+    WSP_MERGE(connect_timeout, connect_timeout_set);
+    WSP_MERGE(max_errors, max_errors_set);
+    WSP_MERGE(exclusive, exclusive_set);
+    WSP_MERGE(ping_interval, ping_set);
+    WSP_MERGE(dup_replace, dup_set);
+    if (add->retry_set) {
+        conf->retry_min = add->retry_min;
+        conf->retry_max = add->retry_max;
+        conf->retry_set = 1;
+    }
+    else {
+        conf->retry_min = base->retry_min;
+        conf->retry_max = base->retry_max;
+        conf->retry_set = base->retry_set;
+    }
+    if (add->id_source_set) {
+        conf->id_source = add->id_source;
+        conf->id_name = add->id_name;
+        conf->id_source_set = 1;
+    }
+    else {
+        conf->id_source = base->id_source;
+        conf->id_name = base->id_name;
+        conf->id_source_set = base->id_source_set;
+    }
+    if (add->failover_set) {
+        memcpy(conf->failover_codes, add->failover_codes,
+               sizeof(conf->failover_codes));
+        conf->nfailover_codes = add->nfailover_codes;
+        conf->failover_set = 1;
+    }
+    else {
+        memcpy(conf->failover_codes, base->failover_codes,
+               sizeof(conf->failover_codes));
+        conf->nfailover_codes = base->nfailover_codes;
+        conf->failover_set = base->failover_set;
+    }
+    return conf;
+}
+
+apr_off_t wsp_conf_max_message(const wsp_dir_conf_t *conf)
+{
+    return conf->max_message_set ? conf->max_message : conf->buffer_limit;
+}
+
+int wsp_conf_is_failover_code(const wsp_dir_conf_t *conf, int code)
+{
+    int i;
+
+    for (i = 0; i < conf->nfailover_codes; i++) {
+        if (conf->failover_codes[i] == code) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void wsp_conf_pool_opts(const wsp_dir_conf_t *conf, wsp_pool_opts_t *o)
+{
+    o->retry_min = conf->retry_min;
+    o->retry_max = conf->retry_max;
+    o->max_errors = conf->max_errors;
+    o->exclusive = conf->exclusive;
+}
+
+static const char *wsp_bad(cmd_parms *cmd, const char *arg, const char *why)
+{
+    return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
+                        cmd->cmd->name, arg, why);
+}
+
+static const char *wsp_parse_int(cmd_parms *cmd, const char *arg, int min,
+                                 int max, int *out)
+{
+    char *end;
+    apr_int64_t v;
+
+    if (!*arg) {
+        return wsp_bad(cmd, arg, "not a number");
+    }
+    v = apr_strtoi64(arg, &end, 10);
+    if (*end || errno == ERANGE || v < min || v > max) {
+        return wsp_bad(cmd, arg, apr_psprintf(cmd->pool,
+                       "expected a whole number from %d to %d", min, max));
+    }
+    *out = (int)v;
+    return NULL;
+}
+
+static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
+{
+    wsp_dir_conf_t *conf = dconf;
+    wsp_backend_t *be = apr_pcalloc(cmd->pool, sizeof(*be));
+    const char *url = ap_getword_conf(cmd->pool, &args);
+    const char *err, *word;
+
+    if (!*url) {
+        return apr_pstrcat(cmd->pool, cmd->cmd->name,
+                           " requires a ws:// or wss:// URL", NULL);
+    }
+    if ((err = wsp_backend_parse(cmd->pool, url, be))) {
+        return wsp_bad(cmd, url, err);
+    }
+    while (*(word = ap_getword_conf(cmd->pool, &args))) {
+        const char *val = ap_strchr_c(word, '=');
+        char *key;
+
+        if (!val) {
+            return wsp_bad(cmd, word, "expected weight=N or max_errors=N");
+        }
+        key = apr_pstrmemdup(cmd->pool, word, val - word);
+        val++;
+        if (!strcasecmp(key, "weight")) {
+            err = wsp_parse_int(cmd, val, 1, 1000, &be->weight);
+        }
+        else if (!strcasecmp(key, "max_errors")) {
+            err = wsp_parse_int(cmd, val, 1, 1000000, &be->max_errors);
+        }
+        else {
+            err = wsp_bad(cmd, word, "expected weight=N or max_errors=N");
+        }
+        if (err) {
+            return err;
+        }
+    }
+    if (!conf->pool) {
+        conf->pool = apr_pcalloc(cmd->pool, sizeof(*conf->pool));
+        conf->pool->name = cmd->path ? cmd->path : "(server)";
+        conf->pool->backends = apr_array_make(cmd->pool, 4,
+                                              sizeof(wsp_backend_t *));
+        conf->pool_set = 1;
+    }
+    APR_ARRAY_PUSH(conf->pool->backends, wsp_backend_t *) = be;
+    return NULL;
+}
+
+static const char *set_size(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    apr_off_t v;
+    const char *err = wsp_parse_size(arg, &v);
+
+    if (err) {
+        return wsp_bad(cmd, arg, err);
+    }
+    if (v <= 0) {
+        return wsp_bad(cmd, arg, "must be more than 0");
+    }
+    if (cmd->info) {
+        conf->max_message = v;
+        conf->max_message_set = 1;
+    }
+    else {
+        conf->buffer_limit = v;
+        conf->buffer_limit_set = 1;
+    }
+    return NULL;
+}
+
+static const char *set_connect_timeout(cmd_parms *cmd, void *dconf,
+                                       const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    const char *err = wsp_parse_time(arg, &conf->connect_timeout);
+
+    if (err) {
+        return wsp_bad(cmd, arg, err);
+    }
+    if (conf->connect_timeout <= 0) {
+        return wsp_bad(cmd, arg, "must be more than 0");
+    }
+    conf->connect_timeout_set = 1;
+    return NULL;
+}
+
+static const char *set_ping(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    const char *err = wsp_parse_time(arg, &conf->ping_interval);
+
+    if (err) {
+        return wsp_bad(cmd, arg, err);
+    }
+    conf->ping_set = 1;
+    return NULL;
+}
+
+static const char *set_retry(cmd_parms *cmd, void *dconf, const char *min,
+                             const char *max)
+{
+    wsp_dir_conf_t *conf = dconf;
+    const char *err;
+
+    if ((err = wsp_parse_time(min, &conf->retry_min))) {
+        return wsp_bad(cmd, min, err);
+    }
+    if (conf->retry_min <= 0) {
+        return wsp_bad(cmd, min, "must be more than 0");
+    }
+    if (max) {
+        if ((err = wsp_parse_time(max, &conf->retry_max))) {
+            return wsp_bad(cmd, max, err);
+        }
+        if (conf->retry_max < conf->retry_min) {
+            return wsp_bad(cmd, max, "MAX is less than MIN");
+        }
+    }
+    else if (conf->retry_max < conf->retry_min) {
+        conf->retry_max = conf->retry_min;
+    }
+    conf->retry_set = 1;
+    return NULL;
+}
+
+static const char *set_max_errors(cmd_parms *cmd, void *dconf,
+                                  const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    const char *err = wsp_parse_int(cmd, arg, 1, 1000000, &conf->max_errors);
+
+    conf->max_errors_set = !err;
+    return err;
+}
+
+static const char *set_client_id(cmd_parms *cmd, void *dconf,
+                                 const char *mode, const char *name)
+{
+    wsp_dir_conf_t *conf = dconf;
+    int needs_name = 1;
+
+    if (!strcasecmp(mode, "path")) {
+        conf->id_source = WSP_ID_PATH;
+        needs_name = 0;
+    }
+    else if (!strcasecmp(mode, "generate")) {
+        conf->id_source = WSP_ID_GENERATE;
+        needs_name = 0;
+    }
+    else if (!strcasecmp(mode, "header")) {
+        conf->id_source = WSP_ID_HEADER;
+    }
+    else if (!strcasecmp(mode, "query")) {
+        conf->id_source = WSP_ID_QUERY;
+    }
+    else if (!strcasecmp(mode, "cookie")) {
+        conf->id_source = WSP_ID_COOKIE;
+    }
+    else {
+        return wsp_bad(cmd, mode, "expected path, header NAME, query NAME, "
+                       "cookie NAME or generate");
+    }
+    if (needs_name && (!name || !*name)) {
+        return wsp_bad(cmd, mode, "needs a NAME");
+    }
+    if (!needs_name && name) {
+        return wsp_bad(cmd, name, apr_pstrcat(cmd->pool, mode,
+                                              " takes no NAME", NULL));
+    }
+    conf->id_name = name;
+    conf->id_source_set = 1;
+    return NULL;
+}
+
+static const char *set_duplicate(cmd_parms *cmd, void *dconf,
+                                 const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+
+    if (!strcasecmp(arg, "reject")) {
+        conf->dup_replace = 0;
+    }
+    else if (!strcasecmp(arg, "replace")) {
+        conf->dup_replace = 1;
+    }
+    else {
+        return wsp_bad(cmd, arg, "expected reject or replace");
+    }
+    conf->dup_set = 1;
+    return NULL;
+}
+
+static const char *set_exclusive(cmd_parms *cmd, void *dconf, int on)
+{
+    wsp_dir_conf_t *conf = dconf;
+
+    (void)cmd;
+    conf->exclusive = on;
+    conf->exclusive_set = 1;
+    return NULL;
+}
+
+static const char *set_failover_codes(cmd_parms *cmd, void *dconf,
+                                      const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    int code;
+    const char *err;
+
+    if (!conf->failover_set) {
+        conf->nfailover_codes = 0;
+        conf->failover_set = 1;
+    }
+    if ((err = wsp_parse_int(cmd, arg, 1000, 4999, &code))) {
+        return err;
+    }
+    if (code != WSP_CLOSE_ABNORMAL && !wsp_close_code_valid(code)) {
+        return wsp_bad(cmd, arg, "not a WebSocket close code");
+    }
+    if (conf->nfailover_codes >= WSP_MAX_FAILOVER_CODES) {
+        return wsp_bad(cmd, arg, "too many codes");
+    }
+    conf->failover_codes[conf->nfailover_codes++] = code;
+    return NULL;
+}
+
+const command_rec wsp_cmds[] = {
+    AP_INIT_RAW_ARGS("WSPersistBackend", set_backend, NULL, RSRC_CONF
+                     | ACCESS_CONF, "ws://host:port/path [weight=N] "
+                     "[max_errors=N]: a backend of this location's pool"),
+    AP_INIT_TAKE1("WSPersistBufferLimit", set_size, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "bytes of client messages a pipe may hold (5M)"),
+    AP_INIT_TAKE1("WSPersistMaxMessageSize", set_size, (void *)1,
+                  RSRC_CONF | ACCESS_CONF,
+                  "largest message accepted from either side"),
+    AP_INIT_TAKE1("WSPersistConnectTimeout", set_connect_timeout, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "longest wait for a usable backend (10)"),
+    AP_INIT_TAKE12("WSPersistRetry", set_retry, NULL,
+                   RSRC_CONF | ACCESS_CONF,
+                   "MIN [MAX] back-off of an errored backend (100ms 30s)"),
+    AP_INIT_TAKE1("WSPersistMaxErrors", set_max_errors, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "failures in a row that remove a backend (100)"),
+    AP_INIT_TAKE12("WSPersistClientId", set_client_id, NULL,
+                   RSRC_CONF | ACCESS_CONF,
+                   "path | header NAME | query NAME | cookie NAME | "
+                   "generate"),
+    AP_INIT_TAKE1("WSPersistDuplicateClient", set_duplicate, NULL,
+                  RSRC_CONF | ACCESS_CONF, "reject | replace"),
+    AP_INIT_FLAG("WSPersistExclusive", set_exclusive, NULL,
+                 RSRC_CONF | ACCESS_CONF,
+                 "On: a backend serves one pipe at a time"),
+    AP_INIT_TAKE1("WSPersistPingInterval", set_ping, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "ping a quiet hop after this long; 0 disables (30)"),
+    AP_INIT_ITERATE("WSPersistFailoverCodes", set_failover_codes, NULL,
+                    RSRC_CONF | ACCESS_CONF,
+                    "backend close codes that mean fail over"),
+    { NULL }
+};
+
+/* SetHandler ws-persist needs a WSPersistBackend in its own section or an
+ * enclosing one. Walking the parsed tree finds it at configtest, before any
+ * request could reach a pool-less handler. */
+static int wsp_check_tree(const ap_directive_t *first, int has_backend,
+                          server_rec *s)
+{
+    const ap_directive_t *d;
+    int rv = OK;
+
+    for (d = first; d; d = d->next) {
+        if (!strcasecmp(d->directive, "WSPersistBackend")) {
+            has_backend = 1;
+        }
+    }
+    for (d = first; d; d = d->next) {
+        if (!strcasecmp(d->directive, "SetHandler") && d->args) {
+            char *h = apr_pstrdup(s->process->pconf, d->args);
+            apr_size_t n = strlen(h);
+
+            if (n >= 2 && (h[0] == '"' || h[0] == '\'')
+                && h[n - 1] == h[0]) {
+                h[n - 1] = '\0';
+                h++;
+            }
+            if (!strcasecmp(h, WSP_HANDLER) && !has_backend) {
+                ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s,
+                             "ws_persist: SetHandler ws-persist at %s:%d "
+                             "has no WSPersistBackend in its section or an "
+                             "enclosing one", d->filename, d->line_num);
+                rv = !OK;
+            }
+        }
+        if (d->first_child
+            && wsp_check_tree(d->first_child, has_backend, s) != OK) {
+            rv = !OK;
+        }
+    }
+    return rv;
+}
+
+int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
+                     server_rec *s)
+{
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    return wsp_check_tree(ap_conftree, 0, s) == OK ? OK : HTTP_INTERNAL_SERVER_ERROR;
+}

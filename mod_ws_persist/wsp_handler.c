@@ -1,0 +1,288 @@
+/* The ws-persist handler: checks the client's upgrade (DESIGN 2), finds
+ * the client id, claims it, gets a first backend, answers 101 and runs the
+ * pipe in this thread. */
+#include "apr_strings.h"
+#include "apr_lib.h"
+#include "http_core.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "http_ssl.h"
+#include "util_cookies.h"
+#include "util_filter.h"
+
+#include <uuid/uuid.h>
+
+#include "mod_ws_persist.h"
+#include "wsp_config.h"
+#include "wsp_handler.h"
+#include "wsp_handshake.h"
+#include "wsp_loop.h"
+#include "wsp_parse.h"
+#include "wsp_pipe.h"
+#include "wsp_registry.h"
+
+/* A refused handshake: one log line naming the client and the reason. */
+static int wsp_refuse(request_rec *r, int status, const char *id,
+                      const char *why)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                  "ws_persist: client %s (%s) backend -: %d: %s",
+                  id ? id : "-", r->useragent_ip, status, why);
+    if (status == HTTP_UPGRADE_REQUIRED) {
+        apr_table_setn(r->err_headers_out, "Upgrade", "websocket");
+        apr_table_setn(r->err_headers_out, "Sec-WebSocket-Version", "13");
+    }
+    return status;
+}
+
+static int wsp_check_upgrade(request_rec *r, const char **key)
+{
+    const char *upgrade = apr_table_get(r->headers_in, "Upgrade");
+    const char *conn = apr_table_get(r->headers_in, "Connection");
+    const char *version = apr_table_get(r->headers_in,
+                                        "Sec-WebSocket-Version");
+
+    if (!upgrade) {
+        return wsp_refuse(r, HTTP_UPGRADE_REQUIRED, NULL, "not an upgrade");
+    }
+    if (r->method_number != M_GET || r->header_only) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "upgrade is not a GET");
+    }
+    if (r->proto_num < HTTP_VERSION(1, 1)) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "upgrade before "
+                          "HTTP/1.1");
+    }
+    if (!wsp_header_has_token(upgrade, "websocket")) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "Upgrade is not "
+                          "websocket");
+    }
+    if (!conn || !wsp_header_has_token(conn, "upgrade")) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "Connection does not "
+                          "list upgrade");
+    }
+    if (!version || strcmp(version, "13")) {
+        return wsp_refuse(r, HTTP_UPGRADE_REQUIRED, NULL,
+                          "Sec-WebSocket-Version is not 13");
+    }
+    *key = apr_table_get(r->headers_in, "Sec-WebSocket-Key");
+    if (!*key || !wsp_key_valid(*key)) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "missing or invalid "
+                          "Sec-WebSocket-Key");
+    }
+    return OK;
+}
+
+static const char *wsp_query_value(request_rec *r, const char *name)
+{
+    char *args, *tok, *last;
+    apr_size_t nlen = strlen(name);
+
+    if (!r->args) {
+        return NULL;
+    }
+    args = apr_pstrdup(r->pool, r->args);
+    for (tok = apr_strtok(args, "&", &last); tok;
+         tok = apr_strtok(NULL, "&", &last)) {
+        if (!strncmp(tok, name, nlen) && tok[nlen] == '=') {
+            char *v = tok + nlen + 1;
+
+            return ap_unescape_url(v) == OK ? v : NULL;
+        }
+    }
+    return NULL;
+}
+
+/* The client id as configured, lower-cased; NULL when absent. */
+static const char *wsp_client_id(request_rec *r, const wsp_dir_conf_t *conf,
+                                 int *generated)
+{
+    const char *id = NULL;
+    char *lc;
+
+    *generated = 0;
+    switch (conf->id_source) {
+    case WSP_ID_PATH:
+        id = strrchr(r->uri, '/');
+        id = id ? id + 1 : NULL;
+        break;
+    case WSP_ID_HEADER:
+        id = apr_table_get(r->headers_in, conf->id_name);
+        break;
+    case WSP_ID_QUERY:
+        id = wsp_query_value(r, conf->id_name);
+        break;
+    case WSP_ID_COOKIE:
+        if (ap_cookie_read(r, conf->id_name, &id, 0) != APR_SUCCESS) {
+            id = NULL;
+        }
+        break;
+    case WSP_ID_GENERATE: {
+        uuid_t u;
+        char *buf = apr_palloc(r->pool, 37);
+
+        uuid_generate(u);
+        uuid_unparse_lower(u, buf);
+        *generated = 1;
+        return buf;
+    }
+    }
+    if (!id || !wsp_uuid_valid(id)) {
+        return NULL;
+    }
+    lc = apr_pstrdup(r->pool, id);
+    ap_str_tolower(lc);
+    return lc;
+}
+
+/* What every backend handshake of this pipe carries. */
+static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
+                             const wsp_dir_conf_t *conf)
+{
+    static const char *const pass[] = { "Origin", "Cookie", "Authorization",
+                                        "User-Agent", NULL };
+    const char *path = r->parsed_uri.path ? r->parsed_uri.path : r->uri;
+    const char *xff = apr_table_get(r->headers_in, "X-Forwarded-For");
+    const char *host = apr_table_get(r->headers_in, "Host");
+    const char *v;
+    int i;
+
+    if (conf->location) {
+        apr_size_t n = strlen(conf->location);
+
+        if (!strncmp(path, conf->location, n)) {
+            path += n;
+        }
+    }
+    p->rest = apr_pstrcat(p->pool, path, r->args ? "?" : "",
+                          r->args ? r->args : "", NULL);
+    v = apr_table_get(r->headers_in, "Sec-WebSocket-Protocol");
+    p->offered = v ? apr_pstrdup(p->pool, v) : NULL;
+    for (i = 0; pass[i]; i++) {
+        if ((v = apr_table_get(r->headers_in, pass[i]))) {
+            apr_table_set(p->fwd, pass[i], v);
+        }
+    }
+    apr_table_set(p->fwd, "X-Forwarded-For", xff
+                  ? apr_pstrcat(r->pool, xff, ", ", r->useragent_ip, NULL)
+                  : r->useragent_ip);
+    if (host) {
+        apr_table_set(p->fwd, "X-Forwarded-Host", host);
+    }
+    apr_table_set(p->fwd, "X-Forwarded-Proto",
+                  ap_ssl_conn_is_ssl(r->connection) ? "https" : "http");
+}
+
+/* The client hop from now on is WebSocket over the connection filters. */
+static void wsp_take_connection(request_rec *r)
+{
+    conn_rec *c = r->connection;
+
+    ap_remove_input_filter_byhandle(c->input_filters, "reqtimeout");
+    ap_remove_output_filter_byhandle(c->output_filters,
+                                     "SSL/TLS Coalescing Filter");
+    r->input_filters = r->proto_input_filters = c->input_filters;
+    r->output_filters = r->proto_output_filters = c->output_filters;
+    c->keepalive = AP_CONN_CLOSE;
+    apr_socket_opt_set(ap_get_conn_socket(c), APR_SO_NONBLOCK, 1);
+}
+
+static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
+                         int generated)
+{
+    char accept[WSP_ACCEPT_LEN + 1];
+
+    wsp_accept_make(key, accept);
+    r->status = HTTP_SWITCHING_PROTOCOLS;
+    r->status_line = NULL;
+    apr_table_clear(r->headers_out);
+    apr_table_setn(r->headers_out, "Upgrade", "websocket");
+    apr_table_setn(r->headers_out, "Connection", "Upgrade");
+    apr_table_setn(r->headers_out, "Sec-WebSocket-Accept",
+                   apr_pstrdup(r->pool, accept));
+    if (p->protocol) {
+        apr_table_setn(r->headers_out, "Sec-WebSocket-Protocol",
+                       apr_pstrdup(r->pool, p->protocol));
+    }
+    if (generated) {
+        apr_table_setn(r->headers_out, "X-WS-Persist-Client-Id", p->id);
+    }
+    ap_send_interim_response(r, 1);
+    wsp_pipe_upgraded(p);
+}
+
+static int wsp_run(request_rec *r, wsp_pipe_t *p)
+{
+    if (wsp_loop_run(p, r) != WSP_LOOP_HANDED_OVER) {
+        wsp_registry_remove(p);
+        WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");
+        wsp_pipe_destroy(p);
+    }
+    return DONE;
+}
+
+int wsp_handler(request_rec *r)
+{
+    wsp_dir_conf_t *conf;
+    wsp_pipe_t *p, *taken;
+    const char *key = NULL, *id;
+    int status, generated;
+    apr_status_t rv;
+
+    if (!r->handler || strcmp(r->handler, WSP_HANDLER)) {
+        return DECLINED;
+    }
+    conf = ap_get_module_config(r->per_dir_config, &ws_persist_module);
+    if (!conf->pool || conf->pool->backends->nelts == 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ws_persist: client - "
+                      "(%s) backend -: no WSPersistBackend for %s",
+                      r->useragent_ip, r->uri);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if ((status = wsp_check_upgrade(r, &key)) != OK) {
+        return status;
+    }
+    if (!(id = wsp_client_id(r, conf, &generated))) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "client id missing or "
+                          "not a UUID");
+    }
+    if ((rv = wsp_pipe_create(&p, r, conf, id)) != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, "ws_persist: client %s "
+                      "(%s) backend -: cannot create a pipe", id,
+                      r->useragent_ip);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    wsp_fill_request(p, r, conf);
+    rv = wsp_registry_claim(p, conf->dup_replace,
+                            conf->connect_timeout, &taken);
+    if (rv != APR_SUCCESS) {
+        wsp_pipe_destroy(p);
+        if (rv == APR_EEXIST) {
+            return wsp_refuse(r, HTTP_CONFLICT, id, "client id is live");
+        }
+        apr_table_setn(r->err_headers_out, "Retry-After", "1");
+        return wsp_refuse(r, HTTP_SERVICE_UNAVAILABLE, id, "the live pipe "
+                          "did not let go in time");
+    }
+    wsp_take_connection(r);
+    if (taken) {
+        wsp_pipe_destroy(p);
+        p = taken;
+        wsp_pipe_attach(p, r);
+        WSP_LOG(p, APLOG_INFO, 0, "took over the live pipe");
+        wsp_send_101(r, p, key, generated);
+        return wsp_run(r, p);
+    }
+    wsp_pipe_attach(p, r);
+    if (wsp_loop_run(p, r) != WSP_LOOP_LIVE) {
+        int after = wsp_pool_retry_after(conf->pool, apr_time_now());
+
+        wsp_registry_remove(p);
+        wsp_pipe_destroy(p);
+        r->connection->keepalive = AP_CONN_UNKNOWN;
+        apr_table_setn(r->err_headers_out, "Retry-After",
+                       apr_itoa(r->pool, after));
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    wsp_send_101(r, p, key, generated);
+    return wsp_run(r, p);
+}

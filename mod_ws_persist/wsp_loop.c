@@ -1,0 +1,133 @@
+/* One pipe driven by poll() in the request's worker thread. Back-off and
+ * ping waits are poll timeouts; another thread wakes it through a pipe
+ * when a newer connection wants the pipe (replace mode). */
+#include "apr_file_io.h"
+
+#include "wsp_loop.h"
+#include "wsp_registry.h"
+
+typedef struct {
+    apr_file_t *rd;
+    apr_file_t *wr;
+} wsp_waker_t;
+
+static void wsp_loop_wake(void *baton)
+{
+    wsp_waker_t *w = baton;
+    char b = 1;
+    apr_size_t n = 1;
+
+    apr_file_write(w->wr, &b, &n);
+}
+
+static void wsp_loop_drain(wsp_waker_t *w)
+{
+    char buf[64];
+    apr_size_t n = sizeof(buf);
+
+    while (apr_file_read(w->rd, buf, &n) == APR_SUCCESS && n > 0) {
+        n = sizeof(buf);
+    }
+}
+
+/* One waker per request, kept across the calls before and after the 101;
+ * its pipe closes with the request's pool. */
+static wsp_waker_t *wsp_loop_waker(request_rec *r)
+{
+    wsp_waker_t *w = ap_get_module_config(r->request_config,
+                                          &ws_persist_module);
+
+    if (!w) {
+        w = apr_pcalloc(r->pool, sizeof(*w));
+        if (apr_file_pipe_create_ex(&w->rd, &w->wr, APR_FULL_NONBLOCK,
+                                    r->pool) != APR_SUCCESS) {
+            return NULL;
+        }
+        ap_set_module_config(r->request_config, &ws_persist_module, w);
+    }
+    return w;
+}
+
+wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
+{
+    wsp_waker_t *w = wsp_loop_waker(r);
+    wsp_loop_result_e res;
+    apr_pollfd_t pfd[3];
+
+    if (w) {
+        wsp_registry_set_wake(p, wsp_loop_wake, w);
+    }
+    memset(pfd, 0, sizeof(pfd));
+    for (;;) {
+        apr_int16_t cev, bev, crev = 0, brev = 0;
+        apr_socket_t *bsock;
+        apr_time_t wake_at;
+        apr_interval_time_t timeout = -1;
+        apr_int32_t n = 0, nsig = 0, i;
+
+        if (p->phase == WSP_PH_DONE) {
+            res = WSP_LOOP_DONE;
+            break;
+        }
+        if (p->phase == WSP_PH_FAILED) {
+            res = WSP_LOOP_FAILED;
+            break;
+        }
+        if (p->phase == WSP_PH_LIVE && !p->client->upgraded) {
+            res = WSP_LOOP_LIVE;
+            break;
+        }
+        if (p->handover == WSP_HANDOVER_ASKED && p->client->upgraded
+            && !p->ending) {
+            wsp_registry_set_wake(p, NULL, NULL);
+            wsp_pipe_detach(p);
+            wsp_registry_handed_over(p);
+            return WSP_LOOP_HANDED_OVER;
+        }
+        wsp_pipe_want(p, &cev, &bsock, &bev, &wake_at);
+        if (cev) {
+            pfd[n].desc_type = APR_POLL_SOCKET;
+            pfd[n].desc.s = p->client->sock;
+            pfd[n].reqevents = cev;
+            pfd[n].client_data = &crev;
+            pfd[n++].p = r->pool;
+        }
+        if (bsock && bev) {
+            pfd[n].desc_type = APR_POLL_SOCKET;
+            pfd[n].desc.s = bsock;
+            pfd[n].reqevents = bev;
+            pfd[n].client_data = &brev;
+            pfd[n++].p = r->pool;
+        }
+        if (w) {
+            pfd[n].desc_type = APR_POLL_FILE;
+            pfd[n].desc.f = w->rd;
+            pfd[n].reqevents = APR_POLLIN;
+            pfd[n].client_data = NULL;
+            pfd[n++].p = r->pool;
+        }
+        if (wake_at) {
+            timeout = wake_at - apr_time_now();
+            if (timeout < 0) {
+                timeout = 0;
+            }
+        }
+        if (apr_poll(pfd, n, &nsig, timeout) == APR_SUCCESS) {
+            for (i = 0; i < n; i++) {
+                if (!pfd[i].rtnevents) {
+                    continue;
+                }
+                if (pfd[i].client_data) {
+                    *(apr_int16_t *)pfd[i].client_data = pfd[i].rtnevents;
+                }
+                else {
+                    wsp_loop_drain(w);
+                }
+                pfd[i].rtnevents = 0;
+            }
+        }
+        wsp_pipe_run(p, crev, brev);
+    }
+    wsp_registry_set_wake(p, NULL, NULL);
+    return res;
+}

@@ -1,0 +1,1199 @@
+/* The pipe state machine: frames in from both hops, the buffer toward the
+ * backend, failover, pings and the closing handshakes. Nothing here
+ * blocks; drivers (wsp_loop.c) poll what wsp_pipe_want() asks for. */
+#include "httpd.h"
+#include "apr_strings.h"
+#include "http_connection.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "util_filter.h"
+
+#include "wsp_pipe.h"
+#include "wsp_config.h"
+#include "wsp_handshake.h"
+
+#define WSP_READ_CHUNK   (64 * 1024)
+#define WSP_READ_BUDGET  (512 * 1024)    /* per hop per run, for fairness */
+#define WSP_PASS_CHUNK   (32 * 1024)     /* below the core's flush limit */
+#define WSP_OUT_HIGH     (256 * 1024)    /* stop reading the backend */
+#define WSP_CLOSE_WAIT   apr_time_from_sec(5)
+#define WSP_BUSY_WAIT    apr_time_from_msec(50)
+#define WSP_IOV          64
+
+/* Events of the hop reader. */
+#define WSP_EV_NONE     0      /* input used up */
+#define WSP_EV_DATA     1      /* a data frame header: decide, then fill */
+#define WSP_EV_FRAME    2      /* a data frame done, its message is not */
+#define WSP_EV_MESSAGE  3      /* in->msg holds a whole message */
+#define WSP_EV_CONTROL  4      /* a control frame in in->cpay */
+
+static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why);
+static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
+                             const char *reason, apr_size_t rlen);
+
+const char *wsp_pipe_backend_url(const wsp_pipe_t *p)
+{
+    return p->be ? p->be->url : "-";
+}
+
+/* xorshift64*: mask keys need to be unpredictable to a peer, not secret,
+ * and a syscall per frame would cost more than the frame. */
+static void wsp_rng_key(wsp_pipe_t *p, unsigned char key[4])
+{
+    apr_uint64_t x = p->rng;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    p->rng = x;
+    x *= APR_UINT64_C(2685821657736338717);
+    memcpy(key, &x, 4);
+}
+
+/* ---- one hop's incoming frames ---------------------------------------- */
+
+static void wsp_hop_init(wsp_hop_in_t *in, wsp_from_e from, apr_off_t max,
+                         apr_bucket_alloc_t *ba, apr_bucket_brigade *msg)
+{
+    memset(in, 0, sizeof(*in));
+    wsp_reader_init(&in->rd, from, (apr_uint64_t)max);
+    in->ba = ba;
+    in->remask = from == WSP_FROM_CLIENT;
+    in->msg = msg;
+}
+
+/* Forget a half-built frame and message (their memory goes back). */
+static void wsp_hop_drop(wsp_hop_in_t *in)
+{
+    if (in->frame) {
+        apr_bucket_free(in->frame);
+        in->frame = NULL;
+    }
+    apr_brigade_cleanup(in->msg);
+    in->msg_bytes = 0;
+}
+
+/* More to do without input: a frame whose payload is all there. */
+static int wsp_hop_pending(const wsp_hop_in_t *in)
+{
+    return in->in_payload && in->rd.remaining == 0;
+}
+
+static apr_size_t wsp_hop_total(const wsp_hop_in_t *in)
+{
+    const wsp_frame_hdr_t *h = &in->rd.hdr;
+
+    return (apr_size_t)h->len + 2 + (h->len > 125 ? 2 : 0)
+           + (h->len > 65535 ? 6 : 0) + (in->remask ? 4 : 0);
+}
+
+/* After WSP_EV_DATA: build the frame the payload is copied into. */
+static void wsp_hop_begin(wsp_pipe_t *p, wsp_hop_in_t *in)
+{
+    const wsp_frame_hdr_t *h = &in->rd.hdr;
+
+    if (in->drop) {
+        return;
+    }
+    if (in->remask) {
+        wsp_rng_key(p, in->key);
+    }
+    in->frame_len = wsp_hop_total(in);
+    in->frame = apr_bucket_alloc(in->frame_len, in->ba);
+    in->frame_hdr = wsp_frame_header(in->frame, h->fin, h->opcode, h->len,
+                                     in->remask ? in->key : NULL);
+}
+
+static int wsp_hop_frame_done(wsp_hop_in_t *in)
+{
+    const wsp_frame_hdr_t *h = &in->rd.hdr;
+    int fin = h->fin;
+
+    in->in_payload = 0;
+    if (WSP_OP_IS_CONTROL(h->opcode)) {
+        return WSP_EV_CONTROL;
+    }
+    if (in->drop) {
+        if (fin) {
+            in->drop = 0;
+        }
+        return WSP_EV_FRAME;
+    }
+    APR_BRIGADE_INSERT_TAIL(in->msg, apr_bucket_heap_create(
+        (const char *)in->frame, in->frame_len, apr_bucket_free, in->ba));
+    in->msg_bytes += in->frame_len;
+    in->frame = NULL;
+    return fin ? WSP_EV_MESSAGE : WSP_EV_FRAME;
+}
+
+/* Consume input up to the next event; returns it, or a close code (>= 1000)
+ * when the peer broke the protocol. */
+static int wsp_hop_step(wsp_hop_in_t *in, const unsigned char **data,
+                        apr_size_t *len)
+{
+    const wsp_frame_hdr_t *h = &in->rd.hdr;
+    apr_size_t used, n;
+
+    if (!in->in_payload) {
+        int res = wsp_reader_header(&in->rd, *data, *len, &used);
+
+        *data += used;
+        *len -= used;
+        if (res != WSP_READ_FRAME) {
+            return res;          /* WSP_EV_NONE or a close code */
+        }
+        in->in_payload = 1;
+        if (WSP_OP_IS_CONTROL(h->opcode)) {
+            return h->len == 0 ? wsp_hop_frame_done(in) : wsp_hop_step(in,
+                                                                 data, len);
+        }
+        return WSP_EV_DATA;
+    }
+    while (*len > 0 && in->rd.remaining > 0) {
+        unsigned char scratch[512], *dst;
+        apr_size_t want = *len;
+
+        if (WSP_OP_IS_CONTROL(h->opcode)) {
+            dst = in->cpay + in->rd.offset;
+        }
+        else if (in->drop) {
+            dst = scratch;
+            want = want < sizeof(scratch) ? want : sizeof(scratch);
+        }
+        else {
+            dst = in->frame + in->frame_hdr + in->rd.offset;
+        }
+        n = wsp_reader_payload(&in->rd, dst, *data, want,
+                               in->remask && !in->drop
+                               && !WSP_OP_IS_CONTROL(h->opcode)
+                               ? in->key : NULL);
+        *data += n;
+        *len -= n;
+    }
+    if (in->rd.remaining == 0) {
+        return wsp_hop_frame_done(in);
+    }
+    return WSP_EV_NONE;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+/* A control frame toward the backend, sent at the next frame boundary.
+ * A full buffer drops it: only pongs and pings can pile up, and the peer
+ * sees a later one. */
+static void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
+                             const unsigned char *payload, apr_size_t len)
+{
+    unsigned char key[4];
+    apr_size_t h;
+
+    if (p->ctrl_off == p->ctrl_len) {
+        p->ctrl_off = p->ctrl_len = 0;
+    }
+    if (sizeof(p->ctrl) - p->ctrl_len < WSP_FRAME_HDR_MAX + len) {
+        return;
+    }
+    wsp_rng_key(p, key);
+    h = wsp_frame_header(p->ctrl + p->ctrl_len, 1, opcode, len, key);
+    wsp_mask(p->ctrl + p->ctrl_len + h, payload, len, key, 0);
+    p->ctrl_len += h + len;
+}
+
+static void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
+                            const unsigned char *payload, apr_size_t len)
+{
+    wsp_client_t *cl = p->client;
+    unsigned char *f;
+    apr_size_t h;
+
+    if (!cl || cl->gone || cl->close_sent) {
+        return;
+    }
+    f = apr_bucket_alloc(len + WSP_FRAME_HDR_MAX, cl->c->bucket_alloc);
+    h = wsp_frame_header(f, 1, opcode, len, NULL);
+    memcpy(f + h, payload, len);
+    APR_BRIGADE_INSERT_TAIL(cl->out, apr_bucket_heap_create(
+        (const char *)f, h + len, apr_bucket_free, cl->c->bucket_alloc));
+    cl->out_bytes += h + len;
+}
+
+static void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
+                            apr_status_t rv)
+{
+    wsp_client_t *cl = p->client;
+
+    if (cl->gone) {
+        return;
+    }
+    cl->gone = 1;
+    apr_brigade_cleanup(cl->out);
+    cl->out_bytes = 0;
+    if (p->ending) {
+        return;
+    }
+    WSP_LOG(p, APLOG_INFO, rv, "client went away (%s)", why);
+    p->ending = 1;
+    p->close_deadline = now + WSP_CLOSE_WAIT;
+    if (p->bc && p->bc->state == WSP_BC_OPEN) {
+        p->b_close_pending = WSP_CLOSE_GOING_AWAY;
+        p->b_close_reason = "client went away";
+    }
+}
+
+/* Pass frames to the client's filters without ever blocking: at most a
+ * chunk the core writes or sets aside, and only when nothing is pending. */
+static int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_client_t *cl = p->client;
+    conn_rec *c;
+    apr_status_t rv;
+    int progress = 0;
+
+    if (!cl || cl->gone || !cl->upgraded) {
+        return 0;
+    }
+    c = cl->c;
+    for (;;) {
+        if (c->data_in_output_filters) {
+            rv = cl->core_out->frec->filter_func.out_func(cl->core_out,
+                                                          NULL);
+            if (rv != APR_SUCCESS) {
+                wsp_client_gone(p, now, "write failed", rv);
+                return 1;
+            }
+            if (c->data_in_output_filters) {
+                cl->want_write = 1;
+                return progress;
+            }
+        }
+        cl->want_write = 0;
+        if (APR_BRIGADE_EMPTY(cl->out)) {
+            return progress;
+        }
+        {
+            apr_bucket *e;
+            apr_off_t n;
+
+            apr_brigade_partition(cl->out, WSP_PASS_CHUNK, &e);
+            while (APR_BRIGADE_FIRST(cl->out) != e) {
+                apr_bucket *b = APR_BRIGADE_FIRST(cl->out);
+
+                APR_BUCKET_REMOVE(b);
+                APR_BRIGADE_INSERT_TAIL(cl->tmp, b);
+            }
+            apr_brigade_length(cl->tmp, 0, &n);
+            cl->out_bytes -= n;
+            rv = ap_pass_brigade(c->output_filters, cl->tmp);
+            apr_brigade_cleanup(cl->tmp);
+            if (rv != APR_SUCCESS) {
+                wsp_client_gone(p, now, "write failed", rv);
+                return 1;
+            }
+            progress = 1;
+        }
+        /* the core only writes at once above its minimum: nudge it */
+        rv = cl->core_out->frec->filter_func.out_func(cl->core_out, NULL);
+        if (rv != APR_SUCCESS) {
+            wsp_client_gone(p, now, "write failed", rv);
+            return 1;
+        }
+    }
+}
+
+/* Write what the backend may take: control frames at frame boundaries,
+ * then queued messages; a pending close once the queue is empty. */
+static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_bconn_t *bc = p->bc;
+    int progress = 0;
+
+    p->b_want_write = 0;
+    while (p->bc && bc->state == WSP_BC_OPEN) {
+        struct iovec vec[WSP_IOV];
+        apr_size_t n;
+        apr_status_t rv;
+        int nvec;
+
+        if (p->ctrl_off < p->ctrl_len
+            && (p->ctrl_off > 0 || wsp_queue_at_frame_boundary(&p->q))) {
+            n = p->ctrl_len - p->ctrl_off;
+            rv = apr_socket_send(bc->sock, (char *)p->ctrl + p->ctrl_off,
+                                 &n);
+            p->ctrl_off += n;
+        }
+        else if (p->q.bytes > 0 && (!p->b_close_sent
+                                    || !wsp_queue_at_frame_boundary(&p->q))) {
+            nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
+            rv = apr_socket_sendv(bc->sock, vec, nvec, &n);
+            wsp_queue_consumed(&p->q, n);
+        }
+        else if (p->b_close_pending && !p->b_close_sent) {
+            unsigned char pl[WSP_CONTROL_MAX];
+            const char *r = p->b_close_reason ? p->b_close_reason : "";
+
+            wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl,
+                             p->b_close_pending, r, strlen(r)));
+            p->b_close_sent = 1;
+            continue;
+        }
+        else {
+            return progress;
+        }
+        if (n > 0) {
+            progress = 1;
+        }
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            p->b_want_write = 1;
+            return progress;
+        }
+        if (rv != APR_SUCCESS) {
+            wsp_backend_lost(p, now, "write failed");
+            return 1;
+        }
+    }
+    return progress;
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void wsp_begin_ending(wsp_pipe_t *p, apr_time_t now)
+{
+    if (!p->ending) {
+        p->ending = 1;
+        p->close_deadline = now + WSP_CLOSE_WAIT;
+    }
+}
+
+/* Send the client a close frame; the pipe is ending. */
+static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
+                             const char *reason, apr_size_t rlen)
+{
+    wsp_client_t *cl = p->client;
+    unsigned char pl[WSP_CONTROL_MAX];
+
+    wsp_begin_ending(p, now);
+    if (!cl || cl->gone || cl->close_sent) {
+        return;
+    }
+    wsp_client_ctrl(p, WSP_OP_CLOSE, pl,
+                    wsp_close_payload(pl, code, reason, rlen));
+    cl->close_sent = 1;
+}
+
+/* The backend connection is dropped without a failover (pipe ending). */
+static void wsp_backend_drop(wsp_pipe_t *p)
+{
+    if (p->bc) {
+        wsp_bconn_close(p->bc);
+        p->bc = NULL;
+    }
+    if (p->be) {
+        wsp_pool_release(p->conf->pool, p->be);
+        p->be = NULL;
+    }
+    if (p->client) {
+        wsp_hop_drop(&p->bin);
+    }
+    p->ctrl_len = p->ctrl_off = 0;
+}
+
+/* The current backend is interrupted: count the failure, keep what the
+ * client sent for the next one and start looking for it. */
+static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
+{
+    if (p->ending) {
+        wsp_client_t *cl = p->client;
+
+        /* the client closed and waits for our reply: give it */
+        if (cl && cl->close_rcvd && !cl->close_sent) {
+            wsp_client_close(p, now, cl->close_code, cl->close_reason,
+                             strlen(cl->close_reason));
+        }
+        if (!p->b_close_sent || !p->b_close_rcvd) {
+            WSP_LOG(p, APLOG_DEBUG, 0, "backend ended while closing (%s)",
+                    why);
+        }
+        wsp_backend_drop(p);
+        return;
+    }
+    WSP_LOG(p, APLOG_WARNING, 0, "backend interrupted (%s); failing over "
+            "with %" APR_SIZE_T_FMT " message(s), %" APR_OFF_T_FMT
+            " byte(s) buffered", why, p->q.messages, p->q.bytes);
+    if (p->be) {
+        wsp_pool_failed(p->conf->pool, &p->opts, p->be, now);
+    }
+    wsp_backend_drop(p);
+    wsp_queue_rewind(&p->q);
+    p->b_close_pending = p->b_close_sent = p->b_close_rcvd = 0;
+    p->phase = WSP_PH_FAILOVER;
+    p->deadline = now + p->conf->connect_timeout;
+    p->retry_at = 0;
+}
+
+/* A close frame from the backend. */
+static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
+                               const char *reason, apr_size_t rlen)
+{
+    unsigned char pl[WSP_CONTROL_MAX];
+    wsp_client_t *cl = p->client;
+
+    p->b_close_rcvd = 1;
+    if (p->ending) {
+        /* the reply to our close (or a crossing close) */
+        if (!p->b_close_sent) {
+            wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
+                             wsp_close_payload(pl, code, reason, rlen));
+            p->b_close_sent = 1;
+        }
+        if (cl && cl->close_rcvd && !cl->close_sent) {
+            wsp_client_close(p, now, code, reason, rlen);
+        }
+        return;
+    }
+    if (wsp_conf_is_failover_code(p->conf, code)) {
+        char r[WSP_CONTROL_MAX + 1];
+
+        memcpy(r, reason, rlen);
+        r[rlen] = '\0';
+        wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
+                         wsp_close_payload(pl, code, reason, rlen));
+        p->b_close_sent = 1;
+        wsp_backend_flush(p, now);
+        wsp_backend_lost(p, now, apr_psprintf(p->client->r->pool,
+                         "close %d \"%s\"", code, r));
+        return;
+    }
+    WSP_LOG(p, APLOG_DEBUG, 0, "backend closed with %d: session over", code);
+    wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
+                     wsp_close_payload(pl, code, reason, rlen));
+    p->b_close_sent = 1;
+    wsp_client_close(p, now, code, reason, rlen);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_client_t *cl = p->client;
+    const wsp_frame_hdr_t *h = &cl->in.rd.hdr;
+    apr_size_t len = (apr_size_t)h->len;
+    const char *reason;
+    apr_size_t rlen;
+    int code;
+
+    switch (h->opcode) {
+    case WSP_OP_PING:
+        wsp_client_ctrl(p, WSP_OP_PONG, cl->in.cpay, len);
+        break;
+    case WSP_OP_PONG:
+        cl->ping_sent = 0;
+        break;
+    case WSP_OP_CLOSE:
+        if (wsp_close_parse(cl->in.cpay, len, &code, &reason, &rlen)) {
+            WSP_LOG(p, APLOG_INFO, 0, "client sent a bad close frame");
+            wsp_client_close(p, now, WSP_CLOSE_PROTOCOL, "bad close", 9);
+            cl->close_rcvd = 1;
+            if (p->bc && p->bc->state == WSP_BC_OPEN) {
+                p->b_close_pending = WSP_CLOSE_GOING_AWAY;
+            }
+            return;
+        }
+        cl->close_rcvd = 1;
+        cl->close_code = code;
+        cl->close_reason = apr_pstrmemdup(cl->r->pool, reason, rlen);
+        if (cl->close_sent) {
+            return;                 /* the reply to ours */
+        }
+        WSP_LOG(p, APLOG_DEBUG, 0, "client closed with %d", code);
+        wsp_begin_ending(p, now);
+        if (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_sent) {
+            p->b_close_pending = code == WSP_CLOSE_NO_STATUS
+                                 ? WSP_CLOSE_NORMAL : code;
+            p->b_close_reason = cl->close_reason;
+        }
+        else {
+            if (p->q.messages) {
+                WSP_LOG(p, APLOG_INFO, 0, "client closed between backends; "
+                        "%" APR_SIZE_T_FMT " buffered message(s) dropped",
+                        p->q.messages);
+            }
+            wsp_backend_drop(p);
+            wsp_client_close(p, now, code, reason, rlen);
+        }
+        break;
+    }
+}
+
+static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
+{
+    WSP_LOG(p, APLOG_INFO, 0, "client broke the protocol: closing with %d",
+            code);
+    wsp_client_close(p, now, code, code == WSP_CLOSE_TOO_BIG
+                     ? "message too big" : "protocol error",
+                     code == WSP_CLOSE_TOO_BIG ? 15 : 14);
+    if (p->bc && p->bc->state == WSP_BC_OPEN) {
+        p->b_close_pending = WSP_CLOSE_GOING_AWAY;
+        p->b_close_reason = "client error";
+    }
+    else {
+        wsp_backend_drop(p);
+    }
+}
+
+/* Feed bytes from the client; returns 0, or 1 when reading must stop. */
+static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
+                           const unsigned char *data, apr_size_t len)
+{
+    wsp_client_t *cl = p->client;
+    wsp_hop_in_t *in = &cl->in;
+
+    while ((len > 0 || wsp_hop_pending(in)) && !cl->gone) {
+        int ev = wsp_hop_step(in, &data, &len);
+
+        if (ev >= 1000) {
+            wsp_client_violation(p, now, ev);
+            return 1;
+        }
+        switch (ev) {
+        case WSP_EV_DATA:
+            if (p->ending) {
+                in->drop = 1;        /* nothing after a close counts */
+            }
+            else if (p->phase != WSP_PH_LIVE
+                     && p->q.bytes + in->msg_bytes
+                        + (apr_off_t)wsp_hop_total(in)
+                        > p->conf->buffer_limit) {
+                WSP_LOG(p, APLOG_ERR, 0, "buffer limit of %" APR_OFF_T_FMT
+                        " bytes reached with no backend: closing with 1013",
+                        p->conf->buffer_limit);
+                wsp_client_close(p, now, WSP_CLOSE_TRY_AGAIN,
+                                 "buffer full", 11);
+                wsp_backend_drop(p);
+                return 1;
+            }
+            wsp_hop_begin(p, in);
+            break;
+        case WSP_EV_MESSAGE:
+            wsp_queue_push(&p->q, in->msg);
+            in->msg_bytes = 0;
+            break;
+        case WSP_EV_CONTROL:
+            wsp_client_control(p, now);
+            if (cl->close_rcvd) {
+                return 1;
+            }
+            break;
+        }
+    }
+    return 0;
+}
+
+static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    wsp_client_t *cl = p->client;
+    apr_size_t total = 0;
+    int progress = 0;
+
+    if (!cl || !cl->upgraded || cl->gone || cl->close_rcvd
+        || (!ready && !cl->more_input)) {
+        return 0;
+    }
+    cl->more_input = 0;
+    while (total < WSP_READ_BUDGET) {
+        apr_status_t rv;
+        apr_bucket *e;
+        int stop = 0;
+
+        if (p->phase == WSP_PH_LIVE && !p->ending
+            && p->q.bytes >= p->conf->buffer_limit) {
+            cl->more_input = 1;      /* the backend is slow: wait */
+            return progress;
+        }
+        rv = ap_get_brigade(cl->c->input_filters, cl->ibb, AP_MODE_READBYTES,
+                            APR_NONBLOCK_READ, WSP_READ_CHUNK);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            return progress;
+        }
+        if (rv != APR_SUCCESS) {
+            wsp_client_gone(p, now, APR_STATUS_IS_EOF(rv) ? "connection "
+                            "closed" : "read failed", rv);
+            return 1;
+        }
+        for (e = APR_BRIGADE_FIRST(cl->ibb);
+             e != APR_BRIGADE_SENTINEL(cl->ibb) && !stop;
+             e = APR_BUCKET_NEXT(e)) {
+            const char *d;
+            apr_size_t n;
+
+            if (APR_BUCKET_IS_EOS(e)) {
+                wsp_client_gone(p, now, "connection closed", APR_EOF);
+                stop = 1;
+                break;
+            }
+            if (apr_bucket_read(e, &d, &n, APR_NONBLOCK_READ) != APR_SUCCESS
+                || n == 0) {
+                continue;
+            }
+            total += n;
+            cl->last_rx = now;
+            cl->ping_sent = 0;
+            stop = wsp_client_feed(p, now, (const unsigned char *)d, n);
+        }
+        apr_brigade_cleanup(cl->ibb);
+        progress = 1;
+        if (stop) {
+            return 1;
+        }
+    }
+    cl->more_input = 1;
+    return progress;
+}
+
+static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
+{
+    const wsp_frame_hdr_t *h = &p->bin.rd.hdr;
+    apr_size_t len = (apr_size_t)h->len;
+    const char *reason;
+    apr_size_t rlen;
+    int code;
+
+    switch (h->opcode) {
+    case WSP_OP_PING:
+        wsp_backend_ctrl(p, WSP_OP_PONG, p->bin.cpay, len);
+        break;
+    case WSP_OP_PONG:
+        p->b_ping_sent = 0;
+        break;
+    case WSP_OP_CLOSE:
+        if (wsp_close_parse(p->bin.cpay, len, &code, &reason, &rlen)) {
+            wsp_backend_lost(p, now, "bad close frame");
+            return;
+        }
+        wsp_backend_closed(p, now, code, reason, rlen);
+        break;
+    }
+}
+
+/* Feed bytes from the backend; stops early when the backend is gone. */
+static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_bconn_t *bc = p->bc;
+    wsp_hop_in_t *in = &p->bin;
+    wsp_client_t *cl = p->client;
+
+    while (p->bc == bc && (bc->ipos < bc->ilen || wsp_hop_pending(in))) {
+        const unsigned char *d = bc->ibuf + bc->ipos;
+        apr_size_t len = bc->ilen - bc->ipos;
+        int ev = wsp_hop_step(in, &d, &len);
+
+        bc->ipos = bc->ilen - len;
+        if (ev >= 1000) {
+            unsigned char pl[WSP_CONTROL_MAX];
+
+            wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
+                             wsp_close_payload(pl, ev, "protocol error", 14));
+            wsp_backend_flush(p, now);
+            wsp_backend_lost(p, now, apr_psprintf(cl->r->pool,
+                             "protocol error %d", ev));
+            return;
+        }
+        switch (ev) {
+        case WSP_EV_DATA:
+            if (!cl || cl->gone || cl->close_sent) {
+                in->drop = 1;
+            }
+            wsp_hop_begin(p, in);
+            break;
+        case WSP_EV_MESSAGE:
+            APR_BRIGADE_CONCAT(cl->out, in->msg);
+            cl->out_bytes += in->msg_bytes;
+            in->msg_bytes = 0;
+            break;
+        case WSP_EV_CONTROL:
+            wsp_backend_control(p, now);
+            break;
+        }
+    }
+}
+
+static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    apr_size_t total = 0;
+    int progress = 0;
+
+    (void)ready;
+    while (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_rcvd
+           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
+        wsp_bconn_t *bc = p->bc;
+        apr_size_t before;
+        apr_status_t rv;
+
+        if (bc->ipos < bc->ilen || wsp_hop_pending(&p->bin)) {
+            wsp_backend_feed(p, now);
+            progress = 1;
+            continue;
+        }
+        if (total >= WSP_READ_BUDGET) {
+            break;                  /* the socket stays readable */
+        }
+        before = bc->ilen;
+        rv = wsp_bconn_fill(bc);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            return progress;
+        }
+        if (rv != APR_SUCCESS) {
+            wsp_backend_lost(p, now, APR_STATUS_IS_EOF(rv)
+                             ? "connection closed" : "read failed");
+            return 1;
+        }
+        total += bc->ilen - before;
+        p->b_last_rx = now;
+        p->b_ping_sent = 0;
+        progress = 1;
+    }
+    return progress;
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static const char *wsp_backend_request(wsp_pipe_t *p, wsp_backend_t *be,
+                                       const char *key, apr_pool_t *tp)
+{
+    wsp_backend_req_t req;
+    apr_table_t *h = apr_table_copy(tp, p->fwd);
+
+    apr_table_setn(h, "X-WS-Persist-Client-Id", p->id);
+    apr_table_setn(h, "X-WS-Persist-Resume",
+                   apr_itoa(tp, p->connections));
+    req.path = apr_pstrcat(tp, be->path, p->rest, NULL);
+    req.host = be->hostport;
+    req.key = key;
+    req.protocol = p->connections ? p->protocol : p->offered;
+    req.headers = h;
+    return wsp_handshake_request(tp, &req);
+}
+
+/* Start a handshake with the next usable backend, if any. */
+static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
+{
+    int tries = p->conf->pool->backends->nelts;
+
+    while (!p->bc && tries-- > 0) {
+        apr_time_t next = 0;
+        wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
+                                             &next);
+        apr_pool_t *tp;
+        const char *key;
+        apr_status_t rv;
+        apr_interval_time_t per;
+
+        if (!be) {
+            p->retry_at = next ? next : now + WSP_BUSY_WAIT;
+            if (p->retry_at > p->deadline) {
+                p->retry_at = p->deadline;
+            }
+            return;
+        }
+        p->be = be;
+        apr_pool_create(&tp, p->pool);
+        key = wsp_key_make(tp);
+        rv = wsp_bconn_open(&p->bc, p->pool, be,
+                            wsp_backend_request(p, be, key, tp), key,
+                            p->connections ? p->protocol : p->offered,
+                            p->connections && p->protocol);
+        apr_pool_destroy(tp);
+        if (rv != APR_SUCCESS) {
+            WSP_LOG(p, APLOG_WARNING, rv, "cannot connect");
+            wsp_pool_failed(p->conf->pool, &p->opts, be, now);
+            wsp_pool_release(p->conf->pool, be);
+            p->be = NULL;
+            continue;
+        }
+        /* One hung backend must not use up the whole connect timeout. */
+        per = p->conf->connect_timeout / 3;
+        if (per < apr_time_from_sec(1)) {
+            per = apr_time_from_sec(1);
+        }
+        p->attempt_deadline = now + per < p->deadline ? now + per
+                                                      : p->deadline;
+    }
+}
+
+static void wsp_connected(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_bconn_t *bc = p->bc;
+
+    wsp_pool_succeeded(p->conf->pool, p->be);
+    if (!p->connections) {
+        p->protocol = bc->protocol ? apr_pstrdup(p->pool, bc->protocol)
+                                   : NULL;
+    }
+    WSP_LOG(p, APLOG_DEBUG, 0, "connected (resume %d)", p->connections);
+    p->connections++;
+    wsp_hop_init(&p->bin, WSP_FROM_SERVER, wsp_conf_max_message(p->conf),
+                 p->client->c->bucket_alloc, p->bin.msg);
+    p->b_last_rx = now;
+    p->b_ping_sent = 0;
+    p->ctrl_len = p->ctrl_off = 0;
+    p->phase = WSP_PH_LIVE;
+}
+
+static int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
+{
+    const char *why = NULL;
+    int res;
+
+    if ((p->phase != WSP_PH_CONNECT && p->phase != WSP_PH_FAILOVER)
+        || p->ending) {
+        return 0;
+    }
+    if (!p->bc) {
+        if (now < p->retry_at) {
+            return 0;
+        }
+        wsp_connect_next(p, now);
+        if (!p->bc) {
+            return 0;
+        }
+    }
+    res = wsp_bconn_handshake(p->bc, &why);
+    if (res == WSP_HS_MORE && now >= p->attempt_deadline) {
+        res = WSP_HS_FAIL;
+        why = "handshake timed out";
+    }
+    if (res == WSP_HS_MORE) {
+        return 0;
+    }
+    if (res == WSP_HS_OK) {
+        wsp_connected(p, now);
+        return 1;
+    }
+    WSP_LOG(p, APLOG_WARNING, 0, "handshake failed: %s", why);
+    wsp_pool_failed(p->conf->pool, &p->opts, p->be, now);
+    wsp_bconn_close(p->bc);
+    p->bc = NULL;
+    wsp_pool_release(p->conf->pool, p->be);
+    p->be = NULL;
+    p->retry_at = 0;
+    return 1;
+}
+
+/* No backend in time: 503 at connect time, 1014 during a failover. */
+static void wsp_connect_timeout(wsp_pipe_t *p, apr_time_t now)
+{
+    if (p->phase != WSP_PH_CONNECT && p->phase != WSP_PH_FAILOVER) {
+        return;
+    }
+    if (now < p->deadline || p->ending) {
+        return;
+    }
+    wsp_backend_drop(p);
+    if (p->phase == WSP_PH_CONNECT) {
+        WSP_LOG(p, APLOG_ERR, 0, "no backend completed a handshake within "
+                "%" APR_TIME_T_FMT " ms: answering 503",
+                apr_time_as_msec(p->conf->connect_timeout));
+        p->phase = WSP_PH_FAILED;
+        return;
+    }
+    WSP_LOG(p, APLOG_ERR, 0, "no backend within %" APR_TIME_T_FMT " ms: "
+            "closing with 1014, %" APR_SIZE_T_FMT " buffered message(s) "
+            "dropped", apr_time_as_msec(p->conf->connect_timeout),
+            p->q.messages);
+    wsp_client_close(p, now, WSP_CLOSE_BAD_GATEWAY, "no backend", 10);
+}
+
+/* ---- timers and the end ---------------------------------------------- */
+
+static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
+{
+    apr_interval_time_t iv = p->conf->ping_interval;
+    wsp_client_t *cl = p->client;
+    static const unsigned char beat[] = "wsp";
+
+    if (iv <= 0 || p->ending) {
+        return;
+    }
+    if (cl && cl->upgraded && !cl->gone) {
+        if (cl->ping_sent && now - cl->ping_sent >= iv) {
+            wsp_client_gone(p, now, "no pong", APR_TIMEUP);
+            return;
+        }
+        if (!cl->ping_sent && now - cl->last_rx >= iv) {
+            wsp_client_ctrl(p, WSP_OP_PING, beat, 3);
+            cl->ping_sent = now;
+        }
+    }
+    if (p->phase == WSP_PH_LIVE && p->bc) {
+        if (p->b_ping_sent && now - p->b_ping_sent >= iv) {
+            wsp_backend_lost(p, now, "no pong");
+            return;
+        }
+        if (!p->b_ping_sent && now - p->b_last_rx >= iv) {
+            wsp_backend_ctrl(p, WSP_OP_PING, beat, 3);
+            p->b_ping_sent = now;
+        }
+    }
+}
+
+static int wsp_client_done(const wsp_pipe_t *p, apr_time_t now)
+{
+    const wsp_client_t *cl = p->client;
+
+    if (!cl || cl->gone) {
+        return 1;
+    }
+    if (!cl->close_sent) {
+        return 0;
+    }
+    if (!APR_BRIGADE_EMPTY(cl->out) || cl->c->data_in_output_filters) {
+        return now >= p->close_deadline;
+    }
+    return cl->close_rcvd || now >= p->close_deadline;
+}
+
+static int wsp_backend_done(const wsp_pipe_t *p, apr_time_t now)
+{
+    if (!p->bc || p->bc->state != WSP_BC_OPEN) {
+        return 1;
+    }
+    if (p->b_close_sent && p->b_close_rcvd && p->ctrl_off == p->ctrl_len) {
+        return 1;
+    }
+    return now >= p->close_deadline;
+}
+
+static void wsp_check_done(wsp_pipe_t *p, apr_time_t now)
+{
+    if (!p->ending || p->phase == WSP_PH_DONE) {
+        return;
+    }
+    if (p->bc && p->bc->state != WSP_BC_OPEN) {
+        wsp_backend_drop(p);          /* a handshake is of no use now */
+    }
+    if (wsp_client_done(p, now) && wsp_backend_done(p, now)) {
+        wsp_backend_drop(p);
+        p->phase = WSP_PH_DONE;
+    }
+}
+
+/* ---- the driver interface --------------------------------------------- */
+
+void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev)
+{
+    apr_time_t now = apr_time_now();
+    int rounds = 0, progress;
+    int cready = (crev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
+    int bready = (brev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
+
+    do {
+        progress = wsp_connect_step(p, now);
+        progress |= wsp_client_read(p, now, cready);
+        progress |= wsp_backend_flush(p, now);
+        progress |= wsp_backend_read(p, now, bready);
+        progress |= wsp_client_flush(p, now);
+        cready = bready = 0;
+        if (p->phase == WSP_PH_CONNECT && p->bc == NULL
+            && now >= p->retry_at) {
+            progress = 1;
+        }
+    } while (progress && ++rounds < 8 && p->phase != WSP_PH_FAILED
+             && p->phase != WSP_PH_DONE
+             && !(p->phase == WSP_PH_LIVE && !p->client->upgraded));
+    if (p->phase == WSP_PH_LIVE && !p->client->upgraded) {
+        return;                       /* the driver sends the 101 first */
+    }
+    wsp_connect_timeout(p, now);
+    wsp_pings(p, now);
+    wsp_client_flush(p, now);
+    wsp_backend_flush(p, now);
+    wsp_check_done(p, now);
+}
+
+void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
+                   apr_int16_t *bev, apr_time_t *wake_at)
+{
+    wsp_client_t *cl = p->client;
+    apr_time_t t = 0;
+    apr_interval_time_t iv = p->conf->ping_interval;
+
+#define WSP_SOONER(x) do { apr_time_t x_ = (x); \
+    if (x_ && (!t || x_ < t)) t = x_; } while (0)
+
+    *cev = 0;
+    *bsock = NULL;
+    *bev = 0;
+    if (cl && cl->upgraded && !cl->gone) {
+        if (!cl->close_rcvd && !cl->more_input) {
+            *cev |= APR_POLLIN;
+        }
+        if (cl->want_write) {
+            *cev |= APR_POLLOUT;
+        }
+        if (cl->more_input && !(p->phase == WSP_PH_LIVE && !p->ending
+                                && p->q.bytes >= p->conf->buffer_limit)) {
+            t = apr_time_now();       /* go on reading once the rest ran */
+        }
+        if (iv > 0 && !p->ending) {
+            WSP_SOONER(cl->ping_sent ? cl->ping_sent + iv
+                                     : cl->last_rx + iv);
+        }
+    }
+    if (p->bc) {
+        *bsock = p->bc->sock;
+        if (p->bc->state != WSP_BC_OPEN) {
+            *bev = wsp_bconn_handshake_events(p->bc);
+            WSP_SOONER(p->attempt_deadline);
+        }
+        else {
+            if (!p->b_close_rcvd
+                && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
+                *bev |= APR_POLLIN;
+            }
+            if (p->b_want_write) {
+                *bev |= APR_POLLOUT;
+            }
+            if (iv > 0 && !p->ending) {
+                WSP_SOONER(p->b_ping_sent ? p->b_ping_sent + iv
+                                          : p->b_last_rx + iv);
+            }
+        }
+    }
+    else if (p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER) {
+        WSP_SOONER(p->retry_at ? p->retry_at : apr_time_now());
+    }
+    if (p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER) {
+        WSP_SOONER(p->deadline);
+    }
+    if (p->ending) {
+        WSP_SOONER(p->close_deadline);
+    }
+#undef WSP_SOONER
+    *wake_at = t;
+}
+
+apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
+                             const wsp_dir_conf_t *conf, const char *id)
+{
+    apr_allocator_t *alloc;
+    apr_pool_t *pool;
+    wsp_pipe_t *p;
+    apr_status_t rv;
+
+    /* Its own allocator and unmanaged pool: a pipe outlives the request
+     * that made it when a newer connection takes it over. */
+    if ((rv = apr_allocator_create(&alloc)) != APR_SUCCESS) {
+        return rv;
+    }
+    apr_allocator_max_free_set(alloc, 256 * 1024);
+    if ((rv = apr_pool_create_unmanaged_ex(&pool, NULL, alloc))
+        != APR_SUCCESS) {
+        apr_allocator_destroy(alloc);
+        return rv;
+    }
+    apr_allocator_owner_set(alloc, pool);
+    p = apr_pcalloc(pool, sizeof(*p));
+    p->pool = pool;
+    p->allocator = alloc;
+    p->ba = apr_bucket_alloc_create_ex(alloc);
+    p->s = r->server;
+    p->id = apr_pstrdup(pool, id);
+    p->client_ip = apr_pstrdup(pool, r->useragent_ip);
+    p->conf = conf;
+    wsp_conf_pool_opts(conf, &p->opts);
+    p->phase = WSP_PH_CONNECT;
+    p->fwd = apr_table_make(pool, 8);
+    p->rest = "";
+    wsp_queue_init(&p->q, pool, p->ba);
+    apr_generate_random_bytes((unsigned char *)&p->rng, sizeof(p->rng));
+    p->rng |= 1;
+    p->bin.msg = apr_brigade_create(pool, p->ba);
+    p->deadline = apr_time_now() + conf->connect_timeout;
+    *out = p;
+    return APR_SUCCESS;
+}
+
+void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
+{
+    wsp_client_t *cl = apr_pcalloc(r->pool, sizeof(*cl));
+    conn_rec *c = r->connection;
+    ap_filter_t *f;
+
+    cl->r = r;
+    cl->c = c;
+    cl->sock = ap_get_conn_socket(c);
+    for (f = c->output_filters; f->next; f = f->next)
+        ;
+    cl->core_out = f;
+    wsp_hop_init(&cl->in, WSP_FROM_CLIENT, wsp_conf_max_message(p->conf),
+                 p->ba, apr_brigade_create(r->pool, p->ba));
+    cl->ibb = apr_brigade_create(r->pool, c->bucket_alloc);
+    cl->out = apr_brigade_create(r->pool, c->bucket_alloc);
+    cl->tmp = apr_brigade_create(r->pool, c->bucket_alloc);
+    p->client = cl;
+    /* backend frames now go to this connection */
+    apr_brigade_cleanup(p->bin.msg);
+    p->bin.msg = apr_brigade_create(r->pool, c->bucket_alloc);
+    p->bin.msg_bytes = 0;
+    if (p->bin.frame) {
+        apr_bucket_free(p->bin.frame);
+        p->bin.frame = NULL;
+        p->bin.drop = 1;
+    }
+    if (p->bin.rd.msg_opcode) {
+        p->bin.drop = 1;             /* the rest of a half-sent message */
+    }
+    p->bin.ba = c->bucket_alloc;
+}
+
+void wsp_pipe_upgraded(wsp_pipe_t *p)
+{
+    wsp_client_t *cl = p->client;
+
+    cl->upgraded = 1;
+    cl->last_rx = apr_time_now();
+    /* the 101 may have left frames in the core's buffer */
+    cl->more_input = 1;
+}
+
+void wsp_pipe_detach(wsp_pipe_t *p)
+{
+    wsp_client_t *cl = p->client;
+    unsigned char pl[WSP_CONTROL_MAX];
+    apr_size_t n;
+
+    WSP_LOG(p, APLOG_INFO, 0, "a newer connection takes the pipe over: "
+            "closing this one with 1008");
+    if (!cl->gone) {
+        n = wsp_close_payload(pl, WSP_CLOSE_POLICY, "replaced", 8);
+        apr_brigade_cleanup(cl->out);
+        wsp_client_ctrl(p, WSP_OP_CLOSE, pl, n);
+        cl->close_sent = 1;
+        wsp_client_flush(p, apr_time_now());
+    }
+    /* what this thread allocated stays with it */
+    wsp_hop_drop(&cl->in);
+    wsp_hop_drop(&p->bin);
+    if (p->bin.rd.msg_opcode || p->bin.in_payload) {
+        p->bin.drop = 1;
+    }
+    p->client = NULL;
+}
+
+void wsp_pipe_destroy(wsp_pipe_t *p)
+{
+    if (p->bc) {
+        wsp_bconn_close(p->bc);
+        p->bc = NULL;
+    }
+    if (p->be) {
+        wsp_pool_release(p->conf->pool, p->be);
+        p->be = NULL;
+    }
+    if (p->client) {
+        wsp_hop_drop(&p->client->in);
+        wsp_hop_drop(&p->bin);
+    }
+    wsp_queue_clear(&p->q);
+    apr_bucket_alloc_destroy(p->ba);
+    apr_pool_destroy(p->pool);
+}

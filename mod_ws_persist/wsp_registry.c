@@ -1,0 +1,108 @@
+/* Client id -> pipe for this process, and the handover of a pipe from one
+ * request's thread to another's in replace mode. */
+#include "apr_hash.h"
+#include "apr_thread_mutex.h"
+#include "apr_thread_cond.h"
+
+#include "wsp_registry.h"
+
+static apr_hash_t *wsp_pipes;
+static apr_thread_mutex_t *wsp_reg_lock;
+static apr_thread_cond_t *wsp_reg_cond;   /* a handover finished, or a
+                                           * pipe ended */
+
+apr_status_t wsp_registry_child_init(apr_pool_t *p)
+{
+    apr_status_t rv;
+
+    wsp_pipes = apr_hash_make(p);
+    rv = apr_thread_mutex_create(&wsp_reg_lock, APR_THREAD_MUTEX_DEFAULT, p);
+    if (rv == APR_SUCCESS) {
+        rv = apr_thread_cond_create(&wsp_reg_cond, p);
+    }
+    return rv;
+}
+
+apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
+                                apr_interval_time_t wait,
+                                wsp_pipe_t **taken)
+{
+    apr_time_t until = apr_time_now() + wait;
+    apr_status_t rv = APR_SUCCESS;
+    wsp_pipe_t *old;
+
+    *taken = NULL;
+    apr_thread_mutex_lock(wsp_reg_lock);
+    for (;;) {
+        old = apr_hash_get(wsp_pipes, p->id, APR_HASH_KEY_STRING);
+        if (!old) {
+            apr_hash_set(wsp_pipes, p->id, APR_HASH_KEY_STRING, p);
+            break;
+        }
+        if (!replace) {
+            rv = APR_EEXIST;
+            break;
+        }
+        if (old->handover == WSP_HANDOVER_DONE) {
+            /* ours: the old driver let its client go */
+            old->handover = WSP_HANDOVER_NONE;
+            *taken = old;
+            break;
+        }
+        if (old->handover == WSP_HANDOVER_NONE) {
+            old->handover = WSP_HANDOVER_ASKED;
+            if (old->wake) {
+                old->wake(old->wake_baton);
+            }
+        }
+        if (apr_time_now() >= until) {
+            rv = APR_TIMEUP;
+            break;
+        }
+        apr_thread_cond_timedwait(wsp_reg_cond, wsp_reg_lock,
+                                  until - apr_time_now());
+    }
+    apr_thread_mutex_unlock(wsp_reg_lock);
+    return rv;
+}
+
+void wsp_registry_remove(wsp_pipe_t *p)
+{
+    apr_thread_mutex_lock(wsp_reg_lock);
+    if (apr_hash_get(wsp_pipes, p->id, APR_HASH_KEY_STRING) == p) {
+        apr_hash_set(wsp_pipes, p->id, APR_HASH_KEY_STRING, NULL);
+    }
+    apr_thread_cond_broadcast(wsp_reg_cond);
+    apr_thread_mutex_unlock(wsp_reg_lock);
+}
+
+void wsp_registry_handed_over(wsp_pipe_t *p)
+{
+    apr_thread_mutex_lock(wsp_reg_lock);
+    p->handover = WSP_HANDOVER_DONE;
+    p->wake = NULL;
+    p->wake_baton = NULL;
+    apr_thread_cond_broadcast(wsp_reg_cond);
+    apr_thread_mutex_unlock(wsp_reg_lock);
+}
+
+void wsp_registry_set_wake(wsp_pipe_t *p, void (*fn)(void *), void *baton)
+{
+    apr_thread_mutex_lock(wsp_reg_lock);
+    p->wake = fn;
+    p->wake_baton = baton;
+    if (fn && p->handover == WSP_HANDOVER_ASKED) {
+        fn(baton);
+    }
+    apr_thread_mutex_unlock(wsp_reg_lock);
+}
+
+int wsp_registry_count(void)
+{
+    int n;
+
+    apr_thread_mutex_lock(wsp_reg_lock);
+    n = (int)apr_hash_count(wsp_pipes);
+    apr_thread_mutex_unlock(wsp_reg_lock);
+    return n;
+}
