@@ -1,0 +1,52 @@
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from wsp_env import Env  # noqa: E402
+
+# Last resort against a hang: no test of this suite needs this long.
+TEST_ALARM_S = 240
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "alarm(seconds): override the per-test hang guard")
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(tmp_path / "root")
+    yield e
+    e.shutdown()    # idempotent; check_error_log did it already
+
+
+@pytest.fixture(autouse=True)
+def check_error_log(request, env):
+    """Fail a test whose httpd logged an unexpected error/crit/alert/emerg
+    line (a test declares its expected ones with env.expect_error()), whose
+    child crashed ("child pid N exit signal"), or whose httpd did not stop.
+    Runs after the test has stopped httpd, so shutdown is checked too."""
+    yield
+    problems = env.shutdown()
+    problems += env.log_problems()
+    if problems:
+        pytest.fail("after the test:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def hang_guard(request):
+    m = request.node.get_closest_marker("alarm")
+    seconds = m.args[0] if m else TEST_ALARM_S
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("test still running after %ds" % seconds)
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

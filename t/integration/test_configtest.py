@@ -1,0 +1,99 @@
+"""apache2 -t (DESIGN §1): every directive rejects bad values with a
+message that names the directive and the value; a Location handled by
+ws-persist needs a backend; good values (with an admin's suffixes) pass."""
+
+import asyncio
+
+import pytest
+
+from wsp_env import connect, echo
+
+GOOD_BACKEND = "ws://127.0.0.1:9/echo/"
+
+
+def location(*lines, backend=True):
+    body = ['<Location "/ws/">', "    SetHandler ws-persist"]
+    if backend:
+        body.append("    WSPersistBackend " + GOOD_BACKEND)
+    body += ["    " + l for l in lines]
+    return "\n".join(body + ["</Location>"]) + "\n"
+
+
+# (directive line, what the message must name besides the directive)
+BAD = [
+    ("WSPersistBufferLimit 5Q", "5Q"),
+    ("WSPersistBufferLimit -5", "-5"),
+    ("WSPersistMaxMessageSize 12X", "12X"),
+    ("WSPersistConnectTimeout -1", "-1"),
+    ("WSPersistConnectTimeout abc", "abc"),
+    ("WSPersistRetry soon", "soon"),
+    ("WSPersistRetry 100ms later", "later"),
+    ("WSPersistMaxErrors many", "many"),
+    ("WSPersistPingInterval often", "often"),
+    ("WSPersistBackend http://x/", "http://x/"),
+    ("WSPersistBackend ws://:0/", "ws://:0/"),
+    ("WSPersistBackend ws://127.0.0.1:99999/", "ws://127.0.0.1:99999/"),
+    ("WSPersistBackend ws://127.0.0.1:9/ weight=abc", "abc"),
+    ("WSPersistClientId somewhere", "somewhere"),
+    ("WSPersistDuplicateClient ignore", "ignore"),
+    ("WSPersistFailoverCodes abc", "abc"),
+    ("WSPersistFailoverCodes 1001 99", "99"),
+]
+
+
+@pytest.mark.parametrize("line,value", BAD, ids=[b[0] for b in BAD])
+def test_bad_value_rejected(env, line, value):
+    h = env.conf(location(line))
+    rc, out = h.configtest()
+    directive = line.split()[0]
+    assert rc != 0, "configtest passed:\n" + out
+    assert directive in out, out
+    assert value in out, out
+
+
+def test_location_without_backend_rejected(env):
+    h = env.conf(location(backend=False))
+    rc, out = h.configtest()
+    assert rc != 0, "configtest passed:\n" + out
+    assert "WSPersistBackend" in out, out
+
+
+def test_good_config_passes(env):
+    h = env.conf(location(
+        "WSPersistBackend ws://127.0.0.1:10/other/ weight=3 max_errors=5",
+        "WSPersistBufferLimit 5M",
+        "WSPersistMaxMessageSize 64K",
+        "WSPersistConnectTimeout 2s",
+        "WSPersistRetry 250ms 30s",
+        "WSPersistMaxErrors 10",
+        "WSPersistClientId query id",
+        "WSPersistDuplicateClient replace",
+        "WSPersistExclusive On",
+        "WSPersistPingInterval 0",
+        "WSPersistFailoverCodes 1001 1006 1011 1012 4000"))
+    rc, out = h.configtest()
+    assert rc == 0, out
+    assert "Syntax OK" in out
+
+
+@pytest.mark.parametrize("mode", ["path", "header X-Client", "query id",
+                                  "cookie sid", "generate"])
+def test_client_id_modes_parse(env, mode):
+    rc, out = env.conf(location("WSPersistClientId " + mode)).configtest()
+    assert rc == 0, out
+
+
+def test_server_level_backend_inherited(env):
+    """A backend at server level serves a Location that only says
+    SetHandler: configtest passes and the pipe works."""
+    b1 = env.backend("b1")
+    body = ("WSPersistBackend %s\n" % b1.url) + location(backend=False)
+    h = env.conf(body)
+    rc, out = h.configtest()
+    assert rc == 0, out
+    h.start()
+
+    async def run():
+        async with connect(env) as ws:
+            await echo(ws, "inherited")
+    asyncio.run(run())
