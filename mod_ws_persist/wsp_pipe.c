@@ -611,7 +611,10 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
         }
         rv = ap_get_brigade(cl->c->input_filters, cl->ibb, AP_MODE_READBYTES,
                             APR_NONBLOCK_READ, WSP_READ_CHUNK);
-        if (APR_STATUS_IS_EAGAIN(rv)) {
+        /* the core answers a non-blocking read with nothing to read by an
+         * empty brigade, mod_ssl by EAGAIN */
+        if (APR_STATUS_IS_EAGAIN(rv)
+            || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(cl->ibb))) {
             return progress;
         }
         if (rv != APR_SUCCESS) {

@@ -14,10 +14,12 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -204,7 +206,13 @@ ServerRoot "{root}"
 ServerName {host}
 DefaultRuntimeDir "{root}/run"
 PidFile "{root}/run/httpd.pid"
-DocumentRoot "{root}/htdocs"
+# The children run as an unprivileged user that cannot search pytest's
+# private tmp folders: the document root lives in a readable folder.
+DocumentRoot "{docroot}"
+<Directory />
+    AllowOverride None
+    Require all granted
+</Directory>
 {user}
 LoadModule mpm_event_module {moddir}/mod_mpm_event.so
 LoadModule authz_core_module {moddir}/mod_authz_core.so
@@ -270,9 +278,10 @@ class Httpd:
         self.write_conf(body)
 
     def write_conf(self, body):
-        for d in ("conf", "logs", "run", "htdocs"):
+        for d in ("conf", "logs", "run"):
             (self.root / d).mkdir(exist_ok=True)
         fmt = dict(root=self.root, host=HOST, port=self.port,
+                   docroot=self.env.docroot(),
                    ssl_port=self.ssl_port, moddir=MODDIR, module=MODULE,
                    user=_run_user())
         if self.ssl:
@@ -366,6 +375,13 @@ class Env:
         self.backends = []
         self.httpd = None
         self.expected_errors = []
+        self._docroot = None
+
+    def docroot(self):
+        if self._docroot is None:
+            self._docroot = tempfile.mkdtemp(prefix="wsp-docroot-")
+            os.chmod(self._docroot, 0o755)
+        return self._docroot
 
     def port(self):
         while True:
@@ -432,6 +448,9 @@ class Env:
             problems += self.httpd.problems
         for be in self.backends:
             be.stop()
+        if self._docroot:
+            shutil.rmtree(self._docroot, ignore_errors=True)
+            self._docroot = None
         return problems
 
     def log_problems(self):
