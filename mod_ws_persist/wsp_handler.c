@@ -263,10 +263,10 @@ int wsp_handler(request_rec *r)
         return wsp_refuse(r, HTTP_SERVICE_UNAVAILABLE, id, "the live pipe "
                           "did not let go in time");
     }
-    wsp_take_connection(r);
     if (taken) {
         wsp_pipe_destroy(p);
         p = taken;
+        wsp_take_connection(r);
         wsp_pipe_attach(p, r);
         WSP_LOG(p, APLOG_INFO, 0, "took over the live pipe");
         wsp_send_101(r, p, key, generated);
@@ -278,11 +278,11 @@ int wsp_handler(request_rec *r)
 
         wsp_registry_remove(p);
         wsp_pipe_destroy(p);
-        r->connection->keepalive = AP_CONN_UNKNOWN;
         apr_table_setn(r->err_headers_out, "Retry-After",
                        apr_itoa(r->pool, after));
         return HTTP_SERVICE_UNAVAILABLE;
     }
+    wsp_take_connection(r);
     wsp_send_101(r, p, key, generated);
     return wsp_run(r, p);
 }

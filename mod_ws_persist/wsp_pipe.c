@@ -459,6 +459,9 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
                          wsp_close_payload(pl, code, reason, rlen));
         p->b_close_sent = 1;
         wsp_backend_flush(p, now);
+        if (!p->bc) {
+            return;                 /* the flush found it gone already */
+        }
         wsp_backend_lost(p, now, apr_psprintf(p->client->r->pool,
                          "close %d \"%s\"", code, r));
         return;
@@ -696,8 +699,10 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
             wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                              wsp_close_payload(pl, ev, "protocol error", 14));
             wsp_backend_flush(p, now);
-            wsp_backend_lost(p, now, apr_psprintf(cl->r->pool,
-                             "protocol error %d", ev));
+            if (p->bc) {
+                wsp_backend_lost(p, now, apr_psprintf(cl->r->pool,
+                                 "protocol error %d", ev));
+            }
             return;
         }
         switch (ev) {
@@ -1133,8 +1138,8 @@ void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
     cl->out = apr_brigade_create(r->pool, c->bucket_alloc);
     cl->tmp = apr_brigade_create(r->pool, c->bucket_alloc);
     p->client = cl;
-    /* backend frames now go to this connection */
-    apr_brigade_cleanup(p->bin.msg);
+    /* backend frames now go to this connection (a former one cleaned up
+     * its brigade when it let go) */
     p->bin.msg = apr_brigade_create(r->pool, c->bucket_alloc);
     p->bin.msg_bytes = 0;
     if (p->bin.frame) {
@@ -1176,9 +1181,11 @@ void wsp_pipe_detach(wsp_pipe_t *p)
     /* what this thread allocated stays with it */
     wsp_hop_drop(&cl->in);
     wsp_hop_drop(&p->bin);
-    if (p->bin.rd.msg_opcode || p->bin.in_payload) {
+    if (p->bin.rd.msg_opcode
+        || (p->bin.in_payload && !WSP_OP_IS_CONTROL(p->bin.rd.hdr.opcode))) {
         p->bin.drop = 1;
     }
+    p->bin.msg = NULL;
     p->client = NULL;
 }
 
