@@ -22,6 +22,7 @@ def env(tmp_path):
     e = Env(tmp_path / "root")
     yield e
     e.shutdown()    # idempotent; check_error_log did it already
+    e.cleanup()
 
 
 @pytest.fixture(autouse=True)

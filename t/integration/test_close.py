@@ -15,6 +15,11 @@ from wsp_env import (RawWS, await_until, closed, connect, echo, hget,
 SLOW_RETRY = ("WSPersistConnectTimeout 10", "WSPersistRetry 5s 10s")
 
 
+async def until_closed(backend, cid):
+    await await_until(lambda: backend.closes(cid), 20,
+                      what="%s to record its close" % backend.name)
+
+
 def two_backends(env, *lines):
     b1, b2 = env.backend("b1"), env.backend("b2")
     env.start_httpd(env.location("/ws/", [b1, b2], *lines))
@@ -66,7 +71,8 @@ def test_backend_failover_code_moves_pipe(env, code):
         ws = await connect(env, cid)
         me = await whoami(ws)
         await ws.send("close:%d:restarting" % code)
-        await asyncio.sleep(0.2)
+        # a message written to the closing backend may be lost (DESIGN §3)
+        await until_closed(backends[me["name"]], cid)
         me2 = await whoami(ws)
         assert me2["name"] != me["name"]
         assert hget(me2["headers"], "X-WS-Persist-Resume") == "1"
@@ -80,12 +86,14 @@ def test_backend_failover_code_moves_pipe(env, code):
 def test_failover_codes_directive(env):
     """WSPersistFailoverCodes 4000: 4000 now moves the pipe, and 1012 (no
     longer listed) ends the session with the backend's code and reason."""
-    two_backends(env, "WSPersistFailoverCodes 4000", *SLOW_RETRY)
+    backends = two_backends(env, "WSPersistFailoverCodes 4000", *SLOW_RETRY)
+    cid = new_id()
 
     async def run():
-        ws = await connect(env)
+        ws = await connect(env, cid)
         me = await whoami(ws)
         await ws.send("close:4000:moving")
+        await until_closed(backends[me["name"]], cid)
         me2 = await whoami(ws)
         assert me2["name"] != me["name"]
         await ws.send("close:1012:restart")

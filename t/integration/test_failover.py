@@ -39,12 +39,16 @@ def test_kill_with_spare_keeps_stream(env):
 
         async def sender():
             n = 0
-            while "after" not in state or loop.time() < state["after"] + 2:
+            while True:
                 n += 1
+                final = "after" in state and loop.time() > state["after"] + 2
+                if final:
+                    state["last"] = n
                 await ws.send(str(n))
                 sent.append(n)
+                if final:
+                    return
                 await asyncio.sleep(0.01)
-            state["last"] = n
 
         async def receiver():
             while "last" not in state or not got or got[-1] < state["last"]:

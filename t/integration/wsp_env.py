@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -207,8 +208,10 @@ ServerName {host}
 DefaultRuntimeDir "{root}/run"
 PidFile "{root}/run/httpd.pid"
 # The children run as an unprivileged user that cannot search pytest's
-# private tmp folders: the document root lives in a readable folder.
-DocumentRoot "{docroot}"
+# private tmp folders: the document root and core dumps live in a folder
+# of their own.
+DocumentRoot "{shared}/htdocs"
+CoreDumpDirectory "{shared}/cores"
 <Directory />
     AllowOverride None
     Require all granted
@@ -281,7 +284,7 @@ class Httpd:
         for d in ("conf", "logs", "run"):
             (self.root / d).mkdir(exist_ok=True)
         fmt = dict(root=self.root, host=HOST, port=self.port,
-                   docroot=self.env.docroot(),
+                   shared=self.env.shared(),
                    ssl_port=self.ssl_port, moddir=MODDIR, module=MODULE,
                    user=_run_user())
         if self.ssl:
@@ -306,12 +309,16 @@ class Httpd:
         if not MODULE.exists():
             raise AssertionError("%s is not built (make -f Makefile.apxs)"
                                  % MODULE)
+        def allow_cores():
+            resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,
+                                                      resource.RLIM_INFINITY))
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [APACHE, "-f", str(self.conf_path), "-d", str(self.root),
                  "-DFOREGROUND"],
                 stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=allow_cores)
         deadline = time.monotonic() + timeout
         ports = [self.port] + ([self.ssl_port] if self.ssl else [])
         while not all(port_open(p) for p in ports):
@@ -375,13 +382,44 @@ class Env:
         self.backends = []
         self.httpd = None
         self.expected_errors = []
-        self._docroot = None
+        self._shared = None
 
-    def docroot(self):
-        if self._docroot is None:
-            self._docroot = tempfile.mkdtemp(prefix="wsp-docroot-")
-            os.chmod(self._docroot, 0o755)
-        return self._docroot
+    def shared(self):
+        """A folder httpd's children may use: htdocs/, cores/."""
+        if self._shared is None:
+            self._shared = tempfile.mkdtemp(prefix="wsp-test-")
+            os.chmod(self._shared, 0o755)
+            os.mkdir(os.path.join(self._shared, "htdocs"))
+            os.chmod(os.path.join(self._shared, "htdocs"), 0o755)
+            os.mkdir(os.path.join(self._shared, "cores"))
+            os.chmod(os.path.join(self._shared, "cores"), 0o777)
+        return self._shared
+
+    def backtraces(self):
+        """gdb backtraces of the core files crashed children left."""
+        out = []
+        if self._shared is None:
+            return out
+        cores = Path(self._shared) / "cores"
+        for core in sorted(cores.iterdir()):
+            try:
+                p = subprocess.run(
+                    ["gdb", "-batch", "-nx", "-ex", "bt", APACHE, str(core)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, timeout=120)
+                bt = []
+                for l in p.stdout.decode(errors="replace").splitlines():
+                    if l.startswith("#") and l not in bt:
+                        bt.append(l)
+                out.append("backtrace of %s:\n%s" % (core.name,
+                                                     "\n".join(bt)))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                out.append("no backtrace of %s: %s" % (core, e))
+            if os.environ.get("WSP_KEEP_CORES"):
+                shutil.move(str(core), str(self.root / core.name))
+            else:
+                core.unlink()
+        return out
 
     def port(self):
         while True:
@@ -448,17 +486,21 @@ class Env:
             problems += self.httpd.problems
         for be in self.backends:
             be.stop()
-        if self._docroot:
-            shutil.rmtree(self._docroot, ignore_errors=True)
-            self._docroot = None
         return problems
+
+    def cleanup(self):
+        if self._shared:
+            shutil.rmtree(self._shared, ignore_errors=True)
+            self._shared = None
 
     def log_problems(self):
         problems = []
         if self.httpd:
+            crashed = False
             for line in self.httpd.log_text().splitlines():
                 if CRASH_RE.search(line):
                     problems.append("crash: " + line)
+                    crashed = True
                     continue
                 m = LOG_LEVEL_RE.match(line)
                 if not m or m.group(2) not in BAD_LEVELS:
@@ -466,6 +508,8 @@ class Env:
                 if any(rx.search(line) for rx in self.expected_errors):
                     continue
                 problems.append("unexpected: " + line)
+            if crashed:
+                problems += self.backtraces()
         for be in self.backends:
             if "Traceback" in be.output():
                 problems.append("backend %s raised:\n%s"
