@@ -22,9 +22,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -qq --no-install-recommends $missing
     # Debian starts the stock apache2 service on install; our tests and the
     # demo run their own httpd, so keep the system one out of the way.
-    if echo "$missing" | grep -q "apache2 "; then
-        apache2ctl -k stop >/dev/null 2>&1 || true
-    fi
+    case "$missing " in
+        *" apache2 "*)
+            echo "stopping the apache2 service the install started"
+            apache2ctl -k stop >/dev/null 2>&1 || true
+            service apache2 stop >/dev/null 2>&1 || true
+            ;;
+    esac
 else
     echo "missing Debian packages:$missing" >&2
     echo "install them with: sudo apt-get install$missing" >&2
