@@ -158,6 +158,10 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
     if ((err = wsp_backend_parse(cmd->pool, url, be))) {
         return wsp_bad(cmd, url, err);
     }
+    if (be->tls) {
+        /* refused rather than spoken in clear text */
+        return wsp_bad(cmd, url, "wss:// backends are not supported yet");
+    }
     while (*(word = ap_getword_conf(cmd->pool, &args))) {
         const char *val = ap_strchr_c(word, '=');
         char *key;

@@ -572,6 +572,7 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
                 wsp_client_close(p, now, WSP_CLOSE_TRY_AGAIN,
                                  "buffer full", 11);
                 wsp_backend_drop(p);
+                in->drop = 1;        /* its payload has nowhere to go */
                 return 1;
             }
             wsp_hop_begin(p, in);
