@@ -28,7 +28,10 @@ from pathlib import Path
 import websockets
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE = REPO / ".libs" / "mod_ws_persist.so"
+# WSP_MODULE: run the suite against another build (an installed module,
+# a mutated copy that should make tests fail)
+MODULE = Path(os.environ.get("WSP_MODULE",
+                             REPO / ".libs" / "mod_ws_persist.so"))
 BACKEND = REPO / "t" / "backend.py"
 PYTHON = "/usr/bin/python3"
 APACHE = "/usr/sbin/apache2"
