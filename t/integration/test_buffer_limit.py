@@ -6,7 +6,7 @@ import asyncio
 
 import websockets
 
-from wsp_env import closed, connect, echo, new_id
+from wsp_env import closed, connect, echo, new_id, recv
 
 
 def test_buffer_full_closes_1013_others_unaffected(env):
@@ -64,6 +64,6 @@ def test_buffer_under_limit_survives(env):
             await a.send(m)
         await b1.astart()
         for m in msgs:
-            assert await asyncio.wait_for(a.recv(), 30) == m
+            assert await recv(a, 30) == m
         await a.close()
     asyncio.run(run())

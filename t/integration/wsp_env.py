@@ -42,6 +42,8 @@ HOST = "127.0.0.1"
 LOG_LEVEL_RE = re.compile(r"^\[[^\]]*\] \[([^:\]]*):(\w+)\]")
 BAD_LEVELS = {"error", "crit", "alert", "emerg"}
 CRASH_RE = re.compile(r"child pid \d+ exit signal")
+# how long a graceful stop may wait for live connections
+GRACEFUL_S = 10
 
 
 def new_id():
@@ -234,6 +236,7 @@ ThreadsPerChild 256
 MaxRequestWorkers 256
 MinSpareThreads 1
 MaxSpareThreads 512
+GracefulShutdownTimeout {graceful_s}
 
 ErrorLog "{root}/logs/error_log"
 LogLevel warn core:notice mpm_event:notice ws_persist:debug
@@ -287,7 +290,7 @@ class Httpd:
         for d in ("conf", "logs", "run"):
             (self.root / d).mkdir(exist_ok=True)
         fmt = dict(root=self.root, host=HOST, port=self.port,
-                   shared=self.env.shared(),
+                   shared=self.env.shared(), graceful_s=GRACEFUL_S,
                    ssl_port=self.ssl_port, moddir=MODDIR, module=MODULE,
                    user=_run_user())
         if self.ssl:
@@ -334,9 +337,39 @@ class Httpd:
             time.sleep(0.05)
         return self
 
+    def children(self):
+        pid = self.proc.pid
+        try:
+            with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+                return [int(x) for x in f.read().split()]
+        except OSError:
+            return []
+
+    @staticmethod
+    def _running(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
     def stop(self, timeout=30):
+        """A graceful stop, then SIGTERM once the child is gone. (An
+        immediate stop is not used: httpd 2.4.71's event MPM child crashes
+        in about 1 of 200 SIGTERM shutdowns with or without this module,
+        and a crash must mean something in this suite.)"""
         if self.proc is None or self.proc.poll() is not None:
             return
+        kids = self.children()
+        self.proc.send_signal(signal.SIGWINCH)
+        deadline = time.monotonic() + GRACEFUL_S + 5
+        while any(self._running(k) for k in kids):
+            if time.monotonic() > deadline:
+                self.problems.append(
+                    "apache2's child did not exit within %ds of a graceful "
+                    "stop (a pipe that never ended?)" % (GRACEFUL_S + 5))
+                break
+            time.sleep(0.02)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
@@ -545,7 +578,11 @@ def connect_path(env, path, scheme="ws", **kw):
 
 
 async def recv(ws, timeout=20):
-    return await asyncio.wait_for(ws.recv(), timeout)
+    try:
+        return await asyncio.wait_for(ws.recv(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError("no message from the proxy within %ss"
+                             % timeout) from None
 
 
 async def whoami(ws, timeout=20):
@@ -570,6 +607,9 @@ async def closed(ws, timeout=20):
             await asyncio.wait_for(ws.recv(), timeout)
     except websockets.ConnectionClosed:
         pass
+    except asyncio.TimeoutError:
+        raise AssertionError("the proxy did not close the connection "
+                             "within %ss" % timeout) from None
     await asyncio.wait_for(ws.wait_closed(), timeout)
     return ws.close_code, ws.close_reason
 
