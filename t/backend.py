@@ -4,12 +4,17 @@
     /usr/bin/python3 t/backend.py --port N [--name NAME] [--subprotocols a,b]
                                   [--host 127.0.0.1] [--log FILE]
 
-Echoes every text and binary message unchanged, except two text commands:
+Echoes every text and binary message unchanged, except these text
+commands:
 
     close:<code>:<reason>   the backend closes the connection with that code
     whoami                  the backend answers with JSON: name, path (with
                             query), headers (of the handshake request),
                             subprotocol, pid and conn (connection number)
+    frag:<n>:<text>         answers <text> as one message in n fragments
+    halfmsg:<text>          sends <text> as the first fragment of a message
+                            it never finishes (logs "sent-fragment")
+    big:<n>                 answers a text message of n "b" characters
 
 Prints "ready <name> <port>" on stdout once listening. With --log, every
 event is appended to FILE as one JSON object per line, flushed at once, so
@@ -82,6 +87,20 @@ class Backend:
                             "headers": headers, "subprotocol": ws.subprotocol,
                             "pid": os.getpid(), "conn": conn}))
                         continue
+                    if msg.startswith("frag:"):
+                        _, n, text = msg.split(":", 2)
+                        n = int(n)
+                        step = max(1, -(-len(text) // n))
+                        await ws.send([text[i:i + step]
+                                       for i in range(0, len(text), step)])
+                        continue
+                    if msg.startswith("halfmsg:"):
+                        asyncio.ensure_future(self.half_message(
+                            ws, conn, msg.split(":", 1)[1]))
+                        continue
+                    if msg.startswith("big:"):
+                        await ws.send("b" * int(msg.split(":", 1)[1]))
+                        continue
                     if msg.startswith("close:"):
                         _, code, reason = (msg.split(":", 2) + [""])[:3]
                         closed_by = "us"
@@ -99,6 +118,16 @@ class Backend:
                        reason=ws.close_reason, by=closed_by)
             print("close %s conn=%d code=%s reason=%r" % (
                 self.name, conn, ws.close_code, ws.close_reason), flush=True)
+
+    async def half_message(self, ws, conn, text):
+        async def fragments():
+            yield text
+            self.event("sent-fragment", conn=conn)
+            await asyncio.Event().wait()    # the rest never comes
+        try:
+            await ws.send(fragments())
+        except websockets.ConnectionClosed:
+            pass
 
     async def run(self):
         stop = asyncio.get_running_loop().create_future()

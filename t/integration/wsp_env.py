@@ -147,8 +147,17 @@ class Backend:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def pause(self):
+        """SIGSTOP: the backend's connections stay open but it answers
+        nothing, not even a ping."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
+            self.resume()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=5)
