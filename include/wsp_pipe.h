@@ -116,6 +116,11 @@ struct wsp_pipe_t {
 
     apr_uint64_t rng;                  /* mask keys */
 
+    /* the driver hears of a backend socket before it is closed, so it can
+     * take it out of its pollset while the descriptor is still valid */
+    void (*on_bclose)(void *baton, apr_socket_t *sock);
+    void *driver_baton;
+
     /* replace mode: another request takes the pipe over */
     volatile wsp_handover_e handover;
     void (*wake)(void *baton);
@@ -143,6 +148,10 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
 
 /* Do everything the sockets and timers allow. */
 void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev);
+
+/* The server stops: close both hops with 1001, as far as the sockets take
+ * it without waiting. */
+void wsp_pipe_going_away(wsp_pipe_t *p);
 
 /* Free the pipe (backend connection, buffers, pool). */
 void wsp_pipe_destroy(wsp_pipe_t *p);

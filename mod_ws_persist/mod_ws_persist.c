@@ -6,7 +6,10 @@
 #include "http_log.h"
 
 #include "mod_ws_persist.h"
+#include "mpm_common.h"
+
 #include "wsp_config.h"
+#include "wsp_evloop.h"
 #include "wsp_handler.h"
 #include "wsp_pool.h"
 #include "wsp_registry.h"
@@ -19,13 +22,28 @@ static void wsp_child_init(apr_pool_t *p, server_rec *s)
         || (rv = wsp_registry_child_init(p)) != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
                      "ws_persist: cannot create the process's locks");
+        return;
     }
+    wsp_evloop_child_init(p, s);
+}
+
+static int wsp_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
+                          apr_pool_t *ptemp)
+{
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    wsp_evloop_wanted = 1;          /* each read of the config starts over */
+    return OK;
 }
 
 static void wsp_register_hooks(apr_pool_t *p)
 {
     (void)p;
+    ap_hook_pre_config(wsp_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_check_config(wsp_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_suspend_connection(wsp_evloop_suspended, NULL, NULL,
+                               APR_HOOK_MIDDLE);
     ap_hook_child_init(wsp_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wsp_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }

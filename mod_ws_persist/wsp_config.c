@@ -9,6 +9,7 @@
 #include "wsp_config.h"
 #include "wsp_parse.h"
 #include "wsp_frame.h"
+#include "wsp_evloop.h"
 
 #define WSP_DEFAULT_BUFFER       (5 * 1024 * 1024)
 #define WSP_DEFAULT_CONNECT      apr_time_from_sec(10)
@@ -374,6 +375,18 @@ static const char *set_failover_codes(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *set_event_loop(cmd_parms *cmd, void *dconf, int on)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    (void)dconf;
+    if (err) {
+        return err;
+    }
+    wsp_evloop_wanted = on;
+    return NULL;
+}
+
 const command_rec wsp_cmds[] = {
     AP_INIT_RAW_ARGS("WSPersistBackend", set_backend, NULL, RSRC_CONF
                      | ACCESS_CONF, "ws://host:port/path [weight=N] "
@@ -408,6 +421,9 @@ const command_rec wsp_cmds[] = {
     AP_INIT_ITERATE("WSPersistFailoverCodes", set_failover_codes, NULL,
                     RSRC_CONF | ACCESS_CONF,
                     "backend close codes that mean fail over"),
+    AP_INIT_FLAG("WSPersistEventLoop", set_event_loop, NULL, RSRC_CONF,
+                 "On: under the event MPM idle pipes hold no worker "
+                 "thread (default)"),
     { NULL }
 };
 

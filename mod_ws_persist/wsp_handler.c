@@ -14,6 +14,7 @@
 
 #include "mod_ws_persist.h"
 #include "wsp_config.h"
+#include "wsp_evloop.h"
 #include "wsp_handler.h"
 #include "wsp_handshake.h"
 #include "wsp_loop.h"
@@ -210,8 +211,14 @@ static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
     wsp_pipe_upgraded(p);
 }
 
+/* Under the event MPM the pipe goes to the child's loop and this thread
+ * is free; otherwise this thread runs it to the end. */
 static int wsp_run(request_rec *r, wsp_pipe_t *p)
 {
+    if (wsp_evloop_available()) {
+        wsp_evloop_mark(r, p);
+        return SUSPENDED;
+    }
     if (wsp_loop_run(p, r) != WSP_LOOP_HANDED_OVER) {
         wsp_registry_remove(p);
         WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");

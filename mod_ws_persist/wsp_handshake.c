@@ -66,6 +66,75 @@ void wsp_accept_make(const char *key, char *out)
     apr_base64_encode_binary(out, digest, sizeof(digest));
 }
 
+/* RFC 7230 tchar: what a header name may be made of. */
+static int wsp_is_tchar(unsigned char c)
+{
+    return apr_isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static int wsp_name_ok(const char *name)
+{
+    if (!name || !*name) {
+        return 0;
+    }
+    for (; *name; name++) {
+        if (!wsp_is_tchar((unsigned char)*name)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A field value with no control character but HTAB: a CR or LF in a
+ * forwarded value would start a header line of the client's choosing. */
+static int wsp_value_ok(const char *value)
+{
+    if (!value) {
+        return 0;
+    }
+    for (; *value; value++) {
+        unsigned char c = (unsigned char)*value;
+        if ((c < 0x20 && c != '\t') || c == 0x7F) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The request target with spaces and control characters %-escaped, so it
+ * stays one token of the request line. */
+static const char *wsp_target(apr_pool_t *p, const char *path)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const char *s;
+    char *out, *o;
+    apr_size_t bad = 0;
+
+    if (!path || !*path) {
+        return "/";
+    }
+    for (s = path; *s; s++) {
+        bad += (unsigned char)*s <= 0x20 || (unsigned char)*s == 0x7F;
+    }
+    if (!bad) {
+        return path;
+    }
+    o = out = apr_palloc(p, strlen(path) + 2 * bad + 1);
+    for (s = path; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 0x20 || c == 0x7F) {
+            *o++ = '%';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+        else {
+            *o++ = (char)c;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
 char *wsp_handshake_request(apr_pool_t *p, const wsp_backend_req_t *req)
 {
     const apr_array_header_t *arr;
@@ -73,14 +142,13 @@ char *wsp_handshake_request(apr_pool_t *p, const wsp_backend_req_t *req)
     char *s;
     int i;
 
-    s = apr_pstrcat(p, "GET ", req->path && *req->path ? req->path : "/",
-                    " HTTP/1.1\r\n"
+    s = apr_pstrcat(p, "GET ", wsp_target(p, req->path), " HTTP/1.1\r\n"
                     "Host: ", req->host, "\r\n"
                     "Upgrade: websocket\r\n"
                     "Connection: Upgrade\r\n"
                     "Sec-WebSocket-Key: ", req->key, "\r\n"
                     "Sec-WebSocket-Version: 13\r\n", NULL);
-    if (req->protocol) {
+    if (req->protocol && *req->protocol && wsp_value_ok(req->protocol)) {
         s = apr_pstrcat(p, s, "Sec-WebSocket-Protocol: ", req->protocol,
                         "\r\n", NULL);
     }
@@ -88,6 +156,11 @@ char *wsp_handshake_request(apr_pool_t *p, const wsp_backend_req_t *req)
         arr = apr_table_elts(req->headers);
         e = (const apr_table_entry_t *)arr->elts;
         for (i = 0; i < arr->nelts; i++) {
+            /* httpd's parser refuses such values already (strict
+             * HttpProtocolOptions); this holds without it too */
+            if (!wsp_name_ok(e[i].key) || !wsp_value_ok(e[i].val)) {
+                continue;
+            }
             s = apr_pstrcat(p, s, e[i].key, ": ", e[i].val, "\r\n", NULL);
         }
     }

@@ -28,6 +28,16 @@
 #define WSP_EV_CONTROL  4      /* a control frame in in->cpay */
 
 static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why);
+
+/* Every backend connection ends here, so the driver hears of it first. */
+static void wsp_bconn_end(wsp_pipe_t *p)
+{
+    if (p->on_bclose) {
+        p->on_bclose(p->driver_baton, p->bc->sock);
+    }
+    wsp_bconn_close(p->bc);
+    p->bc = NULL;
+}
 static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
                              const char *reason, apr_size_t rlen);
 
@@ -384,8 +394,7 @@ static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
 static void wsp_backend_drop(wsp_pipe_t *p)
 {
     if (p->bc) {
-        wsp_bconn_close(p->bc);
-        p->bc = NULL;
+        wsp_bconn_end(p);
     }
     if (p->be) {
         wsp_pool_release(p->conf->pool, p->be);
@@ -879,8 +888,7 @@ static int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
     }
     WSP_LOG(p, APLOG_WARNING, 0, "handshake failed: %s", why);
     wsp_pool_failed(p->conf->pool, &p->opts, p->be, now);
-    wsp_bconn_close(p->bc);
-    p->bc = NULL;
+    wsp_bconn_end(p);
     wsp_pool_release(p->conf->pool, p->be);
     p->be = NULL;
     p->retry_at = 0;
@@ -1107,7 +1115,8 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     p->s = r->server;
     p->id = apr_pstrdup(pool, id);
     p->client_ip = apr_pstrdup(pool, r->useragent_ip);
-    p->conf = conf;
+    /* a merged per-dir config lives in the request's pool */
+    p->conf = apr_pmemdup(pool, conf, sizeof(*conf));
     wsp_conf_pool_opts(conf, &p->opts);
     p->phase = WSP_PH_CONNECT;
     p->fwd = apr_table_make(pool, 8);
@@ -1190,11 +1199,26 @@ void wsp_pipe_detach(wsp_pipe_t *p)
     p->client = NULL;
 }
 
+void wsp_pipe_going_away(wsp_pipe_t *p)
+{
+    apr_time_t now = apr_time_now();
+    unsigned char pl[WSP_CONTROL_MAX];
+
+    WSP_LOG(p, APLOG_INFO, 0, "server stopping: closing with 1001");
+    wsp_client_close(p, now, WSP_CLOSE_GOING_AWAY, "server stopping", 15);
+    if (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_sent) {
+        wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl,
+                         WSP_CLOSE_GOING_AWAY, "client went away", 16));
+        p->b_close_sent = 1;
+    }
+    wsp_client_flush(p, now);
+    wsp_backend_flush(p, now);
+}
+
 void wsp_pipe_destroy(wsp_pipe_t *p)
 {
     if (p->bc) {
-        wsp_bconn_close(p->bc);
-        p->bc = NULL;
+        wsp_bconn_end(p);
     }
     if (p->be) {
         wsp_pool_release(p->conf->pool, p->be);

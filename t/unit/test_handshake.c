@@ -104,6 +104,51 @@ static void test_request_minimal(apr_pool_t *p)
               "\r\n");
 }
 
+/* Found by fuzz_client_handshake: a forwarded value with CR LF wrote a
+ * header line of the client's choosing into the backend request. Values
+ * with control characters and names that are not tokens are left out;
+ * the path stays one token of the request line. */
+static void test_request_injection(apr_pool_t *p)
+{
+    wsp_backend_req_t req;
+    apr_table_t *h = apr_table_make(p, 4);
+
+    apr_table_add(h, "Origin", "a\r\nX-Evil: 1");
+    apr_table_add(h, "User-Agent", "tab\tok");
+    apr_table_add(h, "Cookie", "nul\x7f");
+    apr_table_add(h, "Bad Name", "v");
+    apr_table_add(h, "", "v");
+    apr_table_add(h, "Evil:\r\nX", "v");
+    apr_table_add(h, "X-WS-Persist-Resume", "1");
+    req.path = "/a b\r\nX: y";
+    req.host = "b";
+    req.key = RFC_KEY;
+    req.protocol = "chat\r\nX-Evil: 2";
+    req.headers = h;
+    CHECK_STR(wsp_handshake_request(p, &req),
+              "GET /a%20b%0D%0AX:%20y HTTP/1.1\r\n"
+              "Host: b\r\n"
+              "Upgrade: websocket\r\n"
+              "Connection: Upgrade\r\n"
+              "Sec-WebSocket-Key: " RFC_KEY "\r\n"
+              "Sec-WebSocket-Version: 13\r\n"
+              "User-Agent: tab\tok\r\n"
+              "X-WS-Persist-Resume: 1\r\n"
+              "\r\n");
+    /* an empty protocol is no protocol */
+    req.path = "";
+    req.protocol = "";
+    req.headers = NULL;
+    CHECK_STR(wsp_handshake_request(p, &req),
+              "GET / HTTP/1.1\r\n"
+              "Host: b\r\n"
+              "Upgrade: websocket\r\n"
+              "Connection: Upgrade\r\n"
+              "Sec-WebSocket-Key: " RFC_KEY "\r\n"
+              "Sec-WebSocket-Version: 13\r\n"
+              "\r\n");
+}
+
 #define HEAD_101 "HTTP/1.1 101 Switching Protocols\r\n"
 #define GOOD_HEADERS "Upgrade: websocket\r\n" \
                      "Connection: Upgrade\r\n" \
@@ -346,6 +391,7 @@ WSP_TEST_MAIN(
     RUN(test_key_make);
     RUN(test_request_text);
     RUN(test_request_minimal);
+    RUN(test_request_injection);
     RUN(test_response_ok);
     RUN(test_response_case_and_lists);
     RUN(test_response_incomplete);

@@ -1,0 +1,454 @@
+/* The event-MPM driver. The handler answers 101 and returns SUSPENDED; in
+ * the suspend_connection hook (the MPM is done with the connection) the
+ * pipe goes to this child's loop thread, which polls every pipe's sockets
+ * in one apr_pollset, keeps their wake-up times in a skiplist and runs the
+ * same state machine as the worker-thread loop. When a pipe ends the loop
+ * finishes the request (logging it), closes the connection lingering and
+ * destroys its pool, which the MPM counts out as a suspended connection. */
+#include "apr_poll.h"
+#include "apr_ring.h"
+#include "apr_skiplist.h"
+#include "apr_thread_proc.h"
+#include "apr_thread_mutex.h"
+#include "httpd.h"
+#include "http_config.h"
+#include "http_connection.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "ap_mpm.h"
+
+#include "wsp_evloop.h"
+#include "wsp_registry.h"
+
+#define WSP_EV_SETTLE  apr_time_from_msec(100)
+#define WSP_EV_LINGER  apr_time_from_sec(2)
+#define WSP_EV_BATCH   256
+
+int wsp_evloop_wanted = 1;
+
+typedef struct wsp_ev_t wsp_ev_t;
+
+/* Which socket of a pipe a poll result is about. */
+typedef struct {
+    wsp_ev_t *ep;
+    int client;
+} wsp_ev_side_t;
+
+struct wsp_ev_t {
+    APR_RING_ENTRY(wsp_ev_t) link;
+    wsp_pipe_t *p;                 /* NULL once the pipe is gone */
+    request_rec *r;                /* NULL once the request is finished */
+    conn_rec *c;
+    apr_pollfd_t cpfd;
+    apr_pollfd_t bpfd;
+    apr_int16_t creg;              /* events registered, 0: none */
+    apr_int16_t breg;
+    apr_int16_t crev;              /* events seen this round */
+    apr_int16_t brev;
+    wsp_ev_side_t cside;
+    wsp_ev_side_t bside;
+    int active;
+    wsp_ev_t *next_active;
+    apr_time_t wake_at;            /* the timer registered, 0: none */
+    apr_skiplistnode *tnode;
+    apr_time_t settle_at;          /* the MPM may touch c until then */
+    int finishing;                 /* the pipe is over, c to be closed */
+    int lingering;                 /* draining the client before close */
+    apr_time_t linger_until;
+};
+
+APR_RING_HEAD(wsp_ev_ring, wsp_ev_t);
+
+typedef struct {
+    apr_pool_t *pool;
+    server_rec *s;
+    apr_pollset_t *ps;
+    apr_skiplist *timers;
+    apr_thread_t *thread;
+    apr_thread_mutex_t *lock;      /* guards incoming and count */
+    apr_array_header_t *incoming;  /* adopted pipes not yet seen */
+    apr_array_header_t *taken;     /* the loop's swap of incoming */
+    struct wsp_ev_ring live;
+    volatile int stop;
+    volatile int poked;            /* a handover was asked for */
+    volatile int count;
+    wsp_ev_t *active;
+} wsp_evloop_t;
+
+static wsp_evloop_t *wsp_ev;
+
+static int wsp_ev_cmp(void *a, void *b)
+{
+    const wsp_ev_t *x = a, *y = b;
+
+    if (x->wake_at != y->wake_at) {
+        return x->wake_at < y->wake_at ? -1 : 1;
+    }
+    return x == y ? 0 : (x < y ? -1 : 1);
+}
+
+static void wsp_ev_activate(wsp_evloop_t *L, wsp_ev_t *ep)
+{
+    if (!ep->active) {
+        ep->active = 1;
+        ep->next_active = L->active;
+        L->active = ep;
+    }
+}
+
+static void wsp_ev_timer(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t at)
+{
+    if (ep->tnode && at && at >= ep->wake_at) {
+        return;                     /* an earlier wake-up stays: a spare run
+                                     * is cheaper than moving the timer */
+    }
+    if (ep->tnode) {
+        apr_skiplist_remove_node(L->timers, ep->tnode, NULL);
+        ep->tnode = NULL;
+        ep->wake_at = 0;
+    }
+    if (at) {
+        ep->wake_at = at;
+        ep->tnode = apr_skiplist_add(L->timers, ep);
+    }
+}
+
+/* Keep one socket's registration in step with what the pipe wants. */
+static void wsp_ev_watch(wsp_evloop_t *L, apr_pollfd_t *pfd,
+                         apr_int16_t *reg, apr_socket_t *sock,
+                         apr_int16_t want, wsp_ev_side_t *side)
+{
+    if (*reg && (pfd->desc.s != sock || *reg != want)) {
+        apr_pollset_remove(L->ps, pfd);
+        *reg = 0;
+    }
+    if (want && sock && !*reg) {
+        pfd->desc_type = APR_POLL_SOCKET;
+        pfd->desc.s = sock;
+        pfd->reqevents = want;
+        pfd->rtnevents = 0;
+        pfd->client_data = side;
+        pfd->p = NULL;
+        if (apr_pollset_add(L->ps, pfd) == APR_SUCCESS) {
+            *reg = want;
+        }
+    }
+}
+
+/* The pipe is about to close a backend socket. */
+static void wsp_ev_bclose(void *baton, apr_socket_t *sock)
+{
+    wsp_ev_t *ep = baton;
+
+    if (ep->breg && ep->bpfd.desc.s == sock) {
+        apr_pollset_remove(wsp_ev->ps, &ep->bpfd);
+        ep->breg = 0;
+    }
+}
+
+static void wsp_ev_poke(void *baton)
+{
+    wsp_evloop_t *L = baton;
+
+    L->poked = 1;
+    apr_pollset_wakeup(L->ps);
+}
+
+/* The pipe left this loop (ended or handed over). */
+static void wsp_ev_forget_pipe(wsp_evloop_t *L, wsp_ev_t *ep)
+{
+    wsp_ev_watch(L, &ep->bpfd, &ep->breg, NULL, 0, &ep->bside);
+    if (ep->p) {
+        ep->p->on_bclose = NULL;
+        ep->p->driver_baton = NULL;
+    }
+    ep->p = NULL;
+}
+
+/* Last step: the MPM counts a suspended connection out when its pool
+ * goes, so the state must say suspended then. */
+static void wsp_ev_release(wsp_evloop_t *L, wsp_ev_t *ep)
+{
+    conn_rec *c = ep->c;
+
+    wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
+    wsp_ev_timer(L, ep, 0);
+    APR_RING_REMOVE(ep, link);
+    apr_thread_mutex_lock(L->lock);
+    L->count--;
+    apr_thread_mutex_unlock(L->lock);
+    if (c->cs) {
+        c->cs->state = CONN_STATE_SUSPENDED;
+    }
+    apr_pool_destroy(c->pool);        /* ep lived there too */
+}
+
+/* Finish the request (logs it, frees r->pool) and start a lingering
+ * close of the client connection. */
+static void wsp_ev_finish(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
+{
+    request_rec *r = ep->r;
+
+    if (now < ep->settle_at) {
+        ep->finishing = 1;
+        wsp_ev_timer(L, ep, ep->settle_at);
+        return;
+    }
+    ep->finishing = 0;
+    ep->r = NULL;
+    ap_finalize_request_protocol(r);
+    ap_process_request_after_handler(r);
+    if (ap_start_lingering_close(ep->c)) {
+        wsp_ev_release(L, ep);
+        return;
+    }
+    ep->lingering = 1;
+    ep->linger_until = now + WSP_EV_LINGER;
+    wsp_ev_watch(L, &ep->cpfd, &ep->creg, ap_get_conn_socket(ep->c),
+                 APR_POLLIN, &ep->cside);
+    wsp_ev_timer(L, ep, ep->linger_until);
+}
+
+static void wsp_ev_linger(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
+{
+    apr_socket_t *sock = ap_get_conn_socket(ep->c);
+    char buf[4096];
+
+    for (;;) {
+        apr_size_t n = sizeof(buf);
+        apr_status_t rv = apr_socket_recv(sock, buf, &n);
+
+        if (APR_STATUS_IS_EAGAIN(rv) && now < ep->linger_until) {
+            return;
+        }
+        if (rv != APR_SUCCESS || n == 0) {
+            break;
+        }
+    }
+    wsp_ev_release(L, ep);
+}
+
+static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
+{
+    wsp_pipe_t *p = ep->p;
+    apr_int16_t cev, bev;
+    apr_socket_t *bsock;
+    apr_time_t wake_at;
+
+    if (ep->lingering) {
+        wsp_ev_linger(L, ep, now);
+        return;
+    }
+    if (ep->finishing) {
+        wsp_ev_finish(L, ep, now);
+        return;
+    }
+    if (p->handover == WSP_HANDOVER_ASKED && p->client->upgraded
+        && !p->ending) {
+        wsp_registry_set_wake(p, NULL, NULL);
+        wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
+        wsp_ev_forget_pipe(L, ep);
+        wsp_pipe_detach(p);
+        wsp_registry_handed_over(p);
+        wsp_ev_finish(L, ep, now);
+        return;
+    }
+    wsp_pipe_run(p, ep->crev, ep->brev);
+    ep->crev = ep->brev = 0;
+    if (p->phase == WSP_PH_DONE) {
+        wsp_registry_set_wake(p, NULL, NULL);
+        wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
+        wsp_ev_forget_pipe(L, ep);
+        wsp_registry_remove(p);
+        WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");
+        wsp_pipe_destroy(p);
+        wsp_ev_finish(L, ep, now);
+        return;
+    }
+    wsp_pipe_want(p, &cev, &bsock, &bev, &wake_at);
+    wsp_ev_watch(L, &ep->cpfd, &ep->creg, p->client->sock, cev, &ep->cside);
+    wsp_ev_watch(L, &ep->bpfd, &ep->breg, bsock, bev, &ep->bside);
+    wsp_ev_timer(L, ep, wake_at);
+}
+
+/* Child exit: tell both peers of every live pipe that we go away. */
+static void wsp_ev_shutdown(wsp_evloop_t *L)
+{
+    wsp_ev_t *ep;
+
+    for (ep = APR_RING_FIRST(&L->live); ep != APR_RING_SENTINEL(&L->live,
+         wsp_ev_t, link); ep = APR_RING_NEXT(ep, link)) {
+        if (ep->p) {
+            wsp_pipe_going_away(ep->p);
+            wsp_registry_set_wake(ep->p, NULL, NULL);
+            wsp_ev_forget_pipe(L, ep);
+        }
+    }
+}
+
+static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
+{
+    wsp_evloop_t *L = data;
+
+    while (!L->stop) {
+        const apr_pollfd_t *res;
+        apr_int32_t n = 0, i;
+        apr_interval_time_t timeout = -1;
+        wsp_ev_t *ep, *next = apr_skiplist_peek(L->timers);
+        apr_time_t now;
+        apr_status_t rv;
+
+        if (next) {
+            timeout = next->wake_at - apr_time_now();
+            if (timeout < 0) {
+                timeout = 0;
+            }
+        }
+        rv = apr_pollset_poll(L->ps, timeout, &n, &res);
+        now = apr_time_now();
+        for (i = 0; rv == APR_SUCCESS && i < n; i++) {
+            wsp_ev_side_t *side = res[i].client_data;
+
+            if (side->client) {
+                side->ep->crev |= res[i].rtnevents;
+            }
+            else {
+                side->ep->brev |= res[i].rtnevents;
+            }
+            wsp_ev_activate(L, side->ep);
+        }
+        apr_thread_mutex_lock(L->lock);
+        if (L->incoming->nelts) {
+            apr_array_header_t *tmp = L->taken;
+
+            L->taken = L->incoming;
+            L->incoming = tmp;
+        }
+        apr_thread_mutex_unlock(L->lock);
+        for (i = 0; i < L->taken->nelts; i++) {
+            ep = APR_ARRAY_IDX(L->taken, i, wsp_ev_t *);
+            APR_RING_INSERT_TAIL(&L->live, ep, wsp_ev_t, link);
+            wsp_registry_set_wake(ep->p, wsp_ev_poke, L);
+            wsp_ev_activate(L, ep);
+        }
+        apr_array_clear(L->taken);
+        while ((ep = apr_skiplist_peek(L->timers)) && ep->wake_at <= now) {
+            wsp_ev_timer(L, ep, 0);
+            wsp_ev_activate(L, ep);
+        }
+        if (L->poked) {
+            L->poked = 0;
+            for (ep = APR_RING_FIRST(&L->live);
+                 ep != APR_RING_SENTINEL(&L->live, wsp_ev_t, link);
+                 ep = APR_RING_NEXT(ep, link)) {
+                if (ep->p && ep->p->handover == WSP_HANDOVER_ASKED) {
+                    wsp_ev_activate(L, ep);
+                }
+            }
+        }
+        while ((ep = L->active)) {
+            L->active = ep->next_active;
+            ep->active = 0;
+            wsp_ev_process(L, ep, now);
+        }
+    }
+    wsp_ev_shutdown(L);
+    apr_thread_exit(t, APR_SUCCESS);
+    return NULL;
+}
+
+static apr_status_t wsp_ev_stop(void *data)
+{
+    wsp_evloop_t *L = data;
+    apr_status_t rv;
+
+    L->stop = 1;
+    apr_pollset_wakeup(L->ps);
+    apr_thread_join(&rv, L->thread);
+    wsp_ev = NULL;
+    return APR_SUCCESS;
+}
+
+void wsp_evloop_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    wsp_evloop_t *L;
+    int async = 0;
+    apr_status_t rv;
+
+    if (!wsp_evloop_wanted || strcmp(ap_show_mpm(), "event")
+        || ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async) {
+        return;
+    }
+    L = apr_pcalloc(pchild, sizeof(*L));
+    L->pool = pchild;
+    L->s = s;
+    APR_RING_INIT(&L->live, wsp_ev_t, link);
+    L->incoming = apr_array_make(pchild, 64, sizeof(wsp_ev_t *));
+    L->taken = apr_array_make(pchild, 64, sizeof(wsp_ev_t *));
+    rv = apr_pollset_create_ex(&L->ps, 1024, pchild,
+                               APR_POLLSET_NOCOPY | APR_POLLSET_WAKEABLE,
+                               APR_POLLSET_DEFAULT);
+    if (rv == APR_SUCCESS) {
+        rv = apr_skiplist_init(&L->timers, pchild);
+    }
+    if (rv == APR_SUCCESS) {
+        apr_skiplist_set_compare(L->timers, wsp_ev_cmp, wsp_ev_cmp);
+        rv = apr_thread_mutex_create(&L->lock, APR_THREAD_MUTEX_DEFAULT,
+                                     pchild);
+    }
+    if (rv == APR_SUCCESS) {
+        rv = apr_thread_create(&L->thread, NULL, wsp_ev_main, L, pchild);
+    }
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, "ws_persist: cannot start "
+                     "the event loop; pipes hold worker threads instead");
+        return;
+    }
+    wsp_ev = L;
+    apr_pool_pre_cleanup_register(pchild, L, wsp_ev_stop);
+}
+
+int wsp_evloop_available(void)
+{
+    return wsp_ev != NULL && !wsp_ev->stop;
+}
+
+void wsp_evloop_mark(request_rec *r, wsp_pipe_t *p)
+{
+    ap_set_module_config(r->connection->conn_config, &ws_persist_module, p);
+}
+
+void wsp_evloop_suspended(conn_rec *c, request_rec *r)
+{
+    wsp_pipe_t *p = ap_get_module_config(c->conn_config, &ws_persist_module);
+    wsp_evloop_t *L = wsp_ev;
+    wsp_ev_t *ep;
+
+    if (!p || !L) {
+        return;
+    }
+    ap_set_module_config(c->conn_config, &ws_persist_module, NULL);
+    ep = apr_pcalloc(c->pool, sizeof(*ep));
+    ep->p = p;
+    ep->r = r;
+    ep->c = c;
+    ep->cside.ep = ep;
+    ep->cside.client = 1;
+    ep->bside.ep = ep;
+    ep->settle_at = apr_time_now() + WSP_EV_SETTLE;
+    APR_RING_ELEM_INIT(ep, link);
+    p->on_bclose = wsp_ev_bclose;
+    p->driver_baton = ep;
+    apr_thread_mutex_lock(L->lock);
+    APR_ARRAY_PUSH(L->incoming, wsp_ev_t *) = ep;
+    L->count++;
+    apr_thread_mutex_unlock(L->lock);
+    apr_pollset_wakeup(L->ps);
+}
+
+int wsp_evloop_count(void)
+{
+    return wsp_ev ? wsp_ev->count : 0;
+}
