@@ -27,12 +27,20 @@ from pathlib import Path
 
 import websockets
 
+import wsp_sanitize
+
 REPO = Path(__file__).resolve().parents[2]
 # WSP_MODULE: run the suite against another build (an installed module,
 # a mutated copy that should make tests fail)
 MODULE = Path(os.environ.get("WSP_MODULE",
                              REPO / ".libs" / "mod_ws_persist.so"))
 BACKEND = REPO / "t" / "backend.py"
+# WSP_DRIVER: which pipe driver the suite runs under. "event" (the default
+# under the event MPM): pipes suspended to the child's loop thread;
+# "thread": each pipe holds its request's worker thread.
+DRIVER = os.environ.get("WSP_DRIVER", "event")
+DRIVER_CONF = {"event": "WSPersistEventLoop On",
+               "thread": "WSPersistEventLoop Off"}
 PYTHON = "/usr/bin/python3"
 APACHE = "/usr/sbin/apache2"
 MODDIR = "/usr/lib/apache2/modules"
@@ -235,6 +243,7 @@ LoadModule mpm_event_module {moddir}/mod_mpm_event.so
 LoadModule authz_core_module {moddir}/mod_authz_core.so
 {ssl_modules}
 LoadModule ws_persist_module {module}
+{driver}
 
 # One child: the registry, duplicate ids and exclusive state are per child.
 # Each live pipe holds a worker thread.
@@ -301,7 +310,7 @@ class Httpd:
         fmt = dict(root=self.root, host=HOST, port=self.port,
                    shared=self.env.shared(), graceful_s=GRACEFUL_S,
                    ssl_port=self.ssl_port, moddir=MODDIR, module=MODULE,
-                   user=_run_user())
+                   user=_run_user(), driver=DRIVER_CONF[DRIVER])
         if self.ssl:
             self.env.make_cert()
             fmt["ssl_modules"] = (
@@ -317,7 +326,8 @@ class Httpd:
         p = subprocess.run([APACHE, "-t", "-f", str(self.conf_path),
                             "-d", str(self.root)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, timeout=60)
+                           stdin=subprocess.DEVNULL, timeout=60,
+                           env=wsp_sanitize.environ(self.env.shared()))
         return p.returncode, p.stdout.decode(errors="replace")
 
     def start(self, timeout=20):
@@ -333,7 +343,8 @@ class Httpd:
                  "-DFOREGROUND"],
                 stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=allow_cores)
+                preexec_fn=allow_cores,
+                env=wsp_sanitize.environ(self.env.shared()))
         deadline = time.monotonic() + timeout
         ports = [self.port] + ([self.ssl_port] if self.ssl else [])
         while not all(port_open(p) for p in ports):
@@ -555,6 +566,7 @@ class Env:
                 problems.append("unexpected: " + line)
             if crashed:
                 problems += self.backtraces()
+        problems += wsp_sanitize.reports(self._shared)
         for be in self.backends:
             if "Traceback" in be.output():
                 problems.append("backend %s raised:\n%s"
