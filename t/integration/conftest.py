@@ -1,3 +1,5 @@
+import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -6,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import wsp_env  # noqa: E402
 from wsp_env import Env  # noqa: E402
 
 # Last resort against a hang: no test of this suite needs this long.
@@ -15,6 +18,21 @@ TEST_ALARM_S = 240
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "alarm(seconds): override the per-test hang guard")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def module_snapshot(tmp_path_factory):
+    """One build for the whole run: a copy of the module taken at the
+    start, so a rebuild while the suite runs cannot mix two builds."""
+    if not wsp_env.MODULE.exists():
+        pytest.exit("%s is not built (make -f Makefile.apxs)"
+                    % wsp_env.MODULE, returncode=2)
+    copy = tmp_path_factory.mktemp("module") / wsp_env.MODULE.name
+    shutil.copy2(wsp_env.MODULE, copy)
+    os.chmod(copy.parent, 0o755)
+    orig, wsp_env.MODULE = wsp_env.MODULE, copy
+    yield
+    wsp_env.MODULE = orig
 
 
 @pytest.fixture
