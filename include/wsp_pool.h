@@ -69,7 +69,9 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 void wsp_pool_release(wsp_pool_t *pool, wsp_backend_t *be);
 
 /* be failed (connect, handshake, interruption): count the error, back off
- * doubling from retry_min to retry_max, remove after max_errors in a row. */
+ * doubling from retry_min to retry_max, remove after max_errors in a row.
+ * Failures reported while be is backing off are the same outage seen by
+ * other pipes: they count in errors only. */
 void wsp_pool_failed(wsp_pool_t *pool, const wsp_pool_opts_t *o,
                      wsp_backend_t *be, apr_time_t now);
 

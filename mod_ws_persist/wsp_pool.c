@@ -261,6 +261,12 @@ void wsp_pool_failed(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 
     wsp_pool_lock();
     be->errors++;
+    if (be->state != WSP_BE_OK && now < be->retry_at) {
+        /* one outage seen by many pipes at once is one failure: else a
+         * busy backend would be backed off to MAX and removed at once */
+        wsp_pool_unlock();
+        return;
+    }
     be->consecutive_errors++;
     if (!be->retry_delay) {
         be->retry_delay = o->retry_min;

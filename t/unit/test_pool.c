@@ -264,6 +264,29 @@ static void test_backoff_doubling(apr_pool_t *p)
     CHECK_INT(be->consecutive_errors, 6);
 }
 
+/* Many pipes seeing one outage: failures reported while the backend is
+ * backing off count in errors only, so the delay does not jump to MAX and
+ * the backend is not removed by one burst. */
+static void test_burst_counts_once(apr_pool_t *p)
+{
+    wsp_pool_opts_t o = { MS(100), SEC(30), 3, 0 };
+    wsp_pool_t *pool = mkpool(p, 1);
+    wsp_backend_t *be = be_at(pool, 0);
+    int i;
+
+    for (i = 0; i < 500; i++) {
+        wsp_pool_failed(pool, &o, be, T0 + i);
+    }
+    CHECK_INT(be->errors, 500);
+    CHECK_INT(be->consecutive_errors, 1);
+    CHECK_INT(be->retry_delay, MS(100));
+    CHECK_INT(be->state, WSP_BE_ERROR);
+    /* after the back-off a new failure is a new one */
+    wsp_pool_failed(pool, &o, be, T0 + MS(100));
+    CHECK_INT(be->consecutive_errors, 2);
+    CHECK_INT(be->retry_delay, MS(200));
+}
+
 /* A MAX below MIN (not a valid config, but not a reason to misbehave)
  * holds the delay at MIN. */
 static void test_backoff_max_below_min(apr_pool_t *p)
@@ -300,10 +323,11 @@ static void test_removal_pool_limit(apr_pool_t *p)
     wsp_backend_t *be = be_at(pool, 0);
     apr_time_t next_try = -1;
 
+    /* failures in a row: each after the back-off of the one before */
     wsp_pool_failed(pool, &o, be, T0);
-    wsp_pool_failed(pool, &o, be, T0);
+    wsp_pool_failed(pool, &o, be, T0 + SEC(5));
     CHECK_INT(be->state, WSP_BE_ERROR);
-    wsp_pool_failed(pool, &o, be, T0);
+    wsp_pool_failed(pool, &o, be, T0 + SEC(10));
     CHECK_INT(be->state, WSP_BE_REMOVED);
     /* removed is not usable, even long after its back-off, and it is not
      * something to wait for */
@@ -324,11 +348,11 @@ static void test_removal_backend_limit(apr_pool_t *p)
     wsp_pool_failed(pool, &o, strict, T0);
     CHECK_INT(strict->state, WSP_BE_REMOVED);
     wsp_pool_failed(pool, &o, lenient, T0);
-    wsp_pool_failed(pool, &o, lenient, T0);
-    wsp_pool_failed(pool, &o, lenient, T0);
-    wsp_pool_failed(pool, &o, lenient, T0);
+    wsp_pool_failed(pool, &o, lenient, T0 + SEC(5));
+    wsp_pool_failed(pool, &o, lenient, T0 + SEC(10));
+    wsp_pool_failed(pool, &o, lenient, T0 + SEC(15));
     CHECK_INT(lenient->state, WSP_BE_ERROR);
-    wsp_pool_failed(pool, &o, lenient, T0);
+    wsp_pool_failed(pool, &o, lenient, T0 + SEC(20));
     CHECK_INT(lenient->state, WSP_BE_REMOVED);
 }
 
@@ -340,8 +364,9 @@ static void test_no_limit_no_removal(apr_pool_t *p)
     int i;
 
     for (i = 0; i < 1000; ++i) {
-        wsp_pool_failed(pool, &o, be, T0);
+        wsp_pool_failed(pool, &o, be, T0 + SEC(5) * i);
     }
+    CHECK_INT(be->consecutive_errors, 1000);
     CHECK_INT(be->state, WSP_BE_ERROR);
 }
 
@@ -418,9 +443,9 @@ static void test_next_try_all_backing_off(apr_pool_t *p)
     c->max_errors = 1;
     wsp_pool_failed(pool, &o, c, T0);               /* removed, T0+1s */
     wsp_pool_failed(pool, &o, b, T0 + MS(200));     /* T0+1.2s */
-    wsp_pool_failed(pool, &o, b, T0 + MS(300));     /* T0+2.3s */
+    wsp_pool_failed(pool, &o, b, T0 + MS(1300));    /* T0+3.3s */
     wsp_pool_failed(pool, &o, a, T0 + MS(500));     /* T0+1.5s */
-    CHECK(wsp_pool_acquire(pool, &o, T0 + MS(600), &next_try) == NULL);
+    CHECK(wsp_pool_acquire(pool, &o, T0 + MS(1400), &next_try) == NULL);
     CHECK_INT(next_try, T0 + MS(1500));
 }
 
@@ -491,6 +516,7 @@ WSP_TEST_MAIN(
     RUN(test_release_floor);
     RUN(test_backoff_doubling);
     RUN(test_backoff_max_below_min);
+    RUN(test_burst_counts_once);
     RUN(test_retry_at_respected);
     RUN(test_removal_pool_limit);
     RUN(test_removal_backend_limit);
