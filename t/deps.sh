@@ -1,16 +1,17 @@
 #!/bin/sh
 # Checks (and, as root, installs) the Debian packages a target needs.
-# usage: t/deps.sh build|test|demo|fuzz|sanitize
+# usage: t/deps.sh build|test|demo|bench|fuzz|sanitize
 set -e
 case "$1" in
     build) pkgs="apache2-dev uuid-dev gcc make" ;;
+    bench) pkgs="apache2 apache2-dev uuid-dev gcc make" ;;
     demo)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-websockets" ;;
     test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets openssl" ;;
     # libFuzzer and the sanitizer runtimes of clang 14 (Debian 12)
     fuzz)  pkgs="clang libclang-rt-14-dev apache2-dev" ;;
     # gcc's ASan and UBSan runtimes, for SANITIZE=1
     sanitize) pkgs="gcc libasan8 libubsan1" ;;
-    *) echo "usage: $0 build|test|demo|fuzz|sanitize" >&2; exit 2 ;;
+    *) echo "usage: $0 build|test|demo|bench|fuzz|sanitize" >&2; exit 2 ;;
 esac
 missing=""
 for p in $pkgs; do
