@@ -246,7 +246,7 @@ LoadModule ws_persist_module {module}
 {driver}
 
 # One child: the registry, duplicate ids and exclusive state are per child.
-# Each live pipe holds a worker thread.
+# Under the thread driver each live pipe holds a worker thread.
 StartServers 1
 ServerLimit 1
 ThreadLimit 256
