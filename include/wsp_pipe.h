@@ -111,6 +111,8 @@ struct wsp_pipe_t {
     apr_time_t deadline;               /* for a usable backend */
     apr_time_t attempt_deadline;       /* for the current handshake */
     apr_time_t retry_at;               /* no backend before this */
+    int full_at_outage;                /* the failover began with a full
+                                        * buffer: backpressure, not 1013 */
     int ending;                        /* session over, closing both hops */
     apr_time_t close_deadline;
 

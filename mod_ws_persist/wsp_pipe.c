@@ -186,6 +186,14 @@ static int wsp_hop_step(wsp_hop_in_t *in, const unsigned char **data,
     return WSP_EV_NONE;
 }
 
+/* While a backend takes the buffer (or will take what a slow one left), a
+ * full buffer stops reading the client; in an outage that began with room
+ * to spare, the cap closes the client with 1013 instead. */
+static int wsp_backpressure(const wsp_pipe_t *p)
+{
+    return !p->ending && (p->phase == WSP_PH_LIVE || p->full_at_outage);
+}
+
 /* ---- output ------------------------------------------------------------ */
 
 /* A control frame toward the backend, sent at the next frame boundary.
@@ -435,6 +443,9 @@ static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
     wsp_queue_rewind(&p->q);
     p->b_close_pending = p->b_close_sent = p->b_close_rcvd = 0;
     p->phase = WSP_PH_FAILOVER;
+    /* a slow backend filled the buffer under backpressure: keep that up
+     * until the next backend has it, rather than 1013 at the next byte */
+    p->full_at_outage = p->q.bytes >= p->conf->buffer_limit;
     p->deadline = now + p->conf->connect_timeout;
     p->retry_at = 0;
 }
@@ -571,7 +582,7 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
             if (p->ending) {
                 in->drop = 1;        /* nothing after a close counts */
             }
-            else if (p->phase != WSP_PH_LIVE
+            else if (!wsp_backpressure(p)
                      && p->q.bytes + in->msg_bytes
                         + (apr_off_t)wsp_hop_total(in)
                         > p->conf->buffer_limit) {
@@ -617,8 +628,7 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
         apr_bucket *e;
         int stop = 0;
 
-        if (p->phase == WSP_PH_LIVE && !p->ending
-            && p->q.bytes >= p->conf->buffer_limit) {
+        if (wsp_backpressure(p) && p->q.bytes >= p->conf->buffer_limit) {
             cl->more_input = 1;      /* the backend is slow: wait */
             return progress;
         }
@@ -1046,7 +1056,7 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
         if (cl->want_write) {
             *cev |= APR_POLLOUT;
         }
-        if (cl->more_input && !(p->phase == WSP_PH_LIVE && !p->ending
+        if (cl->more_input && !(wsp_backpressure(p)
                                 && p->q.bytes >= p->conf->buffer_limit)) {
             t = apr_time_now();       /* go on reading once the rest ran */
         }

@@ -151,11 +151,6 @@ def test_backend_that_stops_reading(env):
     _stuck_backend_run(env, "16M")
 
 
-@pytest.mark.xfail(reason="module: a pipe whose live backend was slow "
-                   "enters the failover with a full buffer and closes the "
-                   "client with 1013 at its next byte, though a healthy "
-                   "backend is a handshake away (reported with a fix)",
-                   strict=False)
 def test_stuck_backend_with_full_buffer(env):
     """The same with a 1M limit: the pipe stops reading the client while
     the stuck backend holds it (backpressure), so its buffer is full when
