@@ -9,8 +9,10 @@
 
 #include "wsp_pipe.h"
 
-/* WSPersistEventLoop (On by default): set at configuration time. */
+/* WSPersistEventLoop (On by default) and WSPersistEventLoopThreads (0:
+ * one per CPU): set at configuration time. */
 extern int wsp_evloop_wanted;
+extern int wsp_evloop_threads;
 
 /* Start this child's loop when the MPM is event and the loop is wanted. */
 void wsp_evloop_child_init(apr_pool_t *pchild, server_rec *s);

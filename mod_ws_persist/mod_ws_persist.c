@@ -34,6 +34,7 @@ static int wsp_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     (void)plog;
     (void)ptemp;
     wsp_evloop_wanted = 1;          /* each read of the config starts over */
+    wsp_evloop_threads = 0;
     return OK;
 }
 

@@ -387,6 +387,18 @@ static const char *set_event_loop(cmd_parms *cmd, void *dconf, int on)
     return NULL;
 }
 
+static const char *set_event_loop_threads(cmd_parms *cmd, void *dconf,
+                                          const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    (void)dconf;
+    if (err) {
+        return err;
+    }
+    return wsp_parse_int(cmd, arg, 1, 64, &wsp_evloop_threads);
+}
+
 const command_rec wsp_cmds[] = {
     AP_INIT_RAW_ARGS("WSPersistBackend", set_backend, NULL, RSRC_CONF
                      | ACCESS_CONF, "ws://host:port/path [weight=N] "
@@ -424,6 +436,9 @@ const command_rec wsp_cmds[] = {
     AP_INIT_FLAG("WSPersistEventLoop", set_event_loop, NULL, RSRC_CONF,
                  "On: under the event MPM idle pipes hold no worker "
                  "thread (default)"),
+    AP_INIT_TAKE1("WSPersistEventLoopThreads", set_event_loop_threads, NULL,
+                  RSRC_CONF, "loop threads per child (default: one per "
+                  "CPU)"),
     { NULL }
 };
 

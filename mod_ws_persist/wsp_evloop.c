@@ -5,6 +5,8 @@
  * same state machine as the worker-thread loop. When a pipe ends the loop
  * finishes the request (logging it), closes the connection lingering and
  * destroys its pool, which the MPM counts out as a suspended connection. */
+#include <unistd.h>
+
 #include "apr_poll.h"
 #include "apr_ring.h"
 #include "apr_skiplist.h"
@@ -27,6 +29,9 @@
 #define WSP_EV_BATCH   256
 
 int wsp_evloop_wanted = 1;
+int wsp_evloop_threads = 0;
+
+#define WSP_EV_MAX_THREADS 64
 
 typedef struct wsp_ev_t wsp_ev_t;
 
@@ -38,6 +43,7 @@ typedef struct {
 
 struct wsp_ev_t {
     APR_RING_ENTRY(wsp_ev_t) link;
+    struct wsp_evloop_t *loop;
     wsp_pipe_t *p;                 /* NULL once the pipe is gone */
     request_rec *r;                /* NULL once the request is finished */
     conn_rec *c;
@@ -61,7 +67,7 @@ struct wsp_ev_t {
 
 APR_RING_HEAD(wsp_ev_ring, wsp_ev_t);
 
-typedef struct {
+typedef struct wsp_evloop_t {
     apr_pool_t *pool;
     server_rec *s;
     apr_pollset_t *ps;
@@ -77,7 +83,10 @@ typedef struct {
     wsp_ev_t *active;
 } wsp_evloop_t;
 
-static wsp_evloop_t *wsp_ev;
+/* This child's loops; a new pipe goes to the one with the fewest. */
+static wsp_evloop_t **wsp_evs;
+static int wsp_nev;
+static volatile int wsp_ev_stopping;
 
 static int wsp_ev_cmp(void *a, void *b)
 {
@@ -143,7 +152,7 @@ static void wsp_ev_bclose(void *baton, apr_socket_t *sock)
     wsp_ev_t *ep = baton;
 
     if (ep->breg && ep->bpfd.desc.s == sock) {
-        apr_pollset_remove(wsp_ev->ps, &ep->bpfd);
+        apr_pollset_remove(ep->loop->ps, &ep->bpfd);
         ep->breg = 0;
     }
 }
@@ -361,26 +370,28 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
 
 static apr_status_t wsp_ev_stop(void *data)
 {
-    wsp_evloop_t *L = data;
-    apr_status_t rv;
+    int i;
 
-    L->stop = 1;
-    apr_pollset_wakeup(L->ps);
-    apr_thread_join(&rv, L->thread);
-    wsp_ev = NULL;
+    (void)data;
+    wsp_ev_stopping = 1;
+    for (i = 0; i < wsp_nev; i++) {
+        wsp_evs[i]->stop = 1;
+        apr_pollset_wakeup(wsp_evs[i]->ps);
+    }
+    for (i = 0; i < wsp_nev; i++) {
+        apr_status_t rv;
+
+        apr_thread_join(&rv, wsp_evs[i]->thread);
+    }
+    wsp_nev = 0;
     return APR_SUCCESS;
 }
 
-void wsp_evloop_child_init(apr_pool_t *pchild, server_rec *s)
+static wsp_evloop_t *wsp_ev_start(apr_pool_t *pchild, server_rec *s)
 {
     wsp_evloop_t *L;
-    int async = 0;
     apr_status_t rv;
 
-    if (!wsp_evloop_wanted || strcmp(ap_show_mpm(), "event")
-        || ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async) {
-        return;
-    }
     L = apr_pcalloc(pchild, sizeof(*L));
     L->pool = pchild;
     L->s = s;
@@ -403,16 +414,45 @@ void wsp_evloop_child_init(apr_pool_t *pchild, server_rec *s)
     }
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, "ws_persist: cannot start "
-                     "the event loop; pipes hold worker threads instead");
+                     "an event loop thread");
+        return NULL;
+    }
+    return L;
+}
+
+void wsp_evloop_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    int async = 0, n = wsp_evloop_threads, i;
+
+    if (!wsp_evloop_wanted || strcmp(ap_show_mpm(), "event")
+        || ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async) {
         return;
     }
-    wsp_ev = L;
-    apr_pool_pre_cleanup_register(pchild, L, wsp_ev_stop);
+    if (n <= 0) {
+        /* one loop per CPU: a loop is one thread's worth of relaying */
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+        n = cpus < 1 ? 1 : cpus > WSP_EV_MAX_THREADS ? WSP_EV_MAX_THREADS
+                                                     : (int)cpus;
+    }
+    wsp_evs = apr_pcalloc(pchild, n * sizeof(*wsp_evs));
+    for (i = 0; i < n; i++) {
+        if (!(wsp_evs[wsp_nev] = wsp_ev_start(pchild, s))) {
+            break;
+        }
+        wsp_nev++;
+    }
+    if (!wsp_nev) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "ws_persist: no event "
+                     "loop; pipes hold worker threads instead");
+        return;
+    }
+    apr_pool_pre_cleanup_register(pchild, NULL, wsp_ev_stop);
 }
 
 int wsp_evloop_available(void)
 {
-    return wsp_ev != NULL && !wsp_ev->stop;
+    return wsp_nev > 0 && !wsp_ev_stopping;
 }
 
 void wsp_evloop_mark(request_rec *r, wsp_pipe_t *p)
@@ -423,14 +463,21 @@ void wsp_evloop_mark(request_rec *r, wsp_pipe_t *p)
 void wsp_evloop_suspended(conn_rec *c, request_rec *r)
 {
     wsp_pipe_t *p = ap_get_module_config(c->conn_config, &ws_persist_module);
-    wsp_evloop_t *L = wsp_ev;
+    wsp_evloop_t *L;
     wsp_ev_t *ep;
+    int i;
 
-    if (!p || !L) {
+    if (!p || !wsp_nev) {
         return;
+    }
+    for (L = wsp_evs[0], i = 1; i < wsp_nev; i++) {
+        if (wsp_evs[i]->count < L->count) {
+            L = wsp_evs[i];
+        }
     }
     ap_set_module_config(c->conn_config, &ws_persist_module, NULL);
     ep = apr_pcalloc(c->pool, sizeof(*ep));
+    ep->loop = L;
     ep->p = p;
     ep->r = r;
     ep->c = c;
@@ -450,5 +497,10 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
 
 int wsp_evloop_count(void)
 {
-    return wsp_ev ? wsp_ev->count : 0;
+    int i, n = 0;
+
+    for (i = 0; i < wsp_nev; i++) {
+        n += wsp_evs[i]->count;
+    }
+    return n;
 }
