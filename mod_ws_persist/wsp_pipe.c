@@ -749,7 +749,8 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
     apr_size_t total = 0;
     int progress = 0;
 
-    (void)ready;
+    /* The socket is read only when poll said so: it is level-triggered, so
+     * data left behind (budget, a full client) is reported again. */
     while (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_rcvd
            && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
         wsp_bconn_t *bc = p->bc;
@@ -761,10 +762,11 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             progress = 1;
             continue;
         }
-        if (total >= WSP_READ_BUDGET) {
-            break;                  /* the socket stays readable */
+        if (!ready || total >= WSP_READ_BUDGET) {
+            break;
         }
-        before = bc->ilen;
+        bc->ipos = bc->ilen = 0;    /* all of it was fed above */
+        before = 0;
         rv = wsp_bconn_fill(bc);
         if (APR_STATUS_IS_EAGAIN(rv)) {
             return progress;
@@ -775,6 +777,9 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return 1;
         }
         total += bc->ilen - before;
+        if (bc->ilen - before < WSP_IBUF_SIZE) {
+            ready = 0;              /* a short read drained the socket */
+        }
         p->b_last_rx = now;
         p->b_ping_sent = 0;
         progress = 1;
