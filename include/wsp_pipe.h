@@ -52,6 +52,7 @@ typedef struct {
     apr_bucket_brigade *tmp;
     apr_off_t out_bytes;
     int upgraded;
+    int plain;                             /* no TLS on the connection */
     int more_input;                        /* stopped reading early */
     int want_write;
     int gone;

@@ -6,6 +6,7 @@
 #include "http_connection.h"
 #include "http_core.h"
 #include "http_log.h"
+#include "http_ssl.h"
 #include "util_filter.h"
 
 #include "wsp_pipe.h"
@@ -618,14 +619,22 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
     apr_size_t total = 0;
     int progress = 0;
 
+    int drained_early;
+
     if (!cl || !cl->upgraded || cl->gone || cl->close_rcvd
         || (!ready && !cl->more_input)) {
         return 0;
     }
+    /* On a plain connection the core holds nothing back: a read shorter
+     * than its socket read leaves the rest in the kernel, where poll sees
+     * it. mod_ssl may hold decrypted records, and right after the 101 the
+     * core may hold pipelined bytes: read those until EAGAIN. */
+    drained_early = cl->plain && !cl->more_input;
     cl->more_input = 0;
     while (total < WSP_READ_BUDGET) {
         apr_status_t rv;
         apr_bucket *e;
+        apr_size_t got = 0;
         int stop = 0;
 
         if (wsp_backpressure(p) && p->q.bytes >= p->conf->buffer_limit) {
@@ -661,6 +670,7 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
                 continue;
             }
             total += n;
+            got += n;
             cl->last_rx = now;
             cl->ping_sent = 0;
             stop = wsp_client_feed(p, now, (const unsigned char *)d, n);
@@ -669,6 +679,9 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
         progress = 1;
         if (stop) {
             return 1;
+        }
+        if (drained_early && got < APR_BUCKET_BUFF_SIZE) {
+            return progress;
         }
     }
     cl->more_input = 1;
@@ -1154,6 +1167,7 @@ void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
     cl->r = r;
     cl->c = c;
     cl->sock = ap_get_conn_socket(c);
+    cl->plain = !ap_ssl_conn_is_ssl(c);
     for (f = c->output_filters; f->next; f = f->next)
         ;
     cl->core_out = f;
