@@ -42,56 +42,34 @@ void *wsp_create_dir_config(apr_pool_t *p, char *dir)
     return conf;
 }
 
-#define WSP_MERGE(field, bit) do { \
+/* Start from the outer context; take each value the inner one set. */
+#define WSP_OVERLAY(field, bit) do { \
     if (add->bit) { conf->field = add->field; conf->bit = 1; } \
-    else { conf->field = base->field; conf->bit = base->bit; } \
 } while (0)
 
 void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv)
 {
     wsp_dir_conf_t *base = basev, *add = addv;
-    wsp_dir_conf_t *conf = apr_pcalloc(p, sizeof(*conf));
+    wsp_dir_conf_t *conf = apr_pmemdup(p, base, sizeof(*conf));
 
-    WSP_MERGE(location, location_set);
-    WSP_MERGE(pool, pool_set);
-    WSP_MERGE(buffer_limit, buffer_limit_set);
-    WSP_MERGE(max_message, max_message_set);
-    WSP_MERGE(connect_timeout, connect_timeout_set);
-    WSP_MERGE(max_errors, max_errors_set);
-    WSP_MERGE(exclusive, exclusive_set);
-    WSP_MERGE(ping_interval, ping_set);
-    WSP_MERGE(dup_replace, dup_set);
-    if (add->retry_set) {
-        conf->retry_min = add->retry_min;
-        conf->retry_max = add->retry_max;
-        conf->retry_set = 1;
-    }
-    else {
-        conf->retry_min = base->retry_min;
-        conf->retry_max = base->retry_max;
-        conf->retry_set = base->retry_set;
-    }
-    if (add->id_source_set) {
-        conf->id_source = add->id_source;
-        conf->id_name = add->id_name;
-        conf->id_source_set = 1;
-    }
-    else {
-        conf->id_source = base->id_source;
-        conf->id_name = base->id_name;
-        conf->id_source_set = base->id_source_set;
-    }
+    WSP_OVERLAY(location, location_set);
+    WSP_OVERLAY(pool, pool_set);
+    WSP_OVERLAY(buffer_limit, buffer_limit_set);
+    WSP_OVERLAY(max_message, max_message_set);
+    WSP_OVERLAY(connect_timeout, connect_timeout_set);
+    WSP_OVERLAY(max_errors, max_errors_set);
+    WSP_OVERLAY(exclusive, exclusive_set);
+    WSP_OVERLAY(ping_interval, ping_set);
+    WSP_OVERLAY(dup_replace, dup_set);
+    WSP_OVERLAY(retry_min, retry_set);
+    WSP_OVERLAY(retry_max, retry_set);
+    WSP_OVERLAY(id_source, id_source_set);
+    WSP_OVERLAY(id_name, id_source_set);
     if (add->failover_set) {
         memcpy(conf->failover_codes, add->failover_codes,
                sizeof(conf->failover_codes));
         conf->nfailover_codes = add->nfailover_codes;
         conf->failover_set = 1;
-    }
-    else {
-        memcpy(conf->failover_codes, base->failover_codes,
-               sizeof(conf->failover_codes));
-        conf->nfailover_codes = base->nfailover_codes;
-        conf->failover_set = base->failover_set;
     }
     return conf;
 }
