@@ -22,7 +22,8 @@
  *               flight; MB/s (10^6 bytes) of echoed payload received.
  *   failover    every connection sends a small message every INTERVAL ms;
  *               KILL-AFTER seconds in, the generator SIGKILLs KILL-PID and
- *               at once sends one message on every pipe. A pipe's gap is
+ *               at once (or PROBE-DELAY ms later) sends one message on
+ *               every pipe, then goes on every INTERVAL ms. A pipe's gap is
  *               from the kill to the echo of the first message it sent
  *               after the kill. Also counts pipes that were dropped, and
  *               lost, duplicated, reordered or truncated echoes. With
@@ -68,6 +69,7 @@ typedef struct {
     double warmup;
     int inflight;
     double interval_ms;
+    double probe_delay_ms;
     pid_t kill_pid;
     double kill_after;
     double after;
@@ -1068,6 +1070,7 @@ static void run_failover(worker_t *w)
 {
     uint64_t interval = (uint64_t)(O.interval_ms * NS_PER_MS);
     uint64_t start = wsb_now_ns(), stop_sending = 0, hard_end = 0;
+    uint64_t probe_delay = (uint64_t)(O.probe_delay_ms * NS_PER_MS);
     int i, seen_kill = 0;
 
     if (interval < 100000) {
@@ -1080,7 +1083,7 @@ static void run_failover(worker_t *w)
         uint64_t now = wsb_now_ns();
         uint64_t kill_ns = atomic_load(&g_kill_ns);
 
-        if (kill_ns && !seen_kill) {
+        if (kill_ns && !seen_kill && now >= kill_ns + probe_delay) {
             seen_kill = 1;
             hard_end = kill_ns + (uint64_t)(O.timeout * NS_PER_S);
             /* the probe: every pipe sends at once */
@@ -1248,7 +1251,8 @@ static void usage(void)
             "usage: wsp_load --port N --mode rtt|throughput|failover|idle\n"
             "  [--path /ws/] [--conns N] [--threads T] [--size BYTES]\n"
             "  [--duration S] [--warmup S] [--inflight K]\n"
-            "  [--interval-ms MS] [--kill-pid PID] [--kill-after S]\n"
+            "  [--interval-ms MS] [--probe-delay-ms MS] [--kill-pid PID]\n"
+            "  [--kill-after S]\n"
             "  [--after S] [--on-port P] [--concurrency C] [--timeout S]\n");
     exit(2);
 }
@@ -1307,6 +1311,9 @@ static void parse_args(int argc, char **argv)
         }
         else if (!strcmp(a, "--interval-ms")) {
             O.interval_ms = atof(v);
+        }
+        else if (!strcmp(a, "--probe-delay-ms")) {
+            O.probe_delay_ms = atof(v);
         }
         else if (!strcmp(a, "--kill-pid")) {
             O.kill_pid = (pid_t)atoi(v);
