@@ -45,6 +45,8 @@ typedef struct {
     apr_interval_time_t ping_interval; /* 0: no pings */
     int failover_codes[WSP_MAX_FAILOVER_CODES];
     int nfailover_codes;
+    apr_array_header_t *origins;       /* WSPersistAllowedOrigin (const
+                                        * char *), NULL: any Origin */
 
     unsigned int location_set:1;
     unsigned int pool_set:1;
@@ -58,6 +60,7 @@ typedef struct {
     unsigned int exclusive_set:1;
     unsigned int ping_set:1;
     unsigned int failover_set:1;
+    unsigned int origins_set:1;
 } wsp_dir_conf_t;
 
 #endif /* MOD_WS_PERSIST_H */

@@ -19,4 +19,8 @@ apr_off_t wsp_conf_max_message(const wsp_dir_conf_t *conf);
 int wsp_conf_is_failover_code(const wsp_dir_conf_t *conf, int code);
 void wsp_conf_pool_opts(const wsp_dir_conf_t *conf, wsp_pool_opts_t *o);
 
+/* Whether WSPersistAllowedOrigin lets a client with this Origin header
+ * (NULL: none sent) connect. */
+int wsp_conf_origin_allowed(const wsp_dir_conf_t *conf, const char *origin);
+
 #endif /* WSP_CONFIG_H */

@@ -3,6 +3,7 @@
 #define WSP_PARSE_H
 
 #include <apr.h>
+#include <apr_tables.h>
 #include <apr_time.h>
 
 /* "5M", "64K", "1G", "1000": bytes. Returns NULL or an error text. */
@@ -16,5 +17,16 @@ int wsp_uuid_valid(const char *s);
 
 /* Whether a comma separated header value lists token (case-insensitive). */
 int wsp_header_has_token(const char *value, const char *token);
+
+/* A WSPersistAllowedOrigin value: "*", "null", or an origin as browsers
+ * send it: http:// or https://, a host, an optional port, nothing after.
+ * Returns NULL or what is wrong. */
+const char *wsp_origin_check(const char *origin);
+
+/* Whether a client's Origin (NULL: the client sent none, as non-browser
+ * clients do) may connect: allowed NULL (no list), a list holding "*", or
+ * one holding the origin (scheme and host compare case-insensitively). */
+int wsp_origin_allowed(const apr_array_header_t *allowed,
+                       const char *origin);
 
 #endif /* WSP_PARSE_H */

@@ -65,6 +65,7 @@ void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv)
     WSP_OVERLAY(retry_max, retry_set);
     WSP_OVERLAY(id_source, id_source_set);
     WSP_OVERLAY(id_name, id_source_set);
+    WSP_OVERLAY(origins, origins_set);
     if (add->failover_set) {
         memcpy(conf->failover_codes, add->failover_codes,
                sizeof(conf->failover_codes));
@@ -89,6 +90,11 @@ int wsp_conf_is_failover_code(const wsp_dir_conf_t *conf, int code)
         }
     }
     return 0;
+}
+
+int wsp_conf_origin_allowed(const wsp_dir_conf_t *conf, const char *origin)
+{
+    return wsp_origin_allowed(conf->origins, origin);
 }
 
 void wsp_conf_pool_opts(const wsp_dir_conf_t *conf, wsp_pool_opts_t *o)
@@ -377,6 +383,24 @@ static const char *set_event_loop_threads(cmd_parms *cmd, void *dconf,
     return wsp_parse_int(cmd, arg, 1, 64, &wsp_evloop_threads);
 }
 
+/* Each context's list replaces the enclosing one's ("*" lifts it). */
+static const char *set_allowed_origin(cmd_parms *cmd, void *dconf,
+                                      const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    const char *err = wsp_origin_check(arg);
+
+    if (err) {
+        return wsp_bad(cmd, arg, err);
+    }
+    if (!conf->origins_set) {
+        conf->origins = apr_array_make(cmd->pool, 4, sizeof(const char *));
+        conf->origins_set = 1;
+    }
+    APR_ARRAY_PUSH(conf->origins, const char *) = arg;
+    return NULL;
+}
+
 const command_rec wsp_cmds[] = {
     AP_INIT_RAW_ARGS("WSPersistBackend", set_backend, NULL, RSRC_CONF
                      | ACCESS_CONF, "ws://host:port/path [weight=N] "
@@ -411,6 +435,11 @@ const command_rec wsp_cmds[] = {
     AP_INIT_ITERATE("WSPersistFailoverCodes", set_failover_codes, NULL,
                     RSRC_CONF | ACCESS_CONF,
                     "backend close codes that mean fail over"),
+    AP_INIT_ITERATE("WSPersistAllowedOrigin", set_allowed_origin, NULL,
+                    RSRC_CONF | ACCESS_CONF,
+                    "Origins a browser client may connect from (any when "
+                    "unset; \"*\" lifts an outer list); other Origins "
+                    "get 403"),
     AP_INIT_FLAG("WSPersistEventLoop", set_event_loop, NULL, RSRC_CONF,
                  "On: under the event MPM idle pipes hold no worker "
                  "thread (default)"),

@@ -161,3 +161,68 @@ int wsp_header_has_token(const char *value, const char *token)
     }
     return 0;
 }
+
+const char *wsp_origin_check(const char *origin)
+{
+    const char *s;
+    apr_uint64_t port;
+
+    if (!strcmp(origin, "*") || !strcmp(origin, "null")) {
+        return NULL;
+    }
+    if (!apr_cstr_casecmpn(origin, "https://", 8)) {
+        s = origin + 8;
+    }
+    else if (!apr_cstr_casecmpn(origin, "http://", 7)) {
+        s = origin + 7;
+    }
+    else {
+        return "not an origin (http://host[:port] or https://host[:port], "
+               "\"null\" or \"*\")";
+    }
+    if (*s == '[') {
+        for (s++; apr_isxdigit(*s) || *s == ':' || *s == '.'; s++) {
+        }
+        if (*s++ != ']') {
+            return "bad IPv6 address";
+        }
+    }
+    else {
+        const char *h = s;
+
+        while (apr_isalnum(*s) || *s == '-' || *s == '.') {
+            s++;
+        }
+        if (s == h) {
+            return "no host";
+        }
+    }
+    if (*s == ':') {
+        if (wsp_parse_digits(s + 1, 65535, &port, &s) != WSP_DIGITS_OK
+            || port == 0) {
+            return "bad port";
+        }
+    }
+    if (*s) {
+        return "an origin has no path, query or trailing slash";
+    }
+    return NULL;
+}
+
+int wsp_origin_allowed(const apr_array_header_t *allowed,
+                       const char *origin)
+{
+    int i;
+
+    if (!allowed || !origin) {
+        return 1;
+    }
+    for (i = 0; i < allowed->nelts; i++) {
+        const char *a = APR_ARRAY_IDX(allowed, i, const char *);
+
+        if (!strcmp(a, "*") || !apr_cstr_casecmp(a, origin)) {
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -163,6 +163,60 @@ static void test_token(apr_pool_t *p)
     CHECK(!wsp_header_has_token("a, ,b", ""));
 }
 
+static void test_origin_check(apr_pool_t *p)
+{
+    static const char *good[] = {
+        "*", "null", "https://app.example", "http://app.example:8080",
+        "HTTPS://App.Example", "http://127.0.0.1", "http://[::1]:3000",
+        "https://a-b.c.example:443",
+    };
+    static const char *bad[] = {
+        "", "app.example", "ftp://app.example", "https://",
+        "https://app.example/", "https://app.example/path",
+        "https://app.example?x", "https://app.example:0",
+        "https://app.example:65536", "https://app.example:",
+        "https://user@app.example", "https://[::1", "https://app example",
+        "https://app.example\r\nX: y", "**", "nulls",
+    };
+    apr_size_t i;
+
+    (void)p;
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        CHECK(wsp_origin_check(good[i]) == NULL);
+    }
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK(wsp_origin_check(bad[i]) != NULL);
+        if (!wsp_origin_check(bad[i])) {
+            fprintf(stderr, "  accepted origin \"%s\"\n", bad[i]);
+        }
+    }
+}
+
+static void test_origin_allowed(apr_pool_t *p)
+{
+    apr_array_header_t *list = apr_array_make(p, 2, sizeof(const char *));
+    apr_array_header_t *any = apr_array_make(p, 1, sizeof(const char *));
+
+    /* no list: anything; no Origin (not a browser): always */
+    CHECK(wsp_origin_allowed(NULL, "https://evil.example"));
+    CHECK(wsp_origin_allowed(NULL, NULL));
+    APR_ARRAY_PUSH(list, const char *) = "https://app.example";
+    APR_ARRAY_PUSH(list, const char *) = "http://localhost:3000";
+    CHECK(wsp_origin_allowed(list, NULL));
+    CHECK(wsp_origin_allowed(list, "https://app.example"));
+    CHECK(wsp_origin_allowed(list, "HTTPS://APP.EXAMPLE"));
+    CHECK(wsp_origin_allowed(list, "http://localhost:3000"));
+    CHECK(!wsp_origin_allowed(list, "http://app.example"));
+    CHECK(!wsp_origin_allowed(list, "https://app.example:8443"));
+    CHECK(!wsp_origin_allowed(list, "https://app.example.evil.example"));
+    CHECK(!wsp_origin_allowed(list, "https://evil.example"));
+    CHECK(!wsp_origin_allowed(list, "null"));
+    CHECK(!wsp_origin_allowed(list, ""));
+    APR_ARRAY_PUSH(any, const char *) = "*";
+    CHECK(wsp_origin_allowed(any, "https://evil.example"));
+    CHECK(wsp_origin_allowed(any, "null"));
+}
+
 WSP_TEST_MAIN(
     RUN(test_size_plain);
     RUN(test_size_suffixes);
@@ -173,4 +227,6 @@ WSP_TEST_MAIN(
     RUN(test_time_overflow);
     RUN(test_uuid);
     RUN(test_token);
+    RUN(test_origin_check);
+    RUN(test_origin_allowed);
 )
