@@ -363,8 +363,8 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
             wsp_ev_process(L, ep, now);
         }
     }
+    (void)t;
     wsp_ev_shutdown(L);
-    apr_thread_exit(t, APR_SUCCESS);
     return NULL;
 }
 

@@ -144,6 +144,7 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
     const char *path = r->parsed_uri.path ? r->parsed_uri.path : r->uri;
     const char *xff = apr_table_get(r->headers_in, "X-Forwarded-For");
     const char *host = apr_table_get(r->headers_in, "Host");
+    const char *conn = apr_table_get(r->headers_in, "Connection");
     const char *v;
     int i;
 
@@ -159,6 +160,10 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
     v = apr_table_get(r->headers_in, "Sec-WebSocket-Protocol");
     p->offered = v ? apr_pstrdup(p->pool, v) : NULL;
     for (i = 0; pass[i]; i++) {
+        /* a header the client's Connection names is hop-by-hop */
+        if (conn && wsp_header_has_token(conn, pass[i])) {
+            continue;
+        }
         if ((v = apr_table_get(r->headers_in, pass[i]))) {
             apr_table_set(p->fwd, pass[i], v);
         }
@@ -231,7 +236,7 @@ int wsp_handler(request_rec *r)
 {
     wsp_dir_conf_t *conf;
     wsp_pipe_t *p, *taken;
-    const char *key = NULL, *id;
+    const char *key = NULL, *id, *origin;
     int status, generated;
     apr_status_t rv;
 
@@ -247,6 +252,13 @@ int wsp_handler(request_rec *r)
     }
     if ((status = wsp_check_upgrade(r, &key)) != OK) {
         return status;
+    }
+    /* Browsers always send Origin; other clients may send none. */
+    if ((origin = apr_table_get(r->headers_in, "Origin"))
+        && !wsp_conf_origin_allowed(conf, origin)) {
+        return wsp_refuse(r, HTTP_FORBIDDEN, NULL, apr_psprintf(r->pool,
+                          "Origin \"%s\" is not allowed",
+                          ap_escape_logitem(r->pool, origin)));
     }
     if (!(id = wsp_client_id(r, conf, &generated))) {
         return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "client id missing or "

@@ -40,10 +40,6 @@ def test_hop_by_hop_headers_not_forwarded(env):
     assert hget(h, "Upgrade") == "websocket"
 
 
-@pytest.mark.xfail(reason="module: a header the client's Connection names "
-                   "is hop-by-hop (RFC 9110 7.6.1) but is still forwarded "
-                   "when it is one of the passed ones (reported with a "
-                   "fix)", strict=False)
 def test_connection_named_headers_not_forwarded(env):
     be = env.backend("b1")
     env.start_httpd(env.location("/ws/", [be]))
@@ -108,14 +104,6 @@ ORIGINS = ("WSPersistAllowedOrigin https://app.example "
            "http://localhost:3000")
 
 
-# The handler's check comes with the event-driver work (wsp_handler.c);
-# until it is in, these fail: non-strict xfail, drop the marker then.
-HANDLER_PENDING = pytest.mark.xfail(
-    reason="WSPersistAllowedOrigin is parsed, but the handler's check "
-    "(wsp_handler.c) is not in yet", strict=False)
-
-
-@HANDLER_PENDING
 def test_allowed_origin_refuses_others_with_403(env):
     be = env.backend("b1")
     env.start_httpd(env.location("/ws/", [be], ORIGINS))
@@ -153,7 +141,6 @@ def test_allowed_origin_lets_listed_and_absent_in(env):
     assert hget(h, "Origin") is None
 
 
-@HANDLER_PENDING
 def test_allowed_origin_inner_context_overrides(env):
     """An inner <Location> list replaces the outer one; "*" lifts it."""
     be = env.backend("b1")
