@@ -155,12 +155,13 @@ def proc_cpu(pid):
         return 0
 
 
-def system_busy():
-    """(busy, total) clock ticks of all CPUs since boot."""
+def system_cpu():
+    """(task, total, steal) clock ticks of all CPUs since boot. task: time
+    charged to processes (user, nice, system); interrupt and softirq time
+    (loopback traffic) is charged to none."""
     with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return sum(v) - idle, sum(v)
+        v = [int(x) for x in f.readline().split()[1:]] + [0] * 10
+    return v[0] + v[1] + v[2], sum(v[:8]), v[7]
 
 
 def kthreads_cpu():
@@ -184,11 +185,10 @@ def loadavg():
         return f.read().split()[0]
 
 
-def pct(v, p):
+def median(v):
     v = sorted(v)
-    if not v:
-        return None
-    return v[max(0, math.ceil(p / 100 * len(v)) - 1)]
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 # --------------------------------------------------------------------------
@@ -384,7 +384,7 @@ class Bench:
                 pids += self.httpd.pids()
             return sum(proc_cpu(p_) for p_ in pids)
 
-        cpu0, kt0, sys0 = ours(), kthreads_cpu(), system_busy()
+        cpu0, kt0, sys0 = ours(), kthreads_cpu(), system_cpu()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE,
@@ -406,7 +406,7 @@ class Bench:
         cpu1 = ours()
         out, err = p.communicate(timeout=self.o.timeout + 120)
         cpu1 = max(cpu1, ours())
-        kt1, sys1 = kthreads_cpu(), system_busy()
+        kt1, sys1 = kthreads_cpu(), system_cpu()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = time.monotonic() - t0
         lines = out.decode().strip().splitlines()
@@ -417,6 +417,9 @@ class Bench:
                 p.returncode, " ".join(cmd), err.decode(errors="replace")))
         if mid:
             res.update(mid)
+        if mode == "failover":
+            # the killed backend takes its CPU time out of the accounts
+            cpu1 = None
         # How quiet the machine was: CPU used by processes that are not
         # part of this run (not httpd, the backends, the generator, and
         # not kernel threads such as ksoftirqd, which carry loopback
@@ -424,11 +427,11 @@ class Bench:
         hz = os.sysconf("SC_CLK_TCK")
         gen = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime
                - ru0.ru_stime) * hz
-        busy, total = sys1[0] - sys0[0], sys1[1] - sys0[1]
-        if total > 0:
-            other = busy - (cpu1 - cpu0) - gen - (kt1 - kt0)
-            res["machine_busy_pct"] = round(100 * busy / total, 1)
+        task, total = sys1[0] - sys0[0], sys1[1] - sys0[1]
+        if total > 0 and cpu1 is not None:
+            other = task - (cpu1 - cpu0) - gen - (kt1 - kt0)
             res["other_cpu_pct"] = round(max(0, other) * 100 / total, 1)
+            res["steal_pct"] = round((sys1[2] - sys0[2]) * 100 / total, 1)
         res["wall_s"] = round(wall, 2)
         return res
 
@@ -452,15 +455,22 @@ class Bench:
         for row, mode, conns, size, extra in rows:
             key = "rt_per_s" if mode == "rtt" else "mb_per_s"
             runs = {t: [] for t in targets}
-            # rounds alternate the order of the targets, and the round
-            # with the median figure is reported, so a passing disturbance
-            # on a shared machine does not decide a ratio
+            # rounds alternate the order of the targets and each figure is
+            # the median over the rounds, so a passing disturbance on a
+            # shared machine does not decide a ratio
             for n in range(o.rounds):
                 for t in (targets if n % 2 == 0 else targets[::-1]):
                     runs[t].append(self.load(t, mode, conns, size, extra))
             for t in targets:
-                ranked = sorted(runs[t], key=lambda r: r.get(key) or 0)
-                res = dict(ranked[(len(ranked) - 1) // 2])
+                # each figure is its median over the rounds
+                res = dict(runs[t][0])
+                for k in (key, "p50_us", "p90_us", "p99_us", "mean_us",
+                          "other_cpu_pct"):
+                    vals = [r[k] for r in runs[t] if r.get(k) is not None]
+                    if vals:
+                        res[k] = median(vals)
+                for k in ("dropped", "failed", "bad_length"):
+                    res[k] = sum(r.get(k, 0) for r in runs[t])
                 res["rounds"] = [{k: r.get(k) for k in (
                     key, "p50_us", "p99_us", "other_cpu_pct")
                     if r.get(k) is not None} for r in runs[t]]
@@ -776,8 +786,8 @@ def parse_args(argv):
     p.add_argument("--warmup", type=float, default=0.5,
                    help="unmeasured seconds before each run")
     p.add_argument("--rounds", type=int, default=5,
-                   help="runs of each rtt/throughput row per target; the "
-                   "median is reported")
+                   help="runs of each rtt/throughput row per target; each "
+                   "figure is the median over them")
     p.add_argument("--inflight", type=int, default=4,
                    help="1 MB messages in flight per connection")
     p.add_argument("--failover-pipes", type=int, default=200)
@@ -898,8 +908,8 @@ def main(argv):
             if r.get("other_cpu_pct", 0) >= 10:
                 busy.append("%s/%s %.0f%%" % (row, t, r["other_cpu_pct"]))
     if busy:
-        notes.append("other processes used >= 10%% of the CPUs during (the "
-                     "reported run of): %s" % ", ".join(busy))
+        notes.append("other processes used >= 10%% of the CPUs (median "
+                     "over the rounds) during: %s" % ", ".join(busy))
     for n_ in b.o.idle:
         for t, r in b.results.get("idle_%d" % n_, {}).items():
             if r.get("stack_rss_per_pipe_kb") is not None:
@@ -924,9 +934,11 @@ def main(argv):
         r = fo.get(t)
         if r and r.get("established"):
             notes.append("failover %s: %d of %d pipes dropped, p50 %.1f ms "
-                         "after the kill" % (t, r["dropped_after_kill"],
-                                             r["established"],
-                                             r["drop_p50_ms"]))
+                         "after the kill (close codes seen: %s; 1006: no "
+                         "close frame)" % (t, r["dropped_after_kill"],
+                                           r["established"],
+                                           r["drop_p50_ms"],
+                                           r.get("close_codes")))
     if problems:
         notes.append("httpd error log: %d ws_persist error or crash "
                      "line(s), e.g. %s" % (len(problems), problems[0][:300]))

@@ -1426,7 +1426,7 @@ static void report_failover(const totals_t *t)
     uint64_t lost = 0, lost_post = 0, dups = 0, reord = 0, sent = 0;
     uint64_t kill_ns = atomic_load(&g_kill_ns);
     size_t ng = 0, nq = 0, nd = 0;
-    int i, j, stalled = 0, k;
+    int i, j, stalled = 0, k, codes[8][2], ncodes = 0;
 
     for (i = 0; i < O.threads; i++) {
         for (j = 0; j < W[i].nopen; j++) {
@@ -1447,6 +1447,15 @@ static void report_failover(const totals_t *t)
             else if (c->dropped) {
                 drops[nd++] = c->closed_at > kill_ns && kill_ns
                               ? c->closed_at - kill_ns : 0;
+                for (k = 0; k < ncodes && codes[k][0] != c->close_code; k++) {
+                }
+                if (k == ncodes && ncodes < 8) {
+                    codes[ncodes][0] = c->close_code;
+                    codes[ncodes++][1] = 0;
+                }
+                if (k < ncodes) {
+                    codes[k][1]++;
+                }
             }
             else if (kill_ns) {
                 stalled++;
@@ -1463,6 +1472,10 @@ static void report_failover(const totals_t *t)
             printf("%s\"%d\":%d", k++ ? "," : "", W[i].ports[j][0],
                    W[i].ports[j][1]);
         }
+    }
+    printf("},\"close_codes\":{");
+    for (k = 0; k < ncodes; k++) {
+        printf("%s\"%d\":%d", k ? "," : "", codes[k][0], codes[k][1]);
     }
     printf("},\"killed\":%s,\"interval_ms\":%g,\"recovered\":%zu,"
            "\"dropped_after_kill\":%zu,\"stalled\":%d,"
