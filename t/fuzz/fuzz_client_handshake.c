@@ -7,7 +7,8 @@
  * directives.
  *
  * The input is NUL separated fields: key, Upgrade, Connection, client id,
- * a forwarded header value, a size, a time. */
+ * a forwarded header value, a size, a time, a WSPersistAllowedOrigin value
+ * and a client's Origin. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,7 @@
 #include "wsp_parse.h"
 
 #define FUZZ_CHECK(c) do { if (!(c)) { abort(); } } while (0)
-#define NFIELDS 7
+#define NFIELDS 9
 
 static apr_pool_t *root;
 
@@ -112,6 +113,31 @@ static void check_request(apr_pool_t *p, const char *id, const char *value)
     FUZZ_CHECK(lines >= 7 && lines <= 11);
 }
 
+/* An accepted WSPersistAllowedOrigin value is one token of printable
+ * characters without a path; a list of it lets that Origin in. */
+static void check_origin(apr_pool_t *p, const char *value,
+                         const char *origin)
+{
+    apr_array_header_t *list = apr_array_make(p, 1, sizeof(const char *));
+    const char *c;
+
+    if (wsp_origin_check(value) != NULL) {
+        return;
+    }
+    for (c = value; *c; c++) {
+        FUZZ_CHECK(apr_isgraph(*c));
+    }
+    FUZZ_CHECK(!strcmp(value, "*") || !strchr(strstr(value, "//")
+                                              ? strstr(value, "//") + 2
+                                              : value, '/'));
+    APR_ARRAY_PUSH(list, const char *) = value;
+    FUZZ_CHECK(wsp_origin_allowed(list, value));
+    FUZZ_CHECK(wsp_origin_allowed(list, NULL));
+    if (strcmp(value, "*") && apr_cstr_casecmp(value, origin)) {
+        FUZZ_CHECK(!wsp_origin_allowed(list, origin));
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *f[NFIELDS];
@@ -146,6 +172,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!wsp_parse_time(f[6], &t)) {
         FUZZ_CHECK(t >= 0);
     }
+    check_origin(p, f[7], f[8]);
     apr_pool_destroy(p);
     return 0;
 }
