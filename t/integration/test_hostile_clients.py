@@ -135,6 +135,11 @@ def test_outage_flood_1013_memory_bounded(env):
     ws.send(RawWS.OP_TEXT, b"hello")
     assert ws.recv_frame()[3] == b"hello"
     be.kill()
+    # the flood starts once the pipe knows: had the live pipe's buffer
+    # filled first (backpressure), the failover would keep it paused
+    # instead (until a backend or the connect timeout)
+    wait_until(lambda: env.httpd.log_lines("backend interrupted"), 30,
+               what="the pipe to notice the outage")
     before = rss_kb(child)
     key = b"\x11\x22\x33\x44"
     one = build_frame(RawWS.OP_TEXT, b"m" * 100, key=key)

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import wsp_sanitize
-from wsp_env import BACKEND, HOST, PYTHON, Backend
+from wsp_env import BACKEND, HOST, PYTHON, Backend, wait_until
 
 # Under ASan (make test SANITIZE=1) memory holds redzones and a quarantine
 # of freed blocks: resident sizes say nothing about the module there, so
@@ -60,7 +60,8 @@ def hostile(env, name, mode, start=True, **kw):
 
 
 def child_pid(env):
-    kids = env.httpd.children()
+    """The one child (the parent listens before it forks it)."""
+    kids = wait_until(env.httpd.children, 30, what="httpd's child")
     assert len(kids) == 1, "expected one httpd child, found %r" % kids
     return kids[0]
 
