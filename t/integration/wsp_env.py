@@ -566,7 +566,8 @@ class Env:
                 problems.append("unexpected: " + line)
             if crashed:
                 problems += self.backtraces()
-        problems += wsp_sanitize.reports(self._shared)
+        problems += wsp_sanitize.reports(
+            self._shared, self.httpd.log_text() if self.httpd else "")
         for be in self.backends:
             if "Traceback" in be.output():
                 problems.append("backend %s raised:\n%s"
