@@ -24,7 +24,7 @@ typedef struct {
     apr_socket_t *sock;
     apr_sockaddr_t *addr;
     wsp_bc_state_e state;
-    char *req;                     /* handshake request text */
+    const char *req;               /* handshake request text */
     apr_size_t req_len;
     apr_size_t req_off;
     char accept[WSP_ACCEPT_LEN + 1];
@@ -36,12 +36,16 @@ typedef struct {
     apr_size_t ilen;
 } wsp_bconn_t;
 
-/* Start connecting to be. The request is built by the caller (key inside
- * req must match key). Fails at once when the address does not resolve or
- * the connect is refused synchronously. */
+/* Builds the handshake request for key in the connection's pool. */
+typedef const char *wsp_request_fn(void *baton, apr_pool_t *p,
+                                   const char *key);
+
+/* Start connecting to be, with a fresh key and the request build makes
+ * for it. Fails at once when the address does not resolve or the connect
+ * is refused synchronously. */
 apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
-                            wsp_backend_t *be, const char *req,
-                            const char *key, const char *offered,
+                            wsp_backend_t *be, wsp_request_fn *build,
+                            void *baton, const char *offered,
                             int require_protocol);
 
 /* Move the handshake on as far as the socket allows. Returns WSP_HS_MORE,

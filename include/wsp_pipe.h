@@ -130,6 +130,9 @@ struct wsp_pipe_t {
     void *wake_baton;
 };
 
+/* The allocator all pipes of this process share (child_init). */
+apr_status_t wsp_pipe_child_init(apr_pool_t *pchild);
+
 /* A new pipe for request r (its own pool). */
 apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
                              const wsp_dir_conf_t *conf, const char *id);

@@ -11,6 +11,7 @@
 #include "wsp_config.h"
 #include "wsp_evloop.h"
 #include "wsp_handler.h"
+#include "wsp_pipe.h"
 #include "wsp_pool.h"
 #include "wsp_registry.h"
 
@@ -19,7 +20,8 @@ static void wsp_child_init(apr_pool_t *p, server_rec *s)
     apr_status_t rv;
 
     if ((rv = wsp_pool_child_init(p)) != APR_SUCCESS
-        || (rv = wsp_registry_child_init(p)) != APR_SUCCESS) {
+        || (rv = wsp_registry_child_init(p)) != APR_SUCCESS
+        || (rv = wsp_pipe_child_init(p)) != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
                      "ws_persist: cannot create the process's locks");
         return;

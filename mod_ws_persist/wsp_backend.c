@@ -5,12 +5,13 @@
 #include "wsp_backend.h"
 
 apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
-                            wsp_backend_t *be, const char *req,
-                            const char *key, const char *offered,
+                            wsp_backend_t *be, wsp_request_fn *build,
+                            void *baton, const char *offered,
                             int require_protocol)
 {
     apr_pool_t *p;
     wsp_bconn_t *bc;
+    const char *key;
     apr_status_t rv;
 
     *out = NULL;
@@ -20,8 +21,9 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
     bc = apr_pcalloc(p, sizeof(*bc));
     bc->pool = p;
     bc->be = be;
-    bc->req = apr_pstrdup(p, req);
-    bc->req_len = strlen(req);
+    key = wsp_key_make(p);
+    bc->req = build(baton, p, key);
+    bc->req_len = strlen(bc->req);
     bc->offered = offered ? apr_pstrdup(p, offered) : NULL;
     bc->require_protocol = require_protocol;
     wsp_accept_make(key, bc->accept);

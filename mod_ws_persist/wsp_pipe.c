@@ -3,6 +3,7 @@
  * blocks; drivers (wsp_loop.c) poll what wsp_pipe_want() asks for. */
 #include "httpd.h"
 #include "apr_strings.h"
+#include "apr_thread_mutex.h"
 #include "http_connection.h"
 #include "http_core.h"
 #include "http_log.h"
@@ -802,17 +803,19 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
 
 /* ---- connecting -------------------------------------------------------- */
 
-static const char *wsp_backend_request(wsp_pipe_t *p, wsp_backend_t *be,
-                                       const char *key, apr_pool_t *tp)
+/* The handshake request for the backend the pipe is connecting to. */
+static const char *wsp_backend_request(void *baton, apr_pool_t *tp,
+                                       const char *key)
 {
+    wsp_pipe_t *p = baton;
     wsp_backend_req_t req;
     apr_table_t *h = apr_table_copy(tp, p->fwd);
 
     apr_table_setn(h, "X-WS-Persist-Client-Id", p->id);
     apr_table_setn(h, "X-WS-Persist-Resume",
                    apr_itoa(tp, p->connections));
-    req.path = apr_pstrcat(tp, be->path, p->rest, NULL);
-    req.host = be->hostport;
+    req.path = apr_pstrcat(tp, p->be->path, p->rest, NULL);
+    req.host = p->be->hostport;
     req.key = key;
     req.protocol = p->connections ? p->protocol : p->offered;
     req.headers = h;
@@ -828,8 +831,6 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
         apr_time_t next = 0;
         wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
                                              &next);
-        apr_pool_t *tp;
-        const char *key;
         apr_status_t rv;
         apr_interval_time_t per;
 
@@ -841,13 +842,9 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
             return;
         }
         p->be = be;
-        apr_pool_create(&tp, p->pool);
-        key = wsp_key_make(tp);
-        rv = wsp_bconn_open(&p->bc, p->pool, be,
-                            wsp_backend_request(p, be, key, tp), key,
+        rv = wsp_bconn_open(&p->bc, p->pool, be, wsp_backend_request, p,
                             p->connections ? p->protocol : p->offered,
                             p->connections && p->protocol);
-        apr_pool_destroy(tp);
         if (rv != APR_SUCCESS) {
             WSP_LOG(p, APLOG_WARNING, rv, "cannot connect");
             wsp_pool_failed(p->conf->pool, &p->opts, be, now);
@@ -1032,9 +1029,11 @@ void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev)
 
     do {
         progress = wsp_connect_step(p, now);
+        /* the backend first: a close or EOF it reported must be seen
+         * before client messages are written into a dead socket */
+        progress |= wsp_backend_read(p, now, bready);
         progress |= wsp_client_read(p, now, cready);
         progress |= wsp_backend_flush(p, now);
-        progress |= wsp_backend_read(p, now, bready);
         progress |= wsp_client_flush(p, now);
         cready = bready = 0;
         if (p->phase == WSP_PH_CONNECT && p->bc == NULL
@@ -1116,26 +1115,47 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
     *wake_at = t;
 }
 
+/* Every pipe of the process allocates from one locked allocator: the
+ * blocks a pipe frees serve the next pipes, instead of each idle pipe
+ * keeping its own spare blocks. */
+static apr_allocator_t *wsp_pipe_allocator;
+
+#define WSP_ALLOC_MAX_FREE (4 * 1024 * 1024)
+
+apr_status_t wsp_pipe_child_init(apr_pool_t *pchild)
+{
+    apr_thread_mutex_t *lock;
+    apr_allocator_t *alloc;
+    apr_status_t rv;
+
+    if ((rv = apr_thread_mutex_create(&lock, APR_THREAD_MUTEX_DEFAULT,
+                                      pchild)) != APR_SUCCESS
+        || (rv = apr_allocator_create(&alloc)) != APR_SUCCESS) {
+        return rv;
+    }
+    apr_allocator_mutex_set(alloc, lock);
+    apr_allocator_max_free_set(alloc, WSP_ALLOC_MAX_FREE);
+    wsp_pipe_allocator = alloc;
+    return APR_SUCCESS;
+}
+
 apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
                              const wsp_dir_conf_t *conf, const char *id)
 {
-    apr_allocator_t *alloc;
+    apr_allocator_t *alloc = wsp_pipe_allocator;
     apr_pool_t *pool;
     wsp_pipe_t *p;
     apr_status_t rv;
 
-    /* Its own allocator and unmanaged pool: a pipe outlives the request
-     * that made it when a newer connection takes it over. */
-    if ((rv = apr_allocator_create(&alloc)) != APR_SUCCESS) {
-        return rv;
+    /* An unmanaged pool: a pipe outlives the request that made it when a
+     * newer connection takes it over. */
+    if (!alloc) {
+        return APR_ENOPOOL;          /* child_init did not run */
     }
-    apr_allocator_max_free_set(alloc, 256 * 1024);
     if ((rv = apr_pool_create_unmanaged_ex(&pool, NULL, alloc))
         != APR_SUCCESS) {
-        apr_allocator_destroy(alloc);
         return rv;
     }
-    apr_allocator_owner_set(alloc, pool);
     p = apr_pcalloc(pool, sizeof(*p));
     p->pool = pool;
     p->allocator = alloc;
