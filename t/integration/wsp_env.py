@@ -373,6 +373,35 @@ class Httpd:
         except OSError:
             return False
 
+    @staticmethod
+    def _threads(pid):
+        """gdb's backtraces of every thread of a live process."""
+        try:
+            p = subprocess.run(
+                ["gdb", "-p", str(pid), "-batch", "-nx",
+                 "-ex", "thread apply all bt"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=60)
+            # threads with the same stack once, with their count
+            stacks, cur = {}, None
+            for l in p.stdout.decode(errors="replace").splitlines():
+                if l.startswith("Thread "):
+                    cur = []
+                    stacks.setdefault(id(cur), cur)
+                elif l.startswith("#") and cur is not None:
+                    cur.append(re.sub(r"^#\d+\s+(0x[0-9a-f]+ in )?", "",
+                                      l)[:160])
+            groups = {}
+            for st in stacks.values():
+                key = tuple(re.sub(r"\(.*", "", f) for f in st)
+                groups.setdefault(key, [0, st])[0] += 1
+            out = ["threads of the stuck child %d:" % pid]
+            for n, st in groups.values():
+                out.append("%d thread(s):\n    %s" % (n, "\n    ".join(st)))
+            return "\n".join(out)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return "no backtrace of the stuck child %d: %s" % (pid, e)
+
     def stop(self, timeout=30):
         """A graceful stop, then SIGTERM once the child is gone. (An
         immediate stop is not used: httpd 2.4.71's event MPM child crashes
@@ -383,7 +412,14 @@ class Httpd:
         kids = self.children()
         self.proc.send_signal(signal.SIGWINCH)
         deadline = time.monotonic() + GRACEFUL_S + 5
+        # before httpd's GracefulShutdownTimeout SIGKILLs a stuck child,
+        # what each of its threads is doing
+        dump_at = time.monotonic() + GRACEFUL_S - 3
         while any(self._running(k) for k in kids):
+            if dump_at and time.monotonic() > dump_at:
+                dump_at = None
+                self.problems += [self._threads(k) for k in kids
+                                  if self._running(k)]
             if time.monotonic() > deadline:
                 self.problems.append(
                     "apache2's child did not exit within %ds of a graceful "
