@@ -50,7 +50,10 @@ static wsp_waker_t *wsp_loop_waker(request_rec *r)
 
 wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
 {
-    wsp_waker_t *w = wsp_loop_waker(r);
+    /* a handover waits for the 101, so the waker (two descriptors, held
+     * as long as the request) is made only once the client is upgraded:
+     * a pipe that goes to the event loop never needs it */
+    wsp_waker_t *w = p->client->upgraded ? wsp_loop_waker(r) : NULL;
     wsp_loop_result_e res;
     apr_pollfd_t pfd[3];
 
