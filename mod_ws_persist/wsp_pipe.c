@@ -556,6 +556,9 @@ static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
     wsp_client_close(p, now, code, code == WSP_CLOSE_TOO_BIG
                      ? "message too big" : "protocol error",
                      code == WSP_CLOSE_TOO_BIG ? 15 : 14);
+    /* its stream cannot be parsed any more: read nothing further (no
+     * close reply can be found in it) and close once our close is out */
+    p->client->close_rcvd = 1;
     if (p->bc && p->bc->state == WSP_BC_OPEN) {
         p->b_close_pending = WSP_CLOSE_GOING_AWAY;
         p->b_close_reason = "client error";
@@ -636,14 +639,26 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
         apr_status_t rv;
         apr_bucket *e;
         apr_size_t got = 0;
+        apr_off_t want = WSP_READ_CHUNK;
         int stop = 0;
 
-        if (wsp_backpressure(p) && p->q.bytes >= p->conf->buffer_limit) {
-            cl->more_input = 1;      /* the backend is slow: wait */
-            return progress;
+        if (wsp_backpressure(p)) {
+            apr_off_t room = p->conf->buffer_limit - p->q.bytes;
+
+            if (room <= 0) {
+                cl->more_input = 1;  /* the backend is slow: wait */
+                return progress;
+            }
+            if (room < want) {
+                /* no more than the limit (and the message in flight);
+                 * the rest may wait in the core's buffer, so no early
+                 * stop below */
+                want = room;
+                drained_early = 0;
+            }
         }
         rv = ap_get_brigade(cl->c->input_filters, cl->ibb, AP_MODE_READBYTES,
-                            APR_NONBLOCK_READ, WSP_READ_CHUNK);
+                            APR_NONBLOCK_READ, want);
         /* the core answers a non-blocking read with nothing to read by an
          * empty brigade, mod_ssl by EAGAIN */
         if (APR_STATUS_IS_EAGAIN(rv)

@@ -257,10 +257,6 @@ def test_200_full_buffers_memory(env):
     asyncio.run(run())
 
 
-@pytest.mark.xfail(reason="module: after a client protocol error the pipe "
-                   "keeps reading and logs the error again for every read "
-                   "until the close completes (reported with a fix)",
-                   strict=False)
 def test_protocol_error_then_flood_logged_once(env):
     """A client that breaks the protocol and keeps sending: closed with
     1002, and one log line, not one per read (a client must not be able
@@ -281,10 +277,6 @@ def test_protocol_error_then_flood_logged_once(env):
     assert len(lines) == 1, "%d log lines for one protocol error" % len(lines)
 
 
-@pytest.mark.xfail(reason="module: under backpressure the pipe reads a "
-                   "whole 64 KB chunk even when the buffer has less room, "
-                   "so it can hold up to a chunk of small messages over "
-                   "WSPersistBufferLimit (reported with a fix)", strict=False)
 def test_backpressure_holds_at_most_the_limit(env):
     """A live backend that stops reading: the pipe stops reading its client
     at WSPersistBufferLimit. What it holds when that backend then dies
