@@ -497,32 +497,67 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
 
 /* ---- input ------------------------------------------------------------- */
 
+/* What both hops do with a control frame: a ping is answered on the hop
+ * it came from, a pong ends the hop's ping wait, a close is parsed.
+ * Returns WSP_CTL_CLOSE (code and reason set), WSP_CTL_BAD_CLOSE or 0. */
+#define WSP_CTL_CLOSE      1
+#define WSP_CTL_BAD_CLOSE  2
+
+typedef void wsp_ctrl_fn(wsp_pipe_t *p, int opcode,
+                         const unsigned char *payload, apr_size_t len);
+
+static int wsp_control(wsp_pipe_t *p, const wsp_hop_in_t *in,
+                       wsp_ctrl_fn *reply, apr_time_t *ping_sent, int *code,
+                       const char **reason, apr_size_t *rlen)
+{
+    apr_size_t len = (apr_size_t)in->rd.hdr.len;
+
+    switch (in->rd.hdr.opcode) {
+    case WSP_OP_PING:
+        reply(p, WSP_OP_PONG, in->cpay, len);
+        break;
+    case WSP_OP_PONG:
+        *ping_sent = 0;
+        break;
+    case WSP_OP_CLOSE:
+        return wsp_close_parse(in->cpay, len, code, reason, rlen)
+               ? WSP_CTL_BAD_CLOSE : WSP_CTL_CLOSE;
+    }
+    return 0;
+}
+
+static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
+{
+    WSP_LOG(p, APLOG_INFO, 0, "client broke the protocol: closing with %d",
+            code);
+    wsp_client_close(p, now, code, code == WSP_CLOSE_TOO_BIG
+                     ? "message too big" : "protocol error",
+                     code == WSP_CLOSE_TOO_BIG ? 15 : 14);
+    /* its stream cannot be parsed any more: read nothing further (no
+     * close reply can be found in it) and close once our close is out */
+    p->client->close_rcvd = 1;
+    if (p->bc && p->bc->state == WSP_BC_OPEN) {
+        p->b_close_pending = WSP_CLOSE_GOING_AWAY;
+        p->b_close_reason = "client error";
+    }
+    else {
+        wsp_backend_drop(p);
+    }
+}
+
 static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
 {
     wsp_client_t *cl = p->client;
-    const wsp_frame_hdr_t *h = &cl->in.rd.hdr;
-    apr_size_t len = (apr_size_t)h->len;
     const char *reason;
     apr_size_t rlen;
     int code;
 
-    switch (h->opcode) {
-    case WSP_OP_PING:
-        wsp_client_ctrl(p, WSP_OP_PONG, cl->in.cpay, len);
+    switch (wsp_control(p, &cl->in, wsp_client_ctrl, &cl->ping_sent, &code,
+                        &reason, &rlen)) {
+    case WSP_CTL_BAD_CLOSE:
+        wsp_client_violation(p, now, WSP_CLOSE_PROTOCOL);
         break;
-    case WSP_OP_PONG:
-        cl->ping_sent = 0;
-        break;
-    case WSP_OP_CLOSE:
-        if (wsp_close_parse(cl->in.cpay, len, &code, &reason, &rlen)) {
-            WSP_LOG(p, APLOG_INFO, 0, "client sent a bad close frame");
-            wsp_client_close(p, now, WSP_CLOSE_PROTOCOL, "bad close", 9);
-            cl->close_rcvd = 1;
-            if (p->bc && p->bc->state == WSP_BC_OPEN) {
-                p->b_close_pending = WSP_CLOSE_GOING_AWAY;
-            }
-            return;
-        }
+    case WSP_CTL_CLOSE:
         cl->close_rcvd = 1;
         cl->close_code = code;
         cl->close_reason = apr_pstrmemdup(cl->r->pool, reason, rlen);
@@ -546,25 +581,6 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
             wsp_client_close(p, now, code, reason, rlen);
         }
         break;
-    }
-}
-
-static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
-{
-    WSP_LOG(p, APLOG_INFO, 0, "client broke the protocol: closing with %d",
-            code);
-    wsp_client_close(p, now, code, code == WSP_CLOSE_TOO_BIG
-                     ? "message too big" : "protocol error",
-                     code == WSP_CLOSE_TOO_BIG ? 15 : 14);
-    /* its stream cannot be parsed any more: read nothing further (no
-     * close reply can be found in it) and close once our close is out */
-    p->client->close_rcvd = 1;
-    if (p->bc && p->bc->state == WSP_BC_OPEN) {
-        p->b_close_pending = WSP_CLOSE_GOING_AWAY;
-        p->b_close_reason = "client error";
-    }
-    else {
-        wsp_backend_drop(p);
     }
 }
 
@@ -706,24 +722,16 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
 
 static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
 {
-    const wsp_frame_hdr_t *h = &p->bin.rd.hdr;
-    apr_size_t len = (apr_size_t)h->len;
     const char *reason;
     apr_size_t rlen;
     int code;
 
-    switch (h->opcode) {
-    case WSP_OP_PING:
-        wsp_backend_ctrl(p, WSP_OP_PONG, p->bin.cpay, len);
+    switch (wsp_control(p, &p->bin, wsp_backend_ctrl, &p->b_ping_sent,
+                        &code, &reason, &rlen)) {
+    case WSP_CTL_BAD_CLOSE:
+        wsp_backend_lost(p, now, "bad close frame");
         break;
-    case WSP_OP_PONG:
-        p->b_ping_sent = 0;
-        break;
-    case WSP_OP_CLOSE:
-        if (wsp_close_parse(p->bin.cpay, len, &code, &reason, &rlen)) {
-            wsp_backend_lost(p, now, "bad close frame");
-            return;
-        }
+    case WSP_CTL_CLOSE:
         wsp_backend_closed(p, now, code, reason, rlen);
         break;
     }
