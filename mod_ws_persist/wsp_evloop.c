@@ -68,7 +68,8 @@ struct wsp_ev_t {
 APR_RING_HEAD(wsp_ev_ring, wsp_ev_t);
 
 typedef struct wsp_evloop_t {
-    apr_pool_t *pool;
+    apr_pool_t *pool;              /* the loop thread's own */
+    apr_pool_t *qpool;             /* the arrays', used under lock */
     server_rec *s;
     apr_pollset_t *ps;
     apr_skiplist *timers;
@@ -393,16 +394,24 @@ static wsp_evloop_t *wsp_ev_start(apr_pool_t *pchild, server_rec *s)
     apr_status_t rv;
 
     L = apr_pcalloc(pchild, sizeof(*L));
-    L->pool = pchild;
+    /* Pools are not thread-safe: the skiplist allocates its nodes from a
+     * pool only this loop's thread uses, the arrays grow from one used
+     * only under L->lock. */
+    if ((rv = apr_pool_create(&L->pool, pchild)) != APR_SUCCESS
+        || (rv = apr_pool_create(&L->qpool, pchild)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, "ws_persist: cannot start "
+                     "an event loop thread");
+        return NULL;
+    }
     L->s = s;
     APR_RING_INIT(&L->live, wsp_ev_t, link);
-    L->incoming = apr_array_make(pchild, 64, sizeof(wsp_ev_t *));
-    L->taken = apr_array_make(pchild, 64, sizeof(wsp_ev_t *));
+    L->incoming = apr_array_make(L->qpool, 64, sizeof(wsp_ev_t *));
+    L->taken = apr_array_make(L->qpool, 64, sizeof(wsp_ev_t *));
     rv = apr_pollset_create_ex(&L->ps, 1024, pchild,
                                APR_POLLSET_NOCOPY | APR_POLLSET_WAKEABLE,
                                APR_POLLSET_DEFAULT);
     if (rv == APR_SUCCESS) {
-        rv = apr_skiplist_init(&L->timers, pchild);
+        rv = apr_skiplist_init(&L->timers, L->pool);
     }
     if (rv == APR_SUCCESS) {
         apr_skiplist_set_compare(L->timers, wsp_ev_cmp, wsp_ev_cmp);
