@@ -13,9 +13,14 @@ static apr_thread_cond_t *wsp_reg_cond;   /* a handover finished, or a
 
 apr_status_t wsp_registry_child_init(apr_pool_t *p)
 {
+    apr_pool_t *hp;
     apr_status_t rv;
 
-    wsp_pipes = apr_hash_make(p);
+    /* the hash grows from a pool used only under the registry's lock */
+    if ((rv = apr_pool_create(&hp, p)) != APR_SUCCESS) {
+        return rv;
+    }
+    wsp_pipes = apr_hash_make(hp);
     rv = apr_thread_mutex_create(&wsp_reg_lock, APR_THREAD_MUTEX_DEFAULT, p);
     if (rv == APR_SUCCESS) {
         rv = apr_thread_cond_create(&wsp_reg_cond, p);
