@@ -39,6 +39,9 @@ MODDIR = "/usr/lib/apache2/modules"
 HOST = "127.0.0.1"
 CONNECT_TIMEOUT = 10
 
+sys.path.insert(0, str(REPO / "t"))
+from wsp_user import run_user  # noqa: E402
+
 CONF = """\
 # Written by t/demo.py; rewritten on every run.
 ServerRoot "{root}"
@@ -52,7 +55,7 @@ LoadModule authz_core_module {moddir}/mod_authz_core.so
 LoadModule ws_persist_module {module}
 
 # One child: the module's registry and backend state are per child process.
-# Each live WebSocket holds one worker thread: 64 clients at most.
+# Under the event MPM idle WebSockets hold no worker thread.
 StartServers 1
 ServerLimit 1
 ThreadLimit 64
@@ -134,20 +137,6 @@ def port_open(port):
             return True
     except OSError:
         return False
-
-
-def run_user():
-    """Children of a root httpd need an unprivileged user."""
-    if os.geteuid() != 0:
-        return ""
-    import grp
-    import pwd
-    try:
-        pwd.getpwnam("www-data")
-        grp.getgrnam("www-data")
-        return "User www-data\nGroup www-data"
-    except KeyError:
-        return "User nobody\nGroup nogroup"
 
 
 # If the demo itself dies without cleaning up, its children get SIGTERM

@@ -55,6 +55,9 @@ HOST = "127.0.0.1"
 SNAPSHOT = OUT / "mod_ws_persist.so"
 STACK_SIZE = 524288
 
+sys.path.insert(0, str(REPO / "t"))
+from wsp_user import run_user  # noqa: E402
+
 TARGETS = ("direct", "wstunnel", "ws_persist", "ws_persist_thread")
 PATHS = {"direct": "/echo/", "wstunnel": "/wst/", "ws_persist": "/ws/",
          "ws_persist_thread": "/ws/"}
@@ -239,14 +242,7 @@ class Httpd:
     def write_conf(self, variant):
         for d in ("conf", "logs", "run", "htdocs"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
-        user = ""
-        if os.geteuid() == 0:
-            import pwd
-            try:
-                pwd.getpwnam("www-data")
-                user = "User www-data\nGroup www-data"
-            except KeyError:
-                user = "User nobody\nGroup nogroup"
+        user = run_user()
         o = self.opts
         conf = CONF.format(root=self.root, host=HOST, user=user,
                            moddir=MODDIR, module=SNAPSHOT, port=self.port,

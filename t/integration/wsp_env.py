@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import uuid as uuidlib
@@ -28,6 +29,9 @@ from pathlib import Path
 import websockets
 
 import wsp_sanitize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from wsp_user import run_user  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 # WSP_MODULE: run the suite against another build (an installed module,
@@ -277,19 +281,6 @@ Listen {host}:{ssl_port}
 """
 
 
-def _run_user():
-    if os.geteuid() != 0:
-        return ""
-    import grp
-    import pwd
-    try:
-        pwd.getpwnam("www-data")
-        grp.getgrnam("www-data")
-        return "User www-data\nGroup www-data"
-    except KeyError:
-        return "User nobody\nGroup nogroup"
-
-
 class Httpd:
     def __init__(self, env, body, ssl=False):
         self.env = env
@@ -310,7 +301,7 @@ class Httpd:
         fmt = dict(root=self.root, host=HOST, port=self.port,
                    shared=self.env.shared(), graceful_s=GRACEFUL_S,
                    ssl_port=self.ssl_port, moddir=MODDIR, module=MODULE,
-                   user=_run_user(), driver=DRIVER_CONF[DRIVER])
+                   user=run_user(), driver=DRIVER_CONF[DRIVER])
         if self.ssl:
             self.env.make_cert()
             fmt["ssl_modules"] = (
