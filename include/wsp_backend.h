@@ -6,6 +6,8 @@
 #include <apr_network_io.h>
 #include <apr_poll.h>
 
+#include "httpd.h"
+
 #include "wsp_pool.h"
 #include "wsp_handshake.h"
 
@@ -20,6 +22,7 @@ typedef enum {
 
 typedef struct {
     apr_pool_t *pool;              /* the connection's own, gone on close */
+    server_rec *s;
     wsp_backend_t *be;
     apr_socket_t *sock;
     apr_sockaddr_t *addr;
@@ -44,7 +47,8 @@ typedef const char *wsp_request_fn(void *baton, apr_pool_t *p,
  * for it. Fails at once when the address does not resolve or the connect
  * is refused synchronously. */
 apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
-                            wsp_backend_t *be, wsp_request_fn *build,
+                            server_rec *s, wsp_backend_t *be,
+                            wsp_request_fn *build,
                             void *baton, const char *offered,
                             int require_protocol);
 
@@ -59,6 +63,17 @@ apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc);
 /* Read more bytes into ibuf (compacting it first). APR_SUCCESS with data,
  * APR_EAGAIN, APR_EOF or an error. */
 apr_status_t wsp_bconn_fill(wsp_bconn_t *bc);
+
+/* Write to an open connection: as much as the socket takes now, *n says
+ * how much (APR_EAGAIN when nothing). */
+apr_status_t wsp_bconn_send(wsp_bconn_t *bc, const char *buf, apr_size_t *n);
+apr_status_t wsp_bconn_sendv(wsp_bconn_t *bc, const struct iovec *vec,
+                             int nvec, apr_size_t *n);
+
+/* Whether a short read may have left input behind the socket's back (a
+ * TLS layer's buffer): then the reader must read again without waiting
+ * for poll. */
+int wsp_bconn_buffers_input(const wsp_bconn_t *bc);
 
 /* Close the socket and free everything of the connection. */
 void wsp_bconn_close(wsp_bconn_t *bc);

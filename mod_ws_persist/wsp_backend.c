@@ -5,7 +5,8 @@
 #include "wsp_backend.h"
 
 apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
-                            wsp_backend_t *be, wsp_request_fn *build,
+                            server_rec *s, wsp_backend_t *be,
+                            wsp_request_fn *build,
                             void *baton, const char *offered,
                             int require_protocol)
 {
@@ -20,6 +21,7 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
     }
     bc = apr_pcalloc(p, sizeof(*bc));
     bc->pool = p;
+    bc->s = s;
     bc->be = be;
     key = wsp_key_make(p);
     bc->req = build(baton, p, key);
@@ -161,6 +163,23 @@ apr_status_t wsp_bconn_fill(wsp_bconn_t *bc)
         return APR_SUCCESS;
     }
     return rv == APR_SUCCESS ? APR_EOF : rv;
+}
+
+apr_status_t wsp_bconn_send(wsp_bconn_t *bc, const char *buf, apr_size_t *n)
+{
+    return apr_socket_send(bc->sock, buf, n);
+}
+
+apr_status_t wsp_bconn_sendv(wsp_bconn_t *bc, const struct iovec *vec,
+                             int nvec, apr_size_t *n)
+{
+    return apr_socket_sendv(bc->sock, vec, nvec, n);
+}
+
+int wsp_bconn_buffers_input(const wsp_bconn_t *bc)
+{
+    (void)bc;
+    return 0;
 }
 
 void wsp_bconn_close(wsp_bconn_t *bc)

@@ -337,14 +337,13 @@ static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
         if (p->ctrl_off < p->ctrl_len
             && (p->ctrl_off > 0 || wsp_queue_at_frame_boundary(&p->q))) {
             n = p->ctrl_len - p->ctrl_off;
-            rv = apr_socket_send(bc->sock, (char *)p->ctrl + p->ctrl_off,
-                                 &n);
+            rv = wsp_bconn_send(bc, (char *)p->ctrl + p->ctrl_off, &n);
             p->ctrl_off += n;
         }
         else if (p->q.bytes > 0 && (!p->b_close_sent
                                     || !wsp_queue_at_frame_boundary(&p->q))) {
             nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
-            rv = apr_socket_sendv(bc->sock, vec, nvec, &n);
+            rv = wsp_bconn_sendv(bc, vec, nvec, &n);
             wsp_queue_consumed(&p->q, n);
         }
         else if (p->b_close_pending && !p->b_close_sent) {
@@ -814,7 +813,8 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return 1;
         }
         total += bc->ilen - before;
-        if (bc->ilen - before < WSP_IBUF_SIZE) {
+        if (bc->ilen - before < WSP_IBUF_SIZE
+            && !wsp_bconn_buffers_input(bc)) {
             ready = 0;              /* a short read drained the socket */
         }
         p->b_last_rx = now;
@@ -865,7 +865,8 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
             return;
         }
         p->be = be;
-        rv = wsp_bconn_open(&p->bc, p->pool, be, wsp_backend_request, p,
+        rv = wsp_bconn_open(&p->bc, p->pool, p->s, be, wsp_backend_request,
+                            p,
                             p->connections ? p->protocol : p->offered,
                             p->connections && p->protocol);
         if (rv != APR_SUCCESS) {
