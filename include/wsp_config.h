@@ -14,6 +14,13 @@ void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv);
 int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
                      server_rec *s);
 
+#define WSP_DEFAULT_SPARE_SLOTS 16
+
+/* Every pool of the configuration (of wsp_pool_t *), NULL when none;
+ * wsp_conf_reset() forgets them before the configuration is read again. */
+apr_array_header_t *wsp_conf_pools(void);
+void wsp_conf_reset(void);
+
 /* The effective values, defaults applied. */
 apr_off_t wsp_conf_max_message(const wsp_dir_conf_t *conf);
 int wsp_conf_is_failover_code(const wsp_dir_conf_t *conf, int code);

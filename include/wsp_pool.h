@@ -1,6 +1,7 @@
 /* A location's pool of backends: selection (least pipes per weight),
  * errors, back-off and removal. APR only, so it is unit-tested alone.
- * State is per process for now; every call takes the pool lock. */
+ * The state lives in shared memory (wsp_shared.c) so every child of the
+ * server sees one; every call takes the pool lock. */
 #ifndef WSP_POOL_H
 #define WSP_POOL_H
 
@@ -9,12 +10,51 @@
 #include <apr_network_io.h>
 #include <apr_time.h>
 
+/* Health, from handshakes and failures. */
 typedef enum {
     WSP_BE_OK = 0,
     WSP_BE_ERROR,          /* backing off after failures */
     WSP_BE_REMOVED         /* max_errors reached: out until re-enabled */
 } wsp_be_state_e;
 
+/* What an administrator set (ws-persist-manager); it outranks health. */
+typedef enum {
+    WSP_ADM_NONE = 0,
+    WSP_ADM_DRAINING,      /* no new pipes; its pipes move elsewhere */
+    WSP_ADM_DRAINED,       /* draining, and no pipe left */
+    WSP_ADM_DISABLED       /* no new pipes; its pipes stay */
+} wsp_be_admin_e;
+
+#define WSP_URL_MAX 512
+
+/* A backend's state as every child sees it: a slot in shared memory
+ * (local memory in the unit tests). Changed under the pool lock, except
+ * the byte counters, which are atomic. */
+typedef struct {
+    apr_uint32_t in_use;
+    apr_uint32_t retired;        /* not in the running configuration */
+    apr_uint32_t pool;           /* index of its pool in shared memory */
+    apr_uint32_t added;          /* added at run time */
+    apr_uint32_t removing;       /* drain, then free the slot */
+    apr_uint32_t state;          /* wsp_be_state_e */
+    apr_uint32_t admin;          /* wsp_be_admin_e */
+    apr_int32_t weight;
+    apr_int32_t max_errors;
+    apr_int32_t consecutive_errors;
+    apr_int32_t pipes;           /* pipes using or connecting to it */
+    apr_uint32_t pad;
+    apr_uint64_t errors;
+    apr_uint64_t served;         /* handshakes that succeeded */
+    apr_uint64_t failovers;      /* pipes that lost it and moved on */
+    volatile apr_uint64_t bytes_in;    /* backend to client */
+    volatile apr_uint64_t bytes_out;   /* client to backend */
+    apr_time_t retry_at;         /* not tried before this */
+    apr_interval_time_t retry_delay;
+    char url[WSP_URL_MAX];
+} wsp_be_shared_t;
+
+/* A process's view of one backend: the parsed URL and where its shared
+ * state is. */
 typedef struct wsp_backend_t {
     const char *url;             /* as configured */
     int tls;                     /* wss:// */
@@ -26,21 +66,34 @@ typedef struct wsp_backend_t {
     int max_errors;              /* 0: the pool's WSPersistMaxErrors */
     apr_sockaddr_t *addr;        /* resolved on first use */
 
-    /* run-time state */
-    wsp_be_state_e state;
-    int consecutive_errors;
-    apr_uint64_t errors;
-    apr_time_t retry_at;         /* not tried before this */
-    apr_interval_time_t retry_delay;
-    int pipes;                   /* pipes using or connecting to it */
-    apr_uint64_t served;         /* handshakes that succeeded */
+    wsp_be_shared_t *st;         /* shared state */
+    apr_uint32_t *mine;          /* this process's pipes on it, or NULL */
+    int slot;                    /* index in shared memory, -1: none */
 } wsp_backend_t;
 
-typedef struct {
+typedef struct wsp_pool_t wsp_pool_t;
+
+struct wsp_pool_t {
     const char *name;            /* the location path */
-    apr_array_header_t *backends; /* of wsp_backend_t * */
+    apr_array_header_t *backends; /* of wsp_backend_t *: the usable ones */
     unsigned int next;           /* rotates ties */
-} wsp_pool_t;
+    int spare;                   /* WSPersistBackendSlots */
+    int index;                   /* in shared memory, -1: none */
+    apr_uint32_t epoch;          /* of the shared slots backends mirrors */
+    apr_pool_t *vpool;           /* views of backends added at run time */
+};
+
+/* Shared memory hooks, none in the unit tests: the pool lock (global
+ * across children) and a re-read of a pool's backends when slots were
+ * taken or freed since the view was made (called under the lock). */
+typedef struct {
+    void (*lock)(void);
+    void (*unlock)(void);
+    void (*sync)(wsp_pool_t *pool);
+    void (*free_slot)(wsp_backend_t *be);
+} wsp_pool_hooks_t;
+
+void wsp_pool_set_hooks(const wsp_pool_hooks_t *hooks);
 
 typedef struct {
     apr_interval_time_t retry_min;
@@ -54,19 +107,37 @@ typedef struct {
 const char *wsp_backend_parse(apr_pool_t *p, const char *url,
                               wsp_backend_t *be);
 
-/* Create the lock that guards every pool of this process (child_init).
- * Without it (unit tests) nothing is locked. */
-apr_status_t wsp_pool_child_init(apr_pool_t *p);
+/* Give be local shared state (unit tests, config time before the shared
+ * memory exists). */
+void wsp_backend_local_state(apr_pool_t *p, wsp_backend_t *be);
+
+/* The name shown for be's state: ok, error, removed, draining, drained,
+ * disabled. */
+const char *wsp_backend_state_name(const wsp_be_shared_t *st);
 
 /* Pick a usable backend and count a pipe on it. Usable: not removed, not
- * backing off at now, and idle when exclusive. NULL when none; then
+ * backing off at now, not drained or disabled, not `avoid`, and idle when
+ * exclusive. NULL when none; then
  * *next_try is the earliest time one may become usable by back-off, or 0
  * when only a released pipe (exclusive) or re-enabling can help. */
 wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
-                                apr_time_t now, apr_time_t *next_try);
+                                apr_time_t now, const wsp_backend_t *avoid,
+                                apr_time_t *next_try);
 
-/* The pipe stops using be. */
+/* The pipe stops using be. A draining backend left with no pipe becomes
+ * drained, or its slot is freed when it was being removed. */
 void wsp_pool_release(wsp_pool_t *pool, wsp_backend_t *be);
+
+/* A pipe lost be and looks for another: counted for the status page. */
+void wsp_pool_failover(wsp_backend_t *be);
+
+/* Whether pipes on be should move to another backend (drain, remove). */
+int wsp_pool_leaving(const wsp_backend_t *be);
+
+/* Administrator actions on a backend's shared state (under the lock). */
+void wsp_pool_drain(wsp_be_shared_t *st, int remove);
+void wsp_pool_disable(wsp_be_shared_t *st);
+void wsp_pool_enable(wsp_be_shared_t *st);
 
 /* be failed (connect, handshake, interruption): count the error, back off
  * doubling from retry_min to retry_max, remove after max_errors in a row.

@@ -14,16 +14,18 @@
 #include "wsp_pipe.h"
 #include "wsp_pool.h"
 #include "wsp_registry.h"
+#include "wsp_shared.h"
 
 static void wsp_child_init(apr_pool_t *p, server_rec *s)
 {
     apr_status_t rv;
 
-    if ((rv = wsp_pool_child_init(p)) != APR_SUCCESS
+    if ((rv = wsp_shared_child_init(p, s)) != APR_SUCCESS
         || (rv = wsp_registry_child_init(p)) != APR_SUCCESS
         || (rv = wsp_pipe_child_init(p)) != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
-                     "ws_persist: cannot create the process's locks");
+                     "ws_persist: cannot set up the child's shared state "
+                     "and locks");
         return;
     }
     wsp_evloop_child_init(p, s);
@@ -32,12 +34,11 @@ static void wsp_child_init(apr_pool_t *p, server_rec *s)
 static int wsp_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
                           apr_pool_t *ptemp)
 {
-    (void)pconf;
     (void)plog;
     (void)ptemp;
     wsp_evloop_wanted = 1;          /* each read of the config starts over */
     wsp_evloop_threads = 0;
-    return OK;
+    return wsp_shared_pre_config(pconf);
 }
 
 static void wsp_register_hooks(apr_pool_t *p)
@@ -45,6 +46,9 @@ static void wsp_register_hooks(apr_pool_t *p)
     (void)p;
     ap_hook_pre_config(wsp_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_check_config(wsp_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(wsp_shared_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_status(wsp_shared_child_status, NULL, NULL,
+                         APR_HOOK_MIDDLE);
     ap_hook_suspend_connection(wsp_evloop_suspended, NULL, NULL,
                                APR_HOOK_MIDDLE);
     ap_hook_child_init(wsp_child_init, NULL, NULL, APR_HOOK_MIDDLE);

@@ -129,6 +129,55 @@ static const char *wsp_parse_int(cmd_parms *cmd, const char *arg, int min,
     return NULL;
 }
 
+/* Every pool of the configuration being read, for the shared memory;
+ * pre_config starts it over. */
+static apr_array_header_t *wsp_pools;
+
+void wsp_conf_reset(void)
+{
+    wsp_pools = NULL;
+}
+
+apr_array_header_t *wsp_conf_pools(void)
+{
+    return wsp_pools;
+}
+
+/* This context's pool, made on first use. Its name is the location path;
+ * a second context with the same path gets "#2" and so on, so the
+ * manager can tell them apart. */
+static wsp_pool_t *wsp_conf_pool(cmd_parms *cmd, wsp_dir_conf_t *conf)
+{
+    wsp_pool_t *pool;
+    const char *name = cmd->path ? cmd->path : "(server)";
+    int i, n = 1;
+
+    if (conf->pool) {
+        return conf->pool;
+    }
+    if (!wsp_pools) {
+        wsp_pools = apr_array_make(cmd->pool, 4, sizeof(wsp_pool_t *));
+    }
+    for (i = 0; i < wsp_pools->nelts; ++i) {
+        const char *other = APR_ARRAY_IDX(wsp_pools, i, wsp_pool_t *)->name;
+        size_t len = strlen(name);
+
+        if (!strncmp(other, name, len)
+            && (!other[len] || other[len] == '#')) {
+            n++;
+        }
+    }
+    pool = apr_pcalloc(cmd->pool, sizeof(*pool));
+    pool->name = n > 1 ? apr_psprintf(cmd->pool, "%s#%d", name, n) : name;
+    pool->backends = apr_array_make(cmd->pool, 4, sizeof(wsp_backend_t *));
+    pool->spare = WSP_DEFAULT_SPARE_SLOTS;
+    pool->index = -1;
+    APR_ARRAY_PUSH(wsp_pools, wsp_pool_t *) = pool;
+    conf->pool = pool;
+    conf->pool_set = 1;
+    return pool;
+}
+
 static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
 {
     wsp_dir_conf_t *conf = dconf;
@@ -146,6 +195,10 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
     if (be->tls) {
         /* refused rather than spoken in clear text */
         return wsp_bad(cmd, url, "wss:// backends are not supported yet");
+    }
+    if (strlen(url) >= WSP_URL_MAX) {
+        return wsp_bad(cmd, url, apr_psprintf(cmd->pool, "longer than %d "
+                       "characters", WSP_URL_MAX - 1));
     }
     while (*(word = ap_getword_conf(cmd->pool, &args))) {
         const char *val = ap_strchr_c(word, '=');
@@ -169,15 +222,17 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
             return err;
         }
     }
-    if (!conf->pool) {
-        conf->pool = apr_pcalloc(cmd->pool, sizeof(*conf->pool));
-        conf->pool->name = cmd->path ? cmd->path : "(server)";
-        conf->pool->backends = apr_array_make(cmd->pool, 4,
-                                              sizeof(wsp_backend_t *));
-        conf->pool_set = 1;
-    }
-    APR_ARRAY_PUSH(conf->pool->backends, wsp_backend_t *) = be;
+    be->st->weight = be->weight;
+    be->st->max_errors = be->max_errors;
+    APR_ARRAY_PUSH(wsp_conf_pool(cmd, conf)->backends, wsp_backend_t *) = be;
     return NULL;
+}
+
+static const char *set_backend_slots(cmd_parms *cmd, void *dconf,
+                                     const char *arg)
+{
+    return wsp_parse_int(cmd, arg, 0, 1024,
+                         &wsp_conf_pool(cmd, dconf)->spare);
 }
 
 static const char *set_size(cmd_parms *cmd, void *dconf, const char *arg)
@@ -405,6 +460,9 @@ const command_rec wsp_cmds[] = {
     AP_INIT_RAW_ARGS("WSPersistBackend", set_backend, NULL, RSRC_CONF
                      | ACCESS_CONF, "ws://host:port/path [weight=N] "
                      "[max_errors=N]: a backend of this location's pool"),
+    AP_INIT_TAKE1("WSPersistBackendSlots", set_backend_slots, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "spare slots for backends added at run time (16)"),
     AP_INIT_TAKE1("WSPersistBufferLimit", set_size, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "bytes of client messages a pipe may hold (5M)"),

@@ -853,7 +853,7 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
     while (!p->bc && tries-- > 0) {
         apr_time_t next = 0;
         wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
-                                             &next);
+                                             NULL, &next);
         apr_status_t rv;
         apr_interval_time_t per;
 

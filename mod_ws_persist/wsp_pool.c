@@ -4,43 +4,67 @@
 #include <apr_strings.h>
 #include <apr_cstr.h>
 #include <apr_lib.h>
-#include <apr_thread_mutex.h>
 
 #include "wsp_pool.h"
 
-/* One lock for all pools of the process: pools are small and the
- * critical sections a few comparisons, so finer locks would buy nothing. */
-#if APR_HAS_THREADS
-static apr_thread_mutex_t *wsp_pool_mutex;
-#endif
+/* Without hooks (unit tests) nothing is locked or shared. */
+static wsp_pool_hooks_t wsp_hooks;
+
+void wsp_pool_set_hooks(const wsp_pool_hooks_t *hooks)
+{
+    if (hooks) {
+        wsp_hooks = *hooks;
+    }
+    else {
+        memset(&wsp_hooks, 0, sizeof(wsp_hooks));
+    }
+}
 
 static void wsp_pool_lock(void)
 {
-#if APR_HAS_THREADS
-    if (wsp_pool_mutex) {
-        apr_thread_mutex_lock(wsp_pool_mutex);
+    if (wsp_hooks.lock) {
+        wsp_hooks.lock();
     }
-#endif
 }
 
 static void wsp_pool_unlock(void)
 {
-#if APR_HAS_THREADS
-    if (wsp_pool_mutex) {
-        apr_thread_mutex_unlock(wsp_pool_mutex);
+    if (wsp_hooks.unlock) {
+        wsp_hooks.unlock();
     }
-#endif
 }
 
-apr_status_t wsp_pool_child_init(apr_pool_t *p)
+void wsp_backend_local_state(apr_pool_t *p, wsp_backend_t *be)
 {
-#if APR_HAS_THREADS
-    return apr_thread_mutex_create(&wsp_pool_mutex,
-                                   APR_THREAD_MUTEX_DEFAULT, p);
-#else
-    (void)p;
-    return APR_SUCCESS;
-#endif
+    be->st = apr_pcalloc(p, sizeof(*be->st));
+    be->st->in_use = 1;
+    be->st->weight = be->weight;
+    be->st->max_errors = be->max_errors;
+    apr_cpystrn(be->st->url, be->url ? be->url : "", WSP_URL_MAX);
+    be->slot = -1;
+    be->mine = NULL;
+}
+
+const char *wsp_backend_state_name(const wsp_be_shared_t *st)
+{
+    switch (st->admin) {
+    case WSP_ADM_DRAINING:
+        return "draining";
+    case WSP_ADM_DRAINED:
+        return "drained";
+    case WSP_ADM_DISABLED:
+        return "disabled";
+    default:
+        break;
+    }
+    switch (st->state) {
+    case WSP_BE_ERROR:
+        return "error";
+    case WSP_BE_REMOVED:
+        return "removed";
+    default:
+        return "ok";
+    }
 }
 
 static int wsp_host_char(char c)
@@ -172,12 +196,13 @@ const char *wsp_backend_parse(apr_pool_t *p, const char *url,
                                     (unsigned int)be->port);
     }
     be->weight = 1;
+    wsp_backend_local_state(p, be);
     return NULL;
 }
 
-static int wsp_backing_off(const wsp_backend_t *be, apr_time_t now)
+static int wsp_backing_off(const wsp_be_shared_t *st, apr_time_t now)
 {
-    return be->state != WSP_BE_REMOVED && be->retry_at > now;
+    return st->state != WSP_BE_REMOVED && st->retry_at > now;
 }
 
 /* Earliest retry_at of the backends backing off at now, 0 if none. */
@@ -188,10 +213,11 @@ static apr_time_t wsp_pool_next_retry(const wsp_pool_t *pool,
     int i;
 
     for (i = 0; i < pool->backends->nelts; ++i) {
-        const wsp_backend_t *be = APR_ARRAY_IDX(pool->backends, i,
-                                                wsp_backend_t *);
-        if (wsp_backing_off(be, now) && (!next || be->retry_at < next)) {
-            next = be->retry_at;
+        const wsp_be_shared_t *st = APR_ARRAY_IDX(pool->backends, i,
+                                                  wsp_backend_t *)->st;
+        if (!st->admin && wsp_backing_off(st, now)
+            && (!next || st->retry_at < next)) {
+            next = st->retry_at;
         }
     }
     return next;
@@ -200,17 +226,32 @@ static apr_time_t wsp_pool_next_retry(const wsp_pool_t *pool,
 /* Whether a carries fewer pipes per weight than b. */
 static int wsp_less_loaded(const wsp_backend_t *a, const wsp_backend_t *b)
 {
-    return (apr_int64_t)a->pipes * b->weight
-           < (apr_int64_t)b->pipes * a->weight;
+    return (apr_int64_t)a->st->pipes * b->st->weight
+           < (apr_int64_t)b->st->pipes * a->st->weight;
+}
+
+static void wsp_count_pipe(wsp_backend_t *be, int delta)
+{
+    if (delta < 0 && be->st->pipes <= 0) {
+        return;
+    }
+    be->st->pipes += delta;
+    if (be->mine) {
+        *be->mine += delta;
+    }
 }
 
 wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
-                                apr_time_t now, apr_time_t *next_try)
+                                apr_time_t now, const wsp_backend_t *avoid,
+                                apr_time_t *next_try)
 {
     wsp_backend_t *best = NULL;
     unsigned int n, i, best_i = 0;
 
     wsp_pool_lock();
+    if (wsp_hooks.sync) {
+        wsp_hooks.sync(pool);
+    }
     n = (unsigned int)pool->backends->nelts;
     /* Scan from the rotating start: the first of equals wins, so ties
      * spread over the pool instead of piling onto backend 0. */
@@ -218,8 +259,11 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
         unsigned int k = (pool->next + i) % n;
         wsp_backend_t *be = APR_ARRAY_IDX(pool->backends, k,
                                           wsp_backend_t *);
-        if (be->state == WSP_BE_REMOVED || be->retry_at > now
-            || (o->exclusive && be->pipes > 0)) {
+        const wsp_be_shared_t *st = be->st;
+
+        if (be == avoid || st->admin || st->removing || st->retired
+            || st->state == WSP_BE_REMOVED || st->retry_at > now
+            || (o->exclusive && st->pipes > 0)) {
             continue;
         }
         if (!best || wsp_less_loaded(be, best)) {
@@ -228,8 +272,8 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
         }
     }
     if (best) {
-        best->pipes++;
-        pool->next = (best_i + 1) % n;
+        wsp_count_pipe(best, 1);
+        pool->next = n ? (best_i + 1) % n : 0;
     }
     else {
         *next_try = wsp_pool_next_retry(pool, now);
@@ -240,45 +284,93 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 
 void wsp_pool_release(wsp_pool_t *pool, wsp_backend_t *be)
 {
+    wsp_be_shared_t *st = be->st;
+
     (void)pool;
     wsp_pool_lock();
-    if (be->pipes > 0) {
-        be->pipes--;
+    wsp_count_pipe(be, -1);
+    if (st->pipes == 0 && st->admin == WSP_ADM_DRAINING) {
+        st->admin = WSP_ADM_DRAINED;
+    }
+    if (st->pipes == 0 && st->removing && wsp_hooks.free_slot) {
+        wsp_hooks.free_slot(be);
     }
     wsp_pool_unlock();
+}
+
+void wsp_pool_failover(wsp_backend_t *be)
+{
+    wsp_pool_lock();
+    be->st->failovers++;
+    wsp_pool_unlock();
+}
+
+int wsp_pool_leaving(const wsp_backend_t *be)
+{
+    const wsp_be_shared_t *st = be->st;
+
+    return st->admin == WSP_ADM_DRAINING || st->admin == WSP_ADM_DRAINED
+           || st->removing;
+}
+
+void wsp_pool_drain(wsp_be_shared_t *st, int remove)
+{
+    st->admin = st->pipes > 0 ? WSP_ADM_DRAINING : WSP_ADM_DRAINED;
+    if (remove) {
+        st->removing = 1;
+    }
+}
+
+void wsp_pool_disable(wsp_be_shared_t *st)
+{
+    st->admin = WSP_ADM_DISABLED;
+}
+
+void wsp_pool_enable(wsp_be_shared_t *st)
+{
+    st->admin = WSP_ADM_NONE;
+    st->removing = 0;
+    if (st->state == WSP_BE_REMOVED) {
+        /* back in: its count of failures starts over */
+        st->state = WSP_BE_OK;
+        st->consecutive_errors = 0;
+        st->retry_delay = 0;
+        st->retry_at = 0;
+    }
 }
 
 void wsp_pool_failed(wsp_pool_t *pool, const wsp_pool_opts_t *o,
                      wsp_backend_t *be, apr_time_t now)
 {
+    wsp_be_shared_t *st = be->st;
     apr_interval_time_t cap;
     int limit;
 
     (void)pool;
     /* a MAX below MIN would stop the doubling before it starts */
     cap = o->retry_max > o->retry_min ? o->retry_max : o->retry_min;
-    limit = be->max_errors ? be->max_errors : o->max_errors;
+    limit = st->max_errors ? st->max_errors : o->max_errors;
 
     wsp_pool_lock();
-    be->errors++;
-    if (be->state != WSP_BE_OK && now < be->retry_at) {
+    st->errors++;
+    if (st->state != WSP_BE_OK && now < st->retry_at) {
         /* one outage seen by many pipes at once is one failure: else a
          * busy backend would be backed off to MAX and removed at once */
         wsp_pool_unlock();
         return;
     }
-    be->consecutive_errors++;
-    if (!be->retry_delay) {
-        be->retry_delay = o->retry_min;
+    st->consecutive_errors++;
+    if (!st->retry_delay) {
+        st->retry_delay = o->retry_min;
     }
     else {
-        be->retry_delay = be->retry_delay > cap / 2 ? cap
-                                                    : be->retry_delay * 2;
+        st->retry_delay = st->retry_delay > cap / 2 ? cap
+                                                    : st->retry_delay * 2;
     }
-    be->retry_at = now + be->retry_delay;
+    st->retry_at = now + st->retry_delay;
     /* removal is sticky: a late failure must not revive a backend */
-    if (be->state != WSP_BE_REMOVED) {
-        be->state = (limit > 0 && be->consecutive_errors >= limit)
+    if (st->state != WSP_BE_REMOVED) {
+        st->state = (limit > 0 && st->consecutive_errors >= limit)
                     ? WSP_BE_REMOVED : WSP_BE_ERROR;
     }
     wsp_pool_unlock();
@@ -286,17 +378,19 @@ void wsp_pool_failed(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 
 void wsp_pool_succeeded(wsp_pool_t *pool, wsp_backend_t *be)
 {
+    wsp_be_shared_t *st = be->st;
+
     (void)pool;
     wsp_pool_lock();
-    be->consecutive_errors = 0;
-    be->retry_delay = 0;
-    be->retry_at = 0;
+    st->consecutive_errors = 0;
+    st->retry_delay = 0;
+    st->retry_at = 0;
     /* removed stays removed until re-enabled, even if a handshake that
      * began before the removal completes */
-    if (be->state != WSP_BE_REMOVED) {
-        be->state = WSP_BE_OK;
+    if (st->state != WSP_BE_REMOVED) {
+        st->state = WSP_BE_OK;
     }
-    be->served++;
+    st->served++;
     wsp_pool_unlock();
 }
 

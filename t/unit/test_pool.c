@@ -64,8 +64,8 @@ static void test_parse_full(apr_pool_t *p)
     CHECK_INT(be.weight, 1);
     CHECK_INT(be.max_errors, 0);
     CHECK(be.addr == NULL);
-    CHECK_INT(be.state, WSP_BE_OK);
-    CHECK_INT(be.pipes, 0);
+    CHECK_INT(be.st->state, WSP_BE_OK);
+    CHECK_INT(be.st->pipes, 0);
 }
 
 static void test_parse_default_ports(apr_pool_t *p)
@@ -175,15 +175,15 @@ static void test_least_pipes(apr_pool_t *p)
     wsp_pool_t *pool = mkpool(p, 3);
     apr_time_t next_try = -1;
 
-    be_at(pool, 0)->pipes = 2;
-    be_at(pool, 1)->pipes = 0;
-    be_at(pool, 2)->pipes = 1;
-    CHECK_INT(idx(pool, wsp_pool_acquire(pool, &opts, T0, &next_try)), 1);
-    CHECK_INT(be_at(pool, 1)->pipes, 1);
+    be_at(pool, 0)->st->pipes = 2;
+    be_at(pool, 1)->st->pipes = 0;
+    be_at(pool, 2)->st->pipes = 1;
+    CHECK_INT(idx(pool, wsp_pool_acquire(pool, &opts, T0, NULL, &next_try)), 1);
+    CHECK_INT(be_at(pool, 1)->st->pipes, 1);
 
-    be_at(pool, 1)->pipes = 3;
-    CHECK_INT(idx(pool, wsp_pool_acquire(pool, &opts, T0, &next_try)), 2);
-    CHECK_INT(be_at(pool, 2)->pipes, 2);
+    be_at(pool, 1)->st->pipes = 3;
+    CHECK_INT(idx(pool, wsp_pool_acquire(pool, &opts, T0, NULL, &next_try)), 2);
+    CHECK_INT(be_at(pool, 2)->st->pipes, 2);
 }
 
 /* weight=3 against weight=1 takes 3 of every 4 new pipes, whichever
@@ -197,12 +197,12 @@ static void test_weights(apr_pool_t *p)
         apr_time_t next_try;
         int block, i, got[2];
 
-        be_at(pool, 0)->weight = 3;
+        be_at(pool, 0)->st->weight = 3;
         pool->next = start;
         for (block = 0; block < 3; ++block) {
             got[0] = got[1] = 0;
             for (i = 0; i < 4; ++i) {
-                int k = idx(pool, wsp_pool_acquire(pool, &opts, T0,
+                int k = idx(pool, wsp_pool_acquire(pool, &opts, T0, NULL,
                                                    &next_try));
                 CHECK(k >= 0);
                 if (k >= 0) {
@@ -222,7 +222,7 @@ static void test_tie_rotation(apr_pool_t *p)
     int i;
 
     for (i = 0; i < 6; ++i) {
-        wsp_backend_t *be = wsp_pool_acquire(pool, &opts, T0, &next_try);
+        wsp_backend_t *be = wsp_pool_acquire(pool, &opts, T0, NULL, &next_try);
         CHECK_INT(idx(pool, be), i % 3);
         if (be) {
             wsp_pool_release(pool, be);
@@ -234,14 +234,14 @@ static void test_release_floor(apr_pool_t *p)
 {
     wsp_pool_t *pool = mkpool(p, 1);
     apr_time_t next_try;
-    wsp_backend_t *be = wsp_pool_acquire(pool, &opts, T0, &next_try);
+    wsp_backend_t *be = wsp_pool_acquire(pool, &opts, T0, NULL, &next_try);
 
     CHECK(be != NULL);
-    CHECK_INT(be_at(pool, 0)->pipes, 1);
+    CHECK_INT(be_at(pool, 0)->st->pipes, 1);
     wsp_pool_release(pool, be_at(pool, 0));
-    CHECK_INT(be_at(pool, 0)->pipes, 0);
+    CHECK_INT(be_at(pool, 0)->st->pipes, 0);
     wsp_pool_release(pool, be_at(pool, 0));
-    CHECK_INT(be_at(pool, 0)->pipes, 0);
+    CHECK_INT(be_at(pool, 0)->st->pipes, 0);
 }
 
 /* 100ms, 200ms, 400ms, 800ms, then the 1s cap. */
@@ -256,12 +256,12 @@ static void test_backoff_doubling(apr_pool_t *p)
     for (i = 0; i < 6; ++i) {
         now += SEC(5);
         wsp_pool_failed(pool, &opts, be, now);
-        CHECK_INT(be->state, WSP_BE_ERROR);
-        CHECK_INT(be->retry_delay, MS(delay_ms[i]));
-        CHECK_INT(be->retry_at, now + MS(delay_ms[i]));
+        CHECK_INT(be->st->state, WSP_BE_ERROR);
+        CHECK_INT(be->st->retry_delay, MS(delay_ms[i]));
+        CHECK_INT(be->st->retry_at, now + MS(delay_ms[i]));
     }
-    CHECK_INT(be->errors, 6);
-    CHECK_INT(be->consecutive_errors, 6);
+    CHECK_INT(be->st->errors, 6);
+    CHECK_INT(be->st->consecutive_errors, 6);
 }
 
 /* Many pipes seeing one outage: failures reported while the backend is
@@ -277,14 +277,14 @@ static void test_burst_counts_once(apr_pool_t *p)
     for (i = 0; i < 500; i++) {
         wsp_pool_failed(pool, &o, be, T0 + i);
     }
-    CHECK_INT(be->errors, 500);
-    CHECK_INT(be->consecutive_errors, 1);
-    CHECK_INT(be->retry_delay, MS(100));
-    CHECK_INT(be->state, WSP_BE_ERROR);
+    CHECK_INT(be->st->errors, 500);
+    CHECK_INT(be->st->consecutive_errors, 1);
+    CHECK_INT(be->st->retry_delay, MS(100));
+    CHECK_INT(be->st->state, WSP_BE_ERROR);
     /* after the back-off a new failure is a new one */
     wsp_pool_failed(pool, &o, be, T0 + MS(100));
-    CHECK_INT(be->consecutive_errors, 2);
-    CHECK_INT(be->retry_delay, MS(200));
+    CHECK_INT(be->st->consecutive_errors, 2);
+    CHECK_INT(be->st->retry_delay, MS(200));
 }
 
 /* A MAX below MIN (not a valid config, but not a reason to misbehave)
@@ -296,9 +296,9 @@ static void test_backoff_max_below_min(apr_pool_t *p)
     wsp_backend_t *be = be_at(pool, 0);
 
     wsp_pool_failed(pool, &o, be, T0);
-    CHECK_INT(be->retry_delay, MS(500));
+    CHECK_INT(be->st->retry_delay, MS(500));
     wsp_pool_failed(pool, &o, be, T0);
-    CHECK_INT(be->retry_delay, MS(500));
+    CHECK_INT(be->st->retry_delay, MS(500));
 }
 
 /* An errored backend is skipped until retry_at, even when lightly
@@ -309,11 +309,11 @@ static void test_retry_at_respected(apr_pool_t *p)
     wsp_backend_t *a = be_at(pool, 0), *b = be_at(pool, 1);
     apr_time_t next_try;
 
-    b->pipes = 5;
+    b->st->pipes = 5;
     wsp_pool_failed(pool, &opts, a, T0);
-    CHECK(wsp_pool_acquire(pool, &opts, T0 + MS(99), &next_try) == b);
-    CHECK(wsp_pool_acquire(pool, &opts, T0 + MS(100), &next_try) == a);
-    CHECK_INT(a->state, WSP_BE_ERROR);
+    CHECK(wsp_pool_acquire(pool, &opts, T0 + MS(99), NULL, &next_try) == b);
+    CHECK(wsp_pool_acquire(pool, &opts, T0 + MS(100), NULL, &next_try) == a);
+    CHECK_INT(a->st->state, WSP_BE_ERROR);
 }
 
 static void test_removal_pool_limit(apr_pool_t *p)
@@ -326,14 +326,14 @@ static void test_removal_pool_limit(apr_pool_t *p)
     /* failures in a row: each after the back-off of the one before */
     wsp_pool_failed(pool, &o, be, T0);
     wsp_pool_failed(pool, &o, be, T0 + SEC(5));
-    CHECK_INT(be->state, WSP_BE_ERROR);
+    CHECK_INT(be->st->state, WSP_BE_ERROR);
     wsp_pool_failed(pool, &o, be, T0 + SEC(10));
-    CHECK_INT(be->state, WSP_BE_REMOVED);
+    CHECK_INT(be->st->state, WSP_BE_REMOVED);
     /* removed is not usable, even long after its back-off, and it is not
      * something to wait for */
-    CHECK(wsp_pool_acquire(pool, &o, T0 + SEC(3600), &next_try) == NULL);
+    CHECK(wsp_pool_acquire(pool, &o, T0 + SEC(3600), NULL, &next_try) == NULL);
     CHECK_INT(next_try, 0);
-    CHECK(wsp_pool_acquire(pool, &o, T0, &next_try) == NULL);
+    CHECK(wsp_pool_acquire(pool, &o, T0, NULL, &next_try) == NULL);
     CHECK_INT(next_try, 0);
 }
 
@@ -343,17 +343,17 @@ static void test_removal_backend_limit(apr_pool_t *p)
     wsp_pool_t *pool = mkpool(p, 2);
     wsp_backend_t *strict = be_at(pool, 0), *lenient = be_at(pool, 1);
 
-    strict->max_errors = 1;
-    lenient->max_errors = 5;
+    strict->st->max_errors = 1;
+    lenient->st->max_errors = 5;
     wsp_pool_failed(pool, &o, strict, T0);
-    CHECK_INT(strict->state, WSP_BE_REMOVED);
+    CHECK_INT(strict->st->state, WSP_BE_REMOVED);
     wsp_pool_failed(pool, &o, lenient, T0);
     wsp_pool_failed(pool, &o, lenient, T0 + SEC(5));
     wsp_pool_failed(pool, &o, lenient, T0 + SEC(10));
     wsp_pool_failed(pool, &o, lenient, T0 + SEC(15));
-    CHECK_INT(lenient->state, WSP_BE_ERROR);
+    CHECK_INT(lenient->st->state, WSP_BE_ERROR);
     wsp_pool_failed(pool, &o, lenient, T0 + SEC(20));
-    CHECK_INT(lenient->state, WSP_BE_REMOVED);
+    CHECK_INT(lenient->st->state, WSP_BE_REMOVED);
 }
 
 static void test_no_limit_no_removal(apr_pool_t *p)
@@ -366,8 +366,8 @@ static void test_no_limit_no_removal(apr_pool_t *p)
     for (i = 0; i < 1000; ++i) {
         wsp_pool_failed(pool, &o, be, T0 + SEC(5) * i);
     }
-    CHECK_INT(be->consecutive_errors, 1000);
-    CHECK_INT(be->state, WSP_BE_ERROR);
+    CHECK_INT(be->st->consecutive_errors, 1000);
+    CHECK_INT(be->st->state, WSP_BE_ERROR);
 }
 
 static void test_success_resets(apr_pool_t *p)
@@ -379,17 +379,17 @@ static void test_success_resets(apr_pool_t *p)
     wsp_pool_failed(pool, &o, be, T0);
     wsp_pool_failed(pool, &o, be, T0);
     wsp_pool_succeeded(pool, be);
-    CHECK_INT(be->state, WSP_BE_OK);
-    CHECK_INT(be->consecutive_errors, 0);
-    CHECK_INT(be->retry_delay, 0);
-    CHECK_INT(be->retry_at, 0);
-    CHECK_INT(be->served, 1);
-    CHECK_INT(be->errors, 2);
+    CHECK_INT(be->st->state, WSP_BE_OK);
+    CHECK_INT(be->st->consecutive_errors, 0);
+    CHECK_INT(be->st->retry_delay, 0);
+    CHECK_INT(be->st->retry_at, 0);
+    CHECK_INT(be->st->served, 1);
+    CHECK_INT(be->st->errors, 2);
     /* back-off starts over at MIN, the count in a row from zero */
     wsp_pool_failed(pool, &o, be, T0);
-    CHECK_INT(be->retry_delay, MS(100));
+    CHECK_INT(be->st->retry_delay, MS(100));
     wsp_pool_failed(pool, &o, be, T0);
-    CHECK_INT(be->state, WSP_BE_ERROR);
+    CHECK_INT(be->st->state, WSP_BE_ERROR);
 }
 
 /* Removal lasts until re-enabled: neither a handshake that completes
@@ -401,12 +401,12 @@ static void test_removed_is_sticky(apr_pool_t *p)
     wsp_backend_t *be = be_at(pool, 0);
 
     wsp_pool_failed(pool, &o, be, T0);
-    CHECK_INT(be->state, WSP_BE_REMOVED);
+    CHECK_INT(be->st->state, WSP_BE_REMOVED);
     wsp_pool_succeeded(pool, be);
-    CHECK_INT(be->state, WSP_BE_REMOVED);
-    CHECK_INT(be->served, 1);
+    CHECK_INT(be->st->state, WSP_BE_REMOVED);
+    CHECK_INT(be->st->served, 1);
     wsp_pool_failed(pool, &o, be, T0);
-    CHECK_INT(be->state, WSP_BE_REMOVED);
+    CHECK_INT(be->st->state, WSP_BE_REMOVED);
 }
 
 static void test_exclusive(apr_pool_t *p)
@@ -416,20 +416,20 @@ static void test_exclusive(apr_pool_t *p)
     wsp_backend_t *a, *b, *shared;
     apr_time_t next_try = -1;
 
-    a = wsp_pool_acquire(pool, &o, T0, &next_try);
-    b = wsp_pool_acquire(pool, &o, T0, &next_try);
+    a = wsp_pool_acquire(pool, &o, T0, NULL, &next_try);
+    b = wsp_pool_acquire(pool, &o, T0, NULL, &next_try);
     CHECK(a != NULL && b != NULL && a != b);
-    CHECK(wsp_pool_acquire(pool, &o, T0, &next_try) == NULL);
+    CHECK(wsp_pool_acquire(pool, &o, T0, NULL, &next_try) == NULL);
     CHECK_INT(next_try, 0);
     /* the same pool shares busy backends when not exclusive */
-    shared = wsp_pool_acquire(pool, &opts, T0, &next_try);
+    shared = wsp_pool_acquire(pool, &opts, T0, NULL, &next_try);
     CHECK(shared != NULL);
     if (shared) {
         wsp_pool_release(pool, shared);
     }
 
     wsp_pool_release(pool, a);
-    CHECK(wsp_pool_acquire(pool, &o, T0, &next_try) == a);
+    CHECK(wsp_pool_acquire(pool, &o, T0, NULL, &next_try) == a);
 }
 
 static void test_next_try_all_backing_off(apr_pool_t *p)
@@ -440,12 +440,12 @@ static void test_next_try_all_backing_off(apr_pool_t *p)
     wsp_backend_t *c = be_at(pool, 2);
     apr_time_t next_try = -1;
 
-    c->max_errors = 1;
+    c->st->max_errors = 1;
     wsp_pool_failed(pool, &o, c, T0);               /* removed, T0+1s */
     wsp_pool_failed(pool, &o, b, T0 + MS(200));     /* T0+1.2s */
     wsp_pool_failed(pool, &o, b, T0 + MS(1300));    /* T0+3.3s */
     wsp_pool_failed(pool, &o, a, T0 + MS(500));     /* T0+1.5s */
-    CHECK(wsp_pool_acquire(pool, &o, T0 + MS(1400), &next_try) == NULL);
+    CHECK(wsp_pool_acquire(pool, &o, T0 + MS(1400), NULL, &next_try) == NULL);
     CHECK_INT(next_try, T0 + MS(1500));
 }
 
@@ -457,9 +457,9 @@ static void test_next_try_exclusive_mixed(apr_pool_t *p)
     wsp_pool_t *pool = mkpool(p, 2);
     apr_time_t next_try = -1;
 
-    be_at(pool, 0)->pipes = 1;
+    be_at(pool, 0)->st->pipes = 1;
     wsp_pool_failed(pool, &o, be_at(pool, 1), T0);
-    CHECK(wsp_pool_acquire(pool, &o, T0, &next_try) == NULL);
+    CHECK(wsp_pool_acquire(pool, &o, T0, NULL, &next_try) == NULL);
     CHECK_INT(next_try, T0 + SEC(1));
 }
 
@@ -469,37 +469,175 @@ static void test_retry_after(apr_pool_t *p)
     wsp_backend_t *a = be_at(pool, 0), *b = be_at(pool, 1);
 
     CHECK_INT(wsp_pool_retry_after(pool, T0), 1);      /* none backs off */
-    a->state = b->state = WSP_BE_ERROR;
-    a->retry_at = T0 + MS(1200);
-    b->retry_at = T0 + SEC(5);
+    a->st->state = b->st->state = WSP_BE_ERROR;
+    a->st->retry_at = T0 + MS(1200);
+    b->st->retry_at = T0 + SEC(5);
     CHECK_INT(wsp_pool_retry_after(pool, T0), 2);
-    a->retry_at = T0 + SEC(1);
+    a->st->retry_at = T0 + SEC(1);
     CHECK_INT(wsp_pool_retry_after(pool, T0), 1);
-    a->retry_at = T0 + SEC(2) + 1;
+    a->st->retry_at = T0 + SEC(2) + 1;
     CHECK_INT(wsp_pool_retry_after(pool, T0), 3);
-    a->retry_at = T0 + 1;
+    a->st->retry_at = T0 + 1;
     CHECK_INT(wsp_pool_retry_after(pool, T0), 1);
     /* a removed backend's back-off is not a promise */
-    a->state = WSP_BE_REMOVED;
+    a->st->state = WSP_BE_REMOVED;
     CHECK_INT(wsp_pool_retry_after(pool, T0), 5);
 }
 
-/* With the process lock in place every call still returns: each one
- * unlocks what it locked. */
+/* The shared-memory hooks: every call unlocks what it locked, and a
+ * selection re-reads the pool's backends first. */
+static int lock_depth, lock_max, syncs, frees;
+static void t_lock(void) { if (++lock_depth > lock_max) lock_max = lock_depth; }
+static void t_unlock(void) { lock_depth--; }
+static void t_sync(wsp_pool_t *pool) { (void)pool; syncs++; }
+static void t_free(wsp_backend_t *be) { (void)be; frees++; }
+
 static void test_with_lock(apr_pool_t *p)
 {
+    static const wsp_pool_hooks_t hooks = { t_lock, t_unlock, t_sync,
+                                            t_free };
     wsp_pool_t *pool = mkpool(p, 2);
     wsp_backend_t *be;
     apr_time_t next_try;
 
-    CHECK_INT(wsp_pool_child_init(p), APR_SUCCESS);
-    be = wsp_pool_acquire(pool, &opts, T0, &next_try);
+    wsp_pool_set_hooks(&hooks);
+    be = wsp_pool_acquire(pool, &opts, T0, NULL, &next_try);
     CHECK(be != NULL);
+    CHECK_INT(syncs, 1);
     wsp_pool_failed(pool, &opts, be, T0);
     wsp_pool_release(pool, be);
     wsp_pool_succeeded(pool, be);
+    wsp_pool_failover(be);
     CHECK_INT(wsp_pool_retry_after(pool, T0), 1);
-    CHECK(wsp_pool_acquire(pool, &opts, T0, &next_try) != NULL);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) != NULL);
+    CHECK_INT(lock_depth, 0);
+    CHECK_INT(lock_max, 1);
+    CHECK_INT(frees, 0);
+    wsp_pool_set_hooks(NULL);
+}
+
+/* drain: no new pipes; drained when its last pipe leaves. */
+static void test_drain(apr_pool_t *p)
+{
+    wsp_pool_t *pool = mkpool(p, 2);
+    wsp_backend_t *a = be_at(pool, 0), *b = be_at(pool, 1), *got;
+    apr_time_t next_try;
+
+    got = wsp_pool_acquire(pool, &opts, T0, NULL, &next_try);
+    CHECK(got == a);
+    wsp_pool_drain(a->st, 0);
+    CHECK_STR(wsp_backend_state_name(a->st), "draining");
+    CHECK(wsp_pool_leaving(a));
+    CHECK(!wsp_pool_leaving(b));
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == b);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == b);
+    wsp_pool_release(pool, a);
+    CHECK_STR(wsp_backend_state_name(a->st), "drained");
+    CHECK(wsp_pool_leaving(a));
+    wsp_pool_enable(a->st);
+    CHECK_STR(wsp_backend_state_name(a->st), "ok");
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == a);
+}
+
+/* A drain with no pipe is drained at once. */
+static void test_drain_idle(apr_pool_t *p)
+{
+    wsp_pool_t *pool = mkpool(p, 1);
+
+    wsp_pool_drain(be_at(pool, 0)->st, 0);
+    CHECK_STR(wsp_backend_state_name(be_at(pool, 0)->st), "drained");
+}
+
+/* remove: drain, then the slot is freed with the last pipe. */
+static void test_remove_frees_slot(apr_pool_t *p)
+{
+    static const wsp_pool_hooks_t hooks = { NULL, NULL, NULL, t_free };
+    wsp_pool_t *pool = mkpool(p, 2);
+    wsp_backend_t *a = be_at(pool, 0);
+    apr_time_t next_try;
+
+    frees = 0;
+    wsp_pool_set_hooks(&hooks);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == a);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) != a);
+    wsp_pool_drain(a->st, 1);
+    CHECK(wsp_pool_leaving(a));
+    CHECK_INT(frees, 0);
+    wsp_pool_release(pool, a);
+    CHECK_INT(frees, 1);
+    wsp_pool_set_hooks(NULL);
+}
+
+/* disable: no new pipes, but its pipes stay (not leaving). */
+static void test_disable(apr_pool_t *p)
+{
+    wsp_pool_t *pool = mkpool(p, 2);
+    wsp_backend_t *a = be_at(pool, 0), *b = be_at(pool, 1);
+    apr_time_t next_try = 0;
+    int i;
+
+    wsp_pool_disable(a->st);
+    CHECK_STR(wsp_backend_state_name(a->st), "disabled");
+    CHECK(!wsp_pool_leaving(a));
+    for (i = 0; i < 4; ++i) {
+        CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == b);
+    }
+    wsp_pool_disable(b->st);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == NULL);
+    CHECK_INT(next_try, 0);
+    wsp_pool_enable(a->st);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == a);
+}
+
+/* enable brings back a backend removed after max_errors, its count of
+ * failures started over. */
+static void test_enable_removed(apr_pool_t *p)
+{
+    wsp_pool_opts_t o = { MS(100), SEC(1), 1, 0 };
+    wsp_pool_t *pool = mkpool(p, 1);
+    wsp_backend_t *a = be_at(pool, 0);
+    apr_time_t next_try;
+
+    wsp_pool_failed(pool, &o, a, T0);
+    CHECK_STR(wsp_backend_state_name(a->st), "removed");
+    CHECK(wsp_pool_acquire(pool, &o, T0 + SEC(10), NULL, &next_try) == NULL);
+    wsp_pool_enable(a->st);
+    CHECK_INT(a->st->consecutive_errors, 0);
+    CHECK(wsp_pool_acquire(pool, &o, T0, NULL, &next_try) == a);
+}
+
+/* avoid: a pipe moving off its backend never picks the same one. */
+static void test_avoid(apr_pool_t *p)
+{
+    wsp_pool_t *pool = mkpool(p, 2);
+    wsp_backend_t *a = be_at(pool, 0), *b = be_at(pool, 1);
+    apr_time_t next_try;
+    int i;
+
+    a->st->pipes = 0;
+    b->st->pipes = 9;
+    for (i = 0; i < 3; ++i) {
+        CHECK(wsp_pool_acquire(pool, &opts, T0, a, &next_try) == b);
+    }
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == a);
+}
+
+/* the per-process count follows the shared one */
+static void test_mine(apr_pool_t *p)
+{
+    wsp_pool_t *pool = mkpool(p, 1);
+    wsp_backend_t *a = be_at(pool, 0);
+    apr_uint32_t mine = 0;
+    apr_time_t next_try;
+
+    a->mine = &mine;
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == a);
+    CHECK(wsp_pool_acquire(pool, &opts, T0, NULL, &next_try) == a);
+    CHECK_INT(mine, 2);
+    CHECK_INT(a->st->pipes, 2);
+    wsp_pool_release(pool, a);
+    CHECK_INT(mine, 1);
+    CHECK_INT(a->st->pipes, 1);
 }
 
 WSP_TEST_MAIN(
@@ -528,4 +666,11 @@ WSP_TEST_MAIN(
     RUN(test_next_try_exclusive_mixed);
     RUN(test_retry_after);
     RUN(test_with_lock);
+    RUN(test_drain);
+    RUN(test_drain_idle);
+    RUN(test_remove_frees_slot);
+    RUN(test_disable);
+    RUN(test_enable_removed);
+    RUN(test_avoid);
+    RUN(test_mine);
 )

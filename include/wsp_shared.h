@@ -1,0 +1,77 @@
+/* The backend state every child shares: one anonymous shared memory
+ * segment, kept across graceful restarts, under a global mutex that the
+ * Mutex directive configures ("ws-persist-shm"). */
+#ifndef WSP_SHARED_H
+#define WSP_SHARED_H
+
+#include "httpd.h"
+#include "http_config.h"
+#include "ap_mpm.h"
+
+#include "wsp_pool.h"
+
+#define WSP_SHARED_MUTEX "ws-persist-shm"
+
+/* One backend as the manager and mod_status show it. */
+typedef struct {
+    const char *url;
+    const char *state;          /* ok error removed draining drained
+                                 * disabled */
+    int weight;
+    int pipes;                  /* live pipes, all children */
+    int consecutive_errors;
+    apr_uint64_t errors;
+    apr_uint64_t served;
+    apr_uint64_t failovers;
+    apr_uint64_t bytes_in;      /* backend to clients */
+    apr_uint64_t bytes_out;     /* clients to backend */
+    int added;                  /* added at run time */
+    int removing;               /* remove asked, draining first */
+} wsp_be_info_t;
+
+typedef struct {
+    const char *name;           /* location path ("#2".. if repeated) */
+    int pipes;                  /* live pipes, all children */
+    int free_slots;             /* room for backends added at run time */
+    apr_array_header_t *backends;   /* of wsp_be_info_t */
+} wsp_pool_info_t;
+
+/* pre_config: register the mutex type. */
+int wsp_shared_pre_config(apr_pool_t *pconf);
+
+/* post_config (parent): make or reuse the segment and give every
+ * configured backend its slot. */
+int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                           apr_pool_t *ptemp, server_rec *s);
+
+/* child_init: attach the mutex, take this process's row of pipe counts. */
+apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s);
+
+/* Parent: a child exited; the pipes it held are counted out. */
+void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
+                             int slot, mpm_child_status state);
+
+/* Every pool with its backends, as all children see them now; NULL
+ * when the segment is missing. Of wsp_pool_info_t. */
+apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p);
+
+/* Pipes live in this process. */
+int wsp_shared_process_pipes(void);
+
+/* The manager's form nonce: random, the same in every child of one
+ * generation. */
+const char *wsp_shared_nonce(void);
+
+/* Apply an administrator action ("add", "drain", "remove", "enable",
+ * "disable") to backend url of the named pool, in shared memory so in
+ * every child at once. Returns an HTTP status: 200, 400 (unknown action,
+ * pool or backend, bad URL) or 409 (add: already there or no free slot);
+ * *msg says why. */
+int wsp_shared_manage(apr_pool_t *p, const char *action, const char *pool,
+                      const char *url, const char **msg);
+
+/* Bumped by every administrator action: loops re-check their pipes'
+ * backends when it moves. */
+apr_uint32_t wsp_shared_admin_epoch(void);
+
+#endif /* WSP_SHARED_H */

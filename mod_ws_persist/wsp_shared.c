@@ -1,0 +1,800 @@
+/* Backend state shared by every child: one anonymous shared memory
+ * segment made by the parent and inherited by fork, and a global mutex.
+ *
+ * The segment lives in the process pool, so a graceful restart keeps it:
+ * a backend that stays in the configuration keeps its slot (errors,
+ * back-off, counters, and the pipes old children still hold), one that
+ * leaves it is retired for new children while old ones may still use it.
+ * Each process counts its pipes per slot in a row of its own, so the
+ * pipes of a child that dies without releasing them are counted out. */
+#include <errno.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "apr_atomic.h"
+#include "apr_global_mutex.h"
+#include "apr_shm.h"
+#include "apr_strings.h"
+#include "apr_lib.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "util_mutex.h"
+
+#include "mod_ws_persist.h"
+#include "wsp_config.h"
+#include "wsp_shared.h"
+
+#define WSP_SHM_MAGIC 0x77737031u
+#define WSP_POOL_NAME_MAX 256
+#define WSP_NONCE_LEN 32
+
+typedef struct {
+    char name[WSP_POOL_NAME_MAX];
+    apr_uint32_t in_use;
+    apr_uint32_t retired_gen;    /* 0: in the running configuration */
+    apr_uint32_t spare;          /* WSPersistBackendSlots */
+    apr_uint32_t pad;
+} wsp_pool_shared_t;
+
+typedef struct {
+    apr_uint32_t magic;
+    apr_uint32_t npools;
+    apr_uint32_t nslots;
+    apr_uint32_t nrows;
+    apr_uint32_t epoch;          /* slots taken, freed or retired */
+    apr_uint32_t admin_epoch;    /* administrator actions */
+    char nonce[WSP_NONCE_LEN + 1];
+} wsp_shm_head_t;
+
+/* A process's pipes per slot; pid 0: free. */
+typedef struct {
+    pid_t pid;
+    apr_uint32_t pad;
+    apr_uint32_t counts[1];      /* nslots of them */
+} wsp_row_t;
+
+/* What survives a restart in the parent. */
+typedef struct {
+    apr_shm_t *shm;
+    apr_global_mutex_t *mutex;
+    const char *mutex_file;
+} wsp_retained_t;
+
+/* Inherited by the children of this generation. */
+static wsp_shm_head_t *wsp_head;
+static apr_global_mutex_t *wsp_mutex;
+static const char *wsp_mutex_file;
+static apr_uint32_t wsp_gen;
+static wsp_row_t *wsp_row;
+static wsp_backend_t **wsp_views;   /* by slot: this process's parse */
+static apr_pool_t *wsp_vpool;       /* views of backends added later */
+
+/* ---- layout ------------------------------------------------------------ */
+
+#define WSP_ALIGN(n) (((n) + 15) & ~(apr_size_t)15)
+
+static apr_size_t wsp_row_size(apr_uint32_t nslots)
+{
+    return WSP_ALIGN(APR_OFFSETOF(wsp_row_t, counts)
+                     + nslots * sizeof(apr_uint32_t));
+}
+
+static apr_size_t wsp_shm_size(apr_uint32_t npools, apr_uint32_t nslots,
+                               apr_uint32_t nrows)
+{
+    return WSP_ALIGN(sizeof(wsp_shm_head_t))
+           + WSP_ALIGN(npools * sizeof(wsp_pool_shared_t))
+           + WSP_ALIGN(nslots * sizeof(wsp_be_shared_t))
+           + nrows * wsp_row_size(nslots);
+}
+
+static wsp_pool_shared_t *wsp_pools_of(wsp_shm_head_t *h)
+{
+    return (wsp_pool_shared_t *)((char *)h
+                                 + WSP_ALIGN(sizeof(wsp_shm_head_t)));
+}
+
+static wsp_be_shared_t *wsp_slots_of(wsp_shm_head_t *h)
+{
+    return (wsp_be_shared_t *)((char *)wsp_pools_of(h)
+                               + WSP_ALIGN(h->npools
+                                           * sizeof(wsp_pool_shared_t)));
+}
+
+static wsp_row_t *wsp_row_of(wsp_shm_head_t *h, apr_uint32_t i)
+{
+    return (wsp_row_t *)((char *)wsp_slots_of(h)
+                         + WSP_ALIGN(h->nslots * sizeof(wsp_be_shared_t))
+                         + i * wsp_row_size(h->nslots));
+}
+
+/* ---- lock -------------------------------------------------------------- */
+
+static void wsp_shared_lock(void)
+{
+    if (wsp_mutex) {
+        apr_global_mutex_lock(wsp_mutex);
+    }
+}
+
+static void wsp_shared_unlock(void)
+{
+    if (wsp_mutex) {
+        apr_global_mutex_unlock(wsp_mutex);
+    }
+}
+
+/* ---- slots ------------------------------------------------------------- */
+
+/* Whether a child of this generation uses the slot: old children keep
+ * using what a newer configuration retired. */
+static int wsp_slot_visible(const wsp_be_shared_t *st, apr_uint32_t gen)
+{
+    return st->in_use && (!st->retired || st->retired > gen);
+}
+
+static void wsp_slot_free(wsp_shm_head_t *h, wsp_be_shared_t *st)
+{
+    memset(st, 0, sizeof(*st));
+    h->epoch++;
+}
+
+/* A slot for a new backend: never used, else retired and idle. */
+static int wsp_slot_take(wsp_shm_head_t *h, const unsigned char *claimed)
+{
+    wsp_be_shared_t *slots = wsp_slots_of(h);
+    apr_uint32_t i;
+
+    for (i = 0; i < h->nslots; ++i) {
+        if (!slots[i].in_use && !(claimed && claimed[i])) {
+            return (int)i;
+        }
+    }
+    for (i = 0; i < h->nslots; ++i) {
+        if (slots[i].retired && slots[i].pipes <= 0
+            && !(claimed && claimed[i])) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static void wsp_slot_init(wsp_shm_head_t *h, int i, apr_uint32_t pool,
+                          const char *url, int weight, int max_errors)
+{
+    wsp_be_shared_t *st = &wsp_slots_of(h)[i];
+
+    memset(st, 0, sizeof(*st));
+    st->in_use = 1;
+    st->pool = pool;
+    st->weight = weight;
+    st->max_errors = max_errors;
+    apr_cpystrn(st->url, url, WSP_URL_MAX);
+    h->epoch++;
+}
+
+/* Count the pipes of a process that is gone out of the slots. */
+static void wsp_row_reclaim(wsp_shm_head_t *h, wsp_row_t *row)
+{
+    wsp_be_shared_t *slots = wsp_slots_of(h);
+    apr_uint32_t i;
+
+    for (i = 0; i < h->nslots; ++i) {
+        if (row->counts[i]) {
+            slots[i].pipes -= (apr_int32_t)row->counts[i];
+            if (slots[i].pipes < 0) {
+                slots[i].pipes = 0;
+            }
+            if (slots[i].pipes == 0 && slots[i].admin == WSP_ADM_DRAINING) {
+                slots[i].admin = WSP_ADM_DRAINED;
+            }
+            if (slots[i].pipes == 0 && slots[i].removing) {
+                wsp_slot_free(h, &slots[i]);
+            }
+            row->counts[i] = 0;
+        }
+    }
+    row->pid = 0;
+}
+
+static int wsp_pool_find_index(wsp_shm_head_t *h, const char *name)
+{
+    wsp_pool_shared_t *pools = wsp_pools_of(h);
+    apr_uint32_t i;
+
+    for (i = 0; i < h->npools; ++i) {
+        if (pools[i].in_use && !pools[i].retired_gen
+            && !strcmp(pools[i].name, name)) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* ---- the configuration's backends onto the slots ------------------------ */
+
+static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
+                     apr_uint32_t gen, apr_pool_t *ptemp)
+{
+    wsp_pool_shared_t *pools = wsp_pools_of(h);
+    wsp_be_shared_t *slots = wsp_slots_of(h);
+    unsigned char *claimed = apr_pcalloc(ptemp, h->nslots);
+    int i, j;
+    apr_uint32_t k;
+
+    for (i = 0; cpools && i < cpools->nelts; ++i) {
+        wsp_pool_t *pool = APR_ARRAY_IDX(cpools, i, wsp_pool_t *);
+        int idx = -1;
+
+        for (k = 0; k < h->npools; ++k) {
+            if (pools[k].in_use && !strcmp(pools[k].name, pool->name)) {
+                idx = (int)k;
+                break;
+            }
+        }
+        for (k = 0; idx < 0 && k < h->npools; ++k) {
+            if (!pools[k].in_use) {
+                idx = (int)k;
+                memset(&pools[k], 0, sizeof(pools[k]));
+                apr_cpystrn(pools[k].name, pool->name, WSP_POOL_NAME_MAX);
+                pools[k].in_use = 1;
+            }
+        }
+        /* sized for the configuration: there is always room */
+        pools[idx].retired_gen = 0;
+        pools[idx].spare = (apr_uint32_t)pool->spare;
+        pool->index = idx;
+
+        for (j = 0; j < pool->backends->nelts; ++j) {
+            wsp_backend_t *be = APR_ARRAY_IDX(pool->backends, j,
+                                              wsp_backend_t *);
+            int s = -1;
+
+            for (k = 0; k < h->nslots; ++k) {
+                if (slots[k].in_use && slots[k].pool == (apr_uint32_t)idx
+                    && !claimed[k] && !strcmp(slots[k].url, be->url)) {
+                    s = (int)k;
+                    break;
+                }
+            }
+            if (s >= 0) {
+                /* the same backend: its health and counters carry over,
+                 * what an administrator changed does not */
+                wsp_be_shared_t *st = &slots[s];
+
+                st->retired = 0;
+                st->added = 0;
+                st->removing = 0;
+                st->admin = WSP_ADM_NONE;
+                st->weight = be->weight;
+                st->max_errors = be->max_errors;
+            }
+            else if ((s = wsp_slot_take(h, claimed)) >= 0) {
+                wsp_slot_init(h, s, (apr_uint32_t)idx, be->url, be->weight,
+                              be->max_errors);
+            }
+            else {
+                continue;           /* cannot happen: sized with headroom;
+                                     * the backend keeps local state */
+            }
+            claimed[s] = 1;
+            be->slot = s;
+            be->st = &slots[s];
+        }
+        pool->epoch = h->epoch;
+    }
+    /* what the configuration no longer names: retired for new children */
+    for (k = 0; k < h->nslots; ++k) {
+        if (slots[k].in_use && !claimed[k] && !slots[k].retired) {
+            if (slots[k].pipes > 0) {
+                slots[k].retired = gen;
+            }
+            else {
+                memset(&slots[k], 0, sizeof(slots[k]));
+            }
+        }
+    }
+    for (k = 0; k < h->npools; ++k) {
+        int named = 0;
+
+        for (i = 0; cpools && i < cpools->nelts; ++i) {
+            named |= APR_ARRAY_IDX(cpools, i, wsp_pool_t *)->index
+                     == (int)k;
+        }
+        if (pools[k].in_use && !named && !pools[k].retired_gen) {
+            pools[k].retired_gen = gen;
+        }
+    }
+    h->epoch++;
+    for (i = 0; cpools && i < cpools->nelts; ++i) {
+        APR_ARRAY_IDX(cpools, i, wsp_pool_t *)->epoch = h->epoch;
+    }
+}
+
+/* Copy the state of backends that stay from an old segment into a new
+ * one that was just bound (the old one was too small). */
+static void wsp_carry_over(wsp_shm_head_t *to, wsp_shm_head_t *from)
+{
+    wsp_pool_shared_t *tp = wsp_pools_of(to), *fp = wsp_pools_of(from);
+    wsp_be_shared_t *ts = wsp_slots_of(to), *fs = wsp_slots_of(from);
+    apr_uint32_t i, k;
+
+    for (i = 0; i < to->nslots; ++i) {
+        if (!ts[i].in_use) {
+            continue;
+        }
+        for (k = 0; k < from->nslots; ++k) {
+            if (fs[k].in_use && !strcmp(fs[k].url, ts[i].url)
+                && !strcmp(fp[fs[k].pool].name, tp[ts[i].pool].name)) {
+                ts[i].state = fs[k].state;
+                ts[i].consecutive_errors = fs[k].consecutive_errors;
+                ts[i].errors = fs[k].errors;
+                ts[i].served = fs[k].served;
+                ts[i].failovers = fs[k].failovers;
+                ts[i].bytes_in = fs[k].bytes_in;
+                ts[i].bytes_out = fs[k].bytes_out;
+                ts[i].retry_at = fs[k].retry_at;
+                ts[i].retry_delay = fs[k].retry_delay;
+                break;
+            }
+        }
+    }
+}
+
+/* ---- hooks ------------------------------------------------------------- */
+
+int wsp_shared_pre_config(apr_pool_t *pconf)
+{
+    wsp_conf_reset();
+    return ap_mutex_register(pconf, WSP_SHARED_MUTEX, NULL, APR_LOCK_DEFAULT,
+                             0) == APR_SUCCESS ? OK : !OK;
+}
+
+static apr_status_t wsp_shared_make(wsp_retained_t *rt, server_rec *s,
+                                    apr_uint32_t npools, apr_uint32_t nslots,
+                                    apr_uint32_t nrows)
+{
+    apr_size_t size = wsp_shm_size(npools, nslots, nrows);
+    apr_shm_t *shm;
+    wsp_shm_head_t *h;
+    unsigned char rnd[WSP_NONCE_LEN / 2];
+    apr_status_t rv;
+    int i;
+
+    rv = apr_shm_create(&shm, size, NULL, s->process->pool);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "ws_persist: cannot "
+                     "create %" APR_SIZE_T_FMT " bytes of shared memory",
+                     size);
+        return rv;
+    }
+    h = apr_shm_baseaddr_get(shm);
+    memset(h, 0, size);
+    h->magic = WSP_SHM_MAGIC;
+    h->npools = npools;
+    h->nslots = nslots;
+    h->nrows = nrows;
+    apr_generate_random_bytes(rnd, sizeof(rnd));
+    for (i = 0; i < (int)sizeof(rnd); ++i) {
+        apr_snprintf(h->nonce + 2 * i, 3, "%02x", rnd[i]);
+    }
+    rt->shm = shm;
+    return APR_SUCCESS;
+}
+
+int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                           apr_pool_t *ptemp, server_rec *s)
+{
+    static const char *key = "ws_persist_shared";
+    apr_array_header_t *cpools = wsp_conf_pools();
+    wsp_retained_t *rt = NULL;
+    apr_uint32_t npools = 0, nslots = 0, nrows;
+    int daemons = 0, i;
+    apr_status_t rv;
+
+    (void)pconf;
+    (void)plog;
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) {
+        return OK;                  /* the first, trial read of the config */
+    }
+    wsp_gen = (apr_uint32_t)ap_state_query(AP_SQ_CONFIG_GEN) + 1;
+    apr_pool_userdata_get((void **)&rt, key, s->process->pool);
+    if (!rt) {
+        rt = apr_pcalloc(s->process->pool, sizeof(*rt));
+        apr_pool_userdata_set(rt, key, apr_pool_cleanup_null,
+                              s->process->pool);
+    }
+    /* one mutex for the life of the server: old and new children of a
+     * graceful restart change the same slots */
+    if (!rt->mutex) {
+        rv = ap_global_mutex_create(&rt->mutex, &rt->mutex_file,
+                                    WSP_SHARED_MUTEX, NULL, s,
+                                    s->process->pool, 0);
+        if (rv != APR_SUCCESS) {
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    wsp_mutex = rt->mutex;
+    wsp_mutex_file = rt->mutex_file;
+
+    for (i = 0; cpools && i < cpools->nelts; ++i) {
+        wsp_pool_t *pool = APR_ARRAY_IDX(cpools, i, wsp_pool_t *);
+
+        npools++;
+        nslots += (apr_uint32_t)(pool->backends->nelts + pool->spare);
+    }
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &daemons);
+    /* rows for this generation's children and those still finishing */
+    nrows = (apr_uint32_t)(daemons > 0 ? daemons : 16) * 2 + 16;
+
+    if (rt->shm) {
+        wsp_shm_head_t *old = apr_shm_baseaddr_get(rt->shm);
+
+        if (old->npools >= npools * 2 && old->nslots >= nslots * 2
+            && old->nrows >= nrows) {
+            wsp_head = old;
+            apr_global_mutex_lock(wsp_mutex);
+            wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
+            apr_global_mutex_unlock(wsp_mutex);
+            return OK;
+        }
+        /* too small for the new configuration: a new segment; children
+         * still running keep the old one */
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
+                     "configuration outgrew the shared memory; children "
+                     "of the previous generation keep their own until "
+                     "they exit");
+    }
+    {
+        apr_shm_t *prev = rt->shm;
+
+        /* headroom, so restarts that add a little reuse the segment */
+        if ((rv = wsp_shared_make(rt, s, npools * 2 + 8, nslots * 2 + 32,
+                                  nrows)) != APR_SUCCESS) {
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        wsp_head = apr_shm_baseaddr_get(rt->shm);
+        wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
+        if (prev) {
+            wsp_carry_over(wsp_head, apr_shm_baseaddr_get(prev));
+            /* unmapped in the parent only: old children keep theirs */
+            apr_shm_destroy(prev);
+        }
+    }
+    return OK;
+}
+
+/* Rebuild a pool's view when slots changed since it was made (called by
+ * wsp_pool_acquire under the lock). */
+static void wsp_shared_sync(wsp_pool_t *pool)
+{
+    wsp_be_shared_t *slots;
+    apr_uint32_t i;
+
+    if (!wsp_head || pool->index < 0 || pool->epoch == wsp_head->epoch) {
+        return;
+    }
+    slots = wsp_slots_of(wsp_head);
+    /* the config-time array is shared by every thread: a new one, made
+     * from this process's pool of views, replaces it whole */
+    pool->backends = apr_array_make(wsp_vpool, 4, sizeof(wsp_backend_t *));
+    for (i = 0; i < wsp_head->nslots; ++i) {
+        wsp_be_shared_t *st = &slots[i];
+        wsp_backend_t *be = wsp_views[i];
+
+        if (!wsp_slot_visible(st, wsp_gen) || st->pool != (apr_uint32_t)
+            pool->index) {
+            continue;
+        }
+        if (!be || strcmp(be->url, st->url)) {
+            be = apr_pcalloc(wsp_vpool, sizeof(*be));
+            if (wsp_backend_parse(wsp_vpool, st->url, be)) {
+                continue;           /* checked when it was added */
+            }
+            be->weight = st->weight;
+            be->max_errors = st->max_errors;
+            wsp_views[i] = be;
+        }
+        be->slot = (int)i;
+        be->st = st;
+        be->mine = wsp_row ? &wsp_row->counts[i] : NULL;
+        APR_ARRAY_PUSH(pool->backends, wsp_backend_t *) = be;
+    }
+    pool->epoch = wsp_head->epoch;
+}
+
+static void wsp_shared_free_slot(wsp_backend_t *be)
+{
+    if (wsp_head && be->slot >= 0) {
+        wsp_slot_free(wsp_head, be->st);
+    }
+}
+
+apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    static const wsp_pool_hooks_t hooks = {
+        wsp_shared_lock, wsp_shared_unlock, wsp_shared_sync,
+        wsp_shared_free_slot
+    };
+    apr_array_header_t *cpools = wsp_conf_pools();
+    apr_allocator_t *alloc;
+    apr_status_t rv;
+    apr_uint32_t k;
+    pid_t me = getpid();
+    int i, j;
+
+    if (!wsp_head) {
+        return APR_SUCCESS;         /* no ws_persist pool configured */
+    }
+    rv = apr_global_mutex_child_init(&wsp_mutex, wsp_mutex_file, pchild);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "ws_persist: cannot "
+                     "attach the %s mutex", WSP_SHARED_MUTEX);
+        return rv;
+    }
+    /* views are made under the pool lock while other threads allocate
+     * elsewhere: a pool with an allocator of its own */
+    if ((rv = apr_allocator_create(&alloc)) != APR_SUCCESS
+        || (rv = apr_pool_create_unmanaged_ex(&wsp_vpool, NULL, alloc))
+           != APR_SUCCESS) {
+        return rv;
+    }
+    apr_allocator_owner_set(alloc, wsp_vpool);
+    wsp_views = apr_pcalloc(wsp_vpool, wsp_head->nslots * sizeof(*wsp_views));
+
+    apr_global_mutex_lock(wsp_mutex);
+    for (k = 0; k < wsp_head->nrows && !wsp_row; ++k) {
+        wsp_row_t *row = wsp_row_of(wsp_head, k);
+
+        if (row->pid == me
+            || (row->pid && kill(row->pid, 0) && errno == ESRCH)) {
+            wsp_row_reclaim(wsp_head, row);   /* a process gone uncounted */
+        }
+        if (!row->pid) {
+            row->pid = me;
+            wsp_row = row;
+        }
+    }
+    for (i = 0; cpools && i < cpools->nelts; ++i) {
+        wsp_pool_t *pool = APR_ARRAY_IDX(cpools, i, wsp_pool_t *);
+
+        for (j = 0; j < pool->backends->nelts; ++j) {
+            wsp_backend_t *be = APR_ARRAY_IDX(pool->backends, j,
+                                              wsp_backend_t *);
+            if (be->slot >= 0) {
+                wsp_views[be->slot] = be;
+                be->mine = wsp_row ? &wsp_row->counts[be->slot] : NULL;
+            }
+        }
+    }
+    apr_global_mutex_unlock(wsp_mutex);
+    if (!wsp_row) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "ws_persist: no free "
+                     "row of pipe counts; if this child dies its pipes stay "
+                     "counted");
+    }
+    wsp_pool_set_hooks(&hooks);
+    return APR_SUCCESS;
+}
+
+void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
+                             int slot, mpm_child_status state)
+{
+    apr_uint32_t k;
+
+    (void)s;
+    (void)gen;
+    (void)slot;
+    if (state != MPM_CHILD_EXITED || !wsp_head || !wsp_mutex) {
+        return;
+    }
+    apr_global_mutex_lock(wsp_mutex);
+    for (k = 0; k < wsp_head->nrows; ++k) {
+        wsp_row_t *row = wsp_row_of(wsp_head, k);
+
+        if (row->pid == pid) {
+            wsp_row_reclaim(wsp_head, row);
+        }
+    }
+    apr_global_mutex_unlock(wsp_mutex);
+}
+
+/* ---- views for the manager and mod_status ------------------------------- */
+
+apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p)
+{
+    apr_array_header_t *out;
+    wsp_pool_shared_t *pools;
+    wsp_be_shared_t *slots;
+    apr_uint32_t i, k;
+
+    if (!wsp_head) {
+        return NULL;
+    }
+    out = apr_array_make(p, 4, sizeof(wsp_pool_info_t));
+    pools = wsp_pools_of(wsp_head);
+    slots = wsp_slots_of(wsp_head);
+    wsp_shared_lock();
+    for (i = 0; i < wsp_head->npools; ++i) {
+        wsp_pool_info_t *pi;
+        int added = 0;
+
+        if (!pools[i].in_use || pools[i].retired_gen) {
+            continue;
+        }
+        pi = apr_array_push(out);
+        pi->name = apr_pstrdup(p, pools[i].name);
+        pi->pipes = 0;
+        pi->backends = apr_array_make(p, 4, sizeof(wsp_be_info_t));
+        for (k = 0; k < wsp_head->nslots; ++k) {
+            wsp_be_shared_t *st = &slots[k];
+            wsp_be_info_t *bi;
+
+            if (!st->in_use || st->retired || st->pool != i) {
+                continue;
+            }
+            bi = apr_array_push(pi->backends);
+            bi->url = apr_pstrdup(p, st->url);
+            bi->state = wsp_backend_state_name(st);
+            bi->weight = st->weight;
+            bi->pipes = st->pipes;
+            bi->consecutive_errors = st->consecutive_errors;
+            bi->errors = st->errors;
+            bi->served = st->served;
+            bi->failovers = st->failovers;
+            bi->bytes_in = apr_atomic_read64(&st->bytes_in);
+            bi->bytes_out = apr_atomic_read64(&st->bytes_out);
+            bi->added = st->added;
+            bi->removing = st->removing;
+            pi->pipes += st->pipes;
+            added += st->added;
+        }
+        pi->free_slots = (int)pools[i].spare > added
+                         ? (int)pools[i].spare - added : 0;
+    }
+    wsp_shared_unlock();
+    return out;
+}
+
+int wsp_shared_process_pipes(void)
+{
+    int n = 0;
+    apr_uint32_t k;
+
+    if (!wsp_head || !wsp_row) {
+        return 0;
+    }
+    for (k = 0; k < wsp_head->nslots; ++k) {
+        n += (int)wsp_row->counts[k];
+    }
+    return n;
+}
+
+const char *wsp_shared_nonce(void)
+{
+    return wsp_head ? wsp_head->nonce : NULL;
+}
+
+apr_uint32_t wsp_shared_admin_epoch(void)
+{
+    return wsp_head ? wsp_head->admin_epoch : 0;
+}
+
+/* ---- administrator actions ---------------------------------------------- */
+
+static int wsp_manage_add(apr_pool_t *p, int idx, const char *url,
+                          const char **msg)
+{
+    wsp_pool_shared_t *ps = &wsp_pools_of(wsp_head)[idx];
+    wsp_be_shared_t *slots = wsp_slots_of(wsp_head);
+    wsp_backend_t be;
+    const char *err;
+    apr_uint32_t k, added = 0;
+    int s;
+
+    if ((err = wsp_backend_parse(p, url, &be))) {
+        *msg = err;
+        return HTTP_BAD_REQUEST;
+    }
+    if (strlen(url) >= WSP_URL_MAX) {
+        *msg = apr_psprintf(p, "backend URL longer than %d characters",
+                            WSP_URL_MAX - 1);
+        return HTTP_BAD_REQUEST;
+    }
+    for (k = 0; k < wsp_head->nslots; ++k) {
+        if (slots[k].in_use && !slots[k].retired
+            && slots[k].pool == (apr_uint32_t)idx) {
+            if (!strcmp(slots[k].url, url)) {
+                *msg = apr_psprintf(p, "%s is already a backend of pool %s"
+                                    "%s", url, ps->name, slots[k].removing
+                                    ? " (being removed: enable it)" : "");
+                return HTTP_CONFLICT;
+            }
+            added += slots[k].added;
+        }
+    }
+    if (added >= ps->spare || (s = wsp_slot_take(wsp_head, NULL)) < 0) {
+        *msg = apr_psprintf(p, "pool %s has no free backend slot "
+                            "(WSPersistBackendSlots %u)", ps->name,
+                            ps->spare);
+        return HTTP_CONFLICT;
+    }
+    wsp_slot_init(wsp_head, s, (apr_uint32_t)idx, url, 1, 0);
+    slots[s].added = 1;
+    *msg = apr_psprintf(p, "%s added to pool %s", url, ps->name);
+    return HTTP_OK;
+}
+
+int wsp_shared_manage(apr_pool_t *p, const char *action, const char *pool,
+                      const char *url, const char **msg)
+{
+    static const char *const actions[] = {
+        "add", "drain", "remove", "enable", "disable", NULL
+    };
+    wsp_be_shared_t *slots, *st = NULL;
+    apr_uint32_t k;
+    int a, idx, status = HTTP_OK;
+
+    for (a = 0; actions[a] && (!action || strcmp(action, actions[a])); ++a)
+        ;
+    if (!action || !actions[a]) {
+        *msg = apr_psprintf(p, "unknown action '%s' (add, drain, remove, "
+                            "enable or disable)", action ? action : "");
+        return HTTP_BAD_REQUEST;
+    }
+    if (!wsp_head) {
+        *msg = "no ws_persist pool is configured";
+        return HTTP_BAD_REQUEST;
+    }
+    if (!url || !*url) {
+        *msg = "no backend URL given";
+        return HTTP_BAD_REQUEST;
+    }
+    wsp_shared_lock();
+    idx = pool ? wsp_pool_find_index(wsp_head, pool) : -1;
+    if (idx < 0) {
+        *msg = apr_psprintf(p, "unknown pool '%s'", pool ? pool : "");
+        wsp_shared_unlock();
+        return HTTP_BAD_REQUEST;
+    }
+    if (a == 0) {
+        status = wsp_manage_add(p, idx, url, msg);
+        wsp_head->admin_epoch++;
+        wsp_shared_unlock();
+        return status;
+    }
+    slots = wsp_slots_of(wsp_head);
+    for (k = 0; k < wsp_head->nslots && !st; ++k) {
+        if (slots[k].in_use && !slots[k].retired
+            && slots[k].pool == (apr_uint32_t)idx
+            && !strcmp(slots[k].url, url)) {
+            st = &slots[k];
+        }
+    }
+    if (!st) {
+        *msg = apr_psprintf(p, "pool %s has no backend %s", pool, url);
+        wsp_shared_unlock();
+        return HTTP_BAD_REQUEST;
+    }
+    switch (a) {
+    case 1:
+        wsp_pool_drain(st, 0);
+        break;
+    case 2:
+        wsp_pool_drain(st, 1);
+        if (st->pipes <= 0) {
+            wsp_slot_free(wsp_head, st);
+        }
+        break;
+    case 3:
+        wsp_pool_enable(st);
+        break;
+    default:
+        wsp_pool_disable(st);
+        break;
+    }
+    wsp_head->admin_epoch++;
+    *msg = apr_psprintf(p, "%s: %s in pool %s", action, url, pool);
+    wsp_shared_unlock();
+    return status;
+}
