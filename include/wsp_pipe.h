@@ -108,6 +108,22 @@ struct wsp_pipe_t {
     apr_time_t b_last_rx;
     apr_time_t b_ping_sent;
 
+    /* moving off a draining backend: the replacement ("aux") connects
+     * beside the current backend; at a message boundary they swap and the
+     * old one, now aux and retiring, is closed with 1001 while what it
+     * still sends is relayed */
+    wsp_backend_t *abe;
+    wsp_bconn_t *abc;
+    int aux_retiring;
+    wsp_hop_in_t ain;                  /* the retiring backend's frames */
+    unsigned char actrl[WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX];
+    apr_size_t actrl_len;
+    apr_size_t actrl_off;
+    int a_want_write;
+    apr_time_t aux_deadline;
+    apr_time_t move_at;                /* no replacement: try again then */
+    wsp_backend_t *req_be;             /* whom a handshake is built for */
+
     /* timers */
     apr_time_t deadline;               /* for a usable backend */
     apr_time_t attempt_deadline;       /* for the current handshake */
@@ -148,12 +164,19 @@ void wsp_pipe_upgraded(wsp_pipe_t *p);
 void wsp_pipe_detach(wsp_pipe_t *p);
 
 /* What to poll: events on the client socket, the backend socket (NULL
- * when none) and its events, and when to call again regardless. */
+ * when none) and its events, a second backend socket while the pipe moves
+ * off a draining backend, and when to call again regardless. */
 void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
-                   apr_int16_t *bev, apr_time_t *wake_at);
+                   apr_int16_t *bev, apr_socket_t **asock, apr_int16_t *aev,
+                   apr_time_t *wake_at);
 
 /* Do everything the sockets and timers allow. */
-void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev);
+void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
+                  apr_int16_t arev);
+
+/* Whether the pipe's backend is being drained and the pipe has not begun
+ * to move (a driver wakes such pipes after an administrator's action). */
+int wsp_pipe_should_move(const wsp_pipe_t *p);
 
 /* The server stops: close both hops with 1001, as far as the sockets take
  * it without waiting. */

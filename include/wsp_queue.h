@@ -31,6 +31,10 @@ void wsp_queue_consumed(wsp_queue_t *q, apr_size_t n);
 /* Whether the next byte to write starts a frame (control frames may go). */
 int wsp_queue_at_frame_boundary(const wsp_queue_t *q);
 
+/* Whether no message is partly written (another backend may take the
+ * rest of the queue). */
+int wsp_queue_at_message_boundary(const wsp_queue_t *q);
+
 /* The backend failed: write every held message again from its start. */
 void wsp_queue_rewind(wsp_queue_t *q);
 

@@ -23,10 +23,12 @@
 
 #include "wsp_evloop.h"
 #include "wsp_registry.h"
+#include "wsp_shared.h"
 
 #define WSP_EV_SETTLE  apr_time_from_msec(100)
 #define WSP_EV_LINGER  apr_time_from_sec(2)
 #define WSP_EV_BATCH   256
+#define WSP_EV_RECHECK apr_time_from_msec(500)
 
 int wsp_evloop_wanted = 1;
 int wsp_evloop_threads = 0;
@@ -36,9 +38,15 @@ int wsp_evloop_threads = 0;
 typedef struct wsp_ev_t wsp_ev_t;
 
 /* Which socket of a pipe a poll result is about. */
+typedef enum {
+    WSP_EV_CLIENT,
+    WSP_EV_BACKEND,
+    WSP_EV_AUX                     /* the second backend of a move */
+} wsp_ev_which_e;
+
 typedef struct {
     wsp_ev_t *ep;
-    int client;
+    wsp_ev_which_e which;
 } wsp_ev_side_t;
 
 struct wsp_ev_t {
@@ -49,12 +57,16 @@ struct wsp_ev_t {
     conn_rec *c;
     apr_pollfd_t cpfd;
     apr_pollfd_t bpfd;
+    apr_pollfd_t apfd;
     apr_int16_t creg;              /* events registered, 0: none */
     apr_int16_t breg;
+    apr_int16_t areg;
     apr_int16_t crev;              /* events seen this round */
     apr_int16_t brev;
+    apr_int16_t arev;
     wsp_ev_side_t cside;
     wsp_ev_side_t bside;
+    wsp_ev_side_t aside;
     int active;
     wsp_ev_t *next_active;
     apr_time_t wake_at;            /* the timer registered, 0: none */
@@ -81,6 +93,7 @@ typedef struct wsp_evloop_t {
     volatile int stop;
     volatile int poked;            /* a handover was asked for */
     volatile int count;
+    apr_uint32_t admin_epoch;      /* of the last look at drains */
     wsp_ev_t *active;
 } wsp_evloop_t;
 
@@ -156,6 +169,10 @@ static void wsp_ev_bclose(void *baton, apr_socket_t *sock)
         apr_pollset_remove(ep->loop->ps, &ep->bpfd);
         ep->breg = 0;
     }
+    if (ep->areg && ep->apfd.desc.s == sock) {
+        apr_pollset_remove(ep->loop->ps, &ep->apfd);
+        ep->areg = 0;
+    }
 }
 
 static void wsp_ev_poke(void *baton)
@@ -170,6 +187,7 @@ static void wsp_ev_poke(void *baton)
 static void wsp_ev_forget_pipe(wsp_evloop_t *L, wsp_ev_t *ep)
 {
     wsp_ev_watch(L, &ep->bpfd, &ep->breg, NULL, 0, &ep->bside);
+    wsp_ev_watch(L, &ep->apfd, &ep->areg, NULL, 0, &ep->aside);
     if (ep->p) {
         ep->p->on_bclose = NULL;
         ep->p->driver_baton = NULL;
@@ -243,8 +261,8 @@ static void wsp_ev_linger(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
 static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
 {
     wsp_pipe_t *p = ep->p;
-    apr_int16_t cev, bev;
-    apr_socket_t *bsock;
+    apr_int16_t cev, bev, aev;
+    apr_socket_t *bsock, *asock;
     apr_time_t wake_at;
 
     if (ep->lingering) {
@@ -265,8 +283,8 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         wsp_ev_finish(L, ep, now);
         return;
     }
-    wsp_pipe_run(p, ep->crev, ep->brev);
-    ep->crev = ep->brev = 0;
+    wsp_pipe_run(p, ep->crev, ep->brev, ep->arev);
+    ep->crev = ep->brev = ep->arev = 0;
     if (p->phase == WSP_PH_DONE) {
         wsp_registry_set_wake(p, NULL, NULL);
         wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
@@ -277,9 +295,17 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         wsp_ev_finish(L, ep, now);
         return;
     }
-    wsp_pipe_want(p, &cev, &bsock, &bev, &wake_at);
+    wsp_pipe_want(p, &cev, &bsock, &bev, &asock, &aev, &wake_at);
     wsp_ev_watch(L, &ep->cpfd, &ep->creg, p->client->sock, cev, &ep->cside);
+    if ((ep->breg && ep->bpfd.desc.s != bsock)
+        || (ep->areg && ep->apfd.desc.s != asock)) {
+        /* a move swapped the two backend sockets: a socket cannot be in
+         * the pollset twice, so both leave before either comes back */
+        wsp_ev_watch(L, &ep->bpfd, &ep->breg, NULL, 0, &ep->bside);
+        wsp_ev_watch(L, &ep->apfd, &ep->areg, NULL, 0, &ep->aside);
+    }
     wsp_ev_watch(L, &ep->bpfd, &ep->breg, bsock, bev, &ep->bside);
+    wsp_ev_watch(L, &ep->apfd, &ep->areg, asock, aev, &ep->aside);
     wsp_ev_timer(L, ep, wake_at);
 }
 
@@ -316,16 +342,23 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
                 timeout = 0;
             }
         }
+        /* an administrator's drain is looked for at least this often */
+        if (timeout < 0 || timeout > WSP_EV_RECHECK) {
+            timeout = WSP_EV_RECHECK;
+        }
         rv = apr_pollset_poll(L->ps, timeout, &n, &res);
         now = apr_time_now();
         for (i = 0; rv == APR_SUCCESS && i < n; i++) {
             wsp_ev_side_t *side = res[i].client_data;
 
-            if (side->client) {
+            if (side->which == WSP_EV_CLIENT) {
                 side->ep->crev |= res[i].rtnevents;
             }
-            else {
+            else if (side->which == WSP_EV_BACKEND) {
                 side->ep->brev |= res[i].rtnevents;
+            }
+            else {
+                side->ep->arev |= res[i].rtnevents;
             }
             wsp_ev_activate(L, side->ep);
         }
@@ -347,6 +380,18 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
         while ((ep = apr_skiplist_peek(L->timers)) && ep->wake_at <= now) {
             wsp_ev_timer(L, ep, 0);
             wsp_ev_activate(L, ep);
+        }
+        if (L->admin_epoch != wsp_shared_admin_epoch()) {
+            /* an administrator acted: wake the pipes whose backend now
+             * drains, idle ones included */
+            L->admin_epoch = wsp_shared_admin_epoch();
+            for (ep = APR_RING_FIRST(&L->live);
+                 ep != APR_RING_SENTINEL(&L->live, wsp_ev_t, link);
+                 ep = APR_RING_NEXT(ep, link)) {
+                if (ep->p && wsp_pipe_should_move(ep->p)) {
+                    wsp_ev_activate(L, ep);
+                }
+            }
         }
         if (L->poked) {
             L->poked = 0;
@@ -491,8 +536,11 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
     ep->r = r;
     ep->c = c;
     ep->cside.ep = ep;
-    ep->cside.client = 1;
+    ep->cside.which = WSP_EV_CLIENT;
     ep->bside.ep = ep;
+    ep->bside.which = WSP_EV_BACKEND;
+    ep->aside.ep = ep;
+    ep->aside.which = WSP_EV_AUX;
     ep->settle_at = apr_time_now() + WSP_EV_SETTLE;
     APR_RING_ELEM_INIT(ep, link);
     p->on_bclose = wsp_ev_bclose;

@@ -6,6 +6,8 @@
 #include "wsp_loop.h"
 #include "wsp_registry.h"
 
+#define WSP_LOOP_RECHECK apr_time_from_msec(500)
+
 typedef struct {
     apr_file_t *rd;
     apr_file_t *wr;
@@ -55,15 +57,15 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
      * a pipe that goes to the event loop never needs it */
     wsp_waker_t *w = p->client->upgraded ? wsp_loop_waker(r) : NULL;
     wsp_loop_result_e res;
-    apr_pollfd_t pfd[3];
+    apr_pollfd_t pfd[4];
 
     if (w) {
         wsp_registry_set_wake(p, wsp_loop_wake, w);
     }
     memset(pfd, 0, sizeof(pfd));
     for (;;) {
-        apr_int16_t cev, bev, crev = 0, brev = 0;
-        apr_socket_t *bsock;
+        apr_int16_t cev, bev, aev, crev = 0, brev = 0, arev = 0;
+        apr_socket_t *bsock, *asock;
         apr_time_t wake_at;
         apr_interval_time_t timeout = -1;
         apr_int32_t n = 0, nsig = 0, i;
@@ -87,7 +89,7 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             wsp_registry_handed_over(p);
             return WSP_LOOP_HANDED_OVER;
         }
-        wsp_pipe_want(p, &cev, &bsock, &bev, &wake_at);
+        wsp_pipe_want(p, &cev, &bsock, &bev, &asock, &aev, &wake_at);
         if (cev) {
             pfd[n].desc_type = APR_POLL_SOCKET;
             pfd[n].desc.s = p->client->sock;
@@ -100,6 +102,13 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             pfd[n].desc.s = bsock;
             pfd[n].reqevents = bev;
             pfd[n].client_data = &brev;
+            pfd[n++].p = r->pool;
+        }
+        if (asock && aev) {
+            pfd[n].desc_type = APR_POLL_SOCKET;
+            pfd[n].desc.s = asock;
+            pfd[n].reqevents = aev;
+            pfd[n].client_data = &arev;
             pfd[n++].p = r->pool;
         }
         if (w) {
@@ -115,6 +124,10 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
                 timeout = 0;
             }
         }
+        /* an administrator may drain the backend at any time */
+        if (timeout < 0 || timeout > WSP_LOOP_RECHECK) {
+            timeout = WSP_LOOP_RECHECK;
+        }
         if (apr_poll(pfd, n, &nsig, timeout) == APR_SUCCESS) {
             for (i = 0; i < n; i++) {
                 if (!pfd[i].rtnevents) {
@@ -129,7 +142,7 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
                 pfd[i].rtnevents = 0;
             }
         }
-        wsp_pipe_run(p, crev, brev);
+        wsp_pipe_run(p, crev, brev, arev);
     }
     wsp_registry_set_wake(p, NULL, NULL);
     return res;

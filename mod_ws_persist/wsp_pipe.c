@@ -2,6 +2,7 @@
  * backend, failover, pings and the closing handshakes. Nothing here
  * blocks; drivers (wsp_loop.c) poll what wsp_pipe_want() asks for. */
 #include "httpd.h"
+#include "apr_atomic.h"
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
 #include "http_connection.h"
@@ -21,6 +22,7 @@
 #define WSP_CLOSE_WAIT   apr_time_from_sec(5)
 #define WSP_BUSY_WAIT    apr_time_from_msec(50)
 #define WSP_IOV          64
+#define WSP_MOVE_RETRY   apr_time_from_sec(1)
 
 /* Events of the hop reader. */
 #define WSP_EV_NONE     0      /* input used up */
@@ -30,6 +32,8 @@
 #define WSP_EV_CONTROL  4      /* a control frame in in->cpay */
 
 static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why);
+static int wsp_retiring(const wsp_pipe_t *p);
+static void wsp_aux_end(wsp_pipe_t *p);
 
 /* Every backend connection ends here, so the driver hears of it first. */
 static void wsp_bconn_end(wsp_pipe_t *p)
@@ -339,12 +343,14 @@ static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
             n = p->ctrl_len - p->ctrl_off;
             rv = wsp_bconn_send(bc, (char *)p->ctrl + p->ctrl_off, &n);
             p->ctrl_off += n;
+            apr_atomic_add64(&p->be->st->bytes_out, n);
         }
         else if (p->q.bytes > 0 && (!p->b_close_sent
                                     || !wsp_queue_at_frame_boundary(&p->q))) {
             nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
             rv = wsp_bconn_sendv(bc, vec, nvec, &n);
             wsp_queue_consumed(&p->q, n);
+            apr_atomic_add64(&p->be->st->bytes_out, n);
         }
         else if (p->b_close_pending && !p->b_close_sent) {
             unsigned char pl[WSP_CONTROL_MAX];
@@ -439,6 +445,10 @@ static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
             " byte(s) buffered", why, p->q.messages, p->q.bytes);
     if (p->be) {
         wsp_pool_failed(p->conf->pool, &p->opts, p->be, now);
+        wsp_pool_failover(p->be);
+    }
+    if (p->abc && !p->aux_retiring) {
+        wsp_aux_end(p);             /* the failover picks afresh */
     }
     wsp_backend_drop(p);
     wsp_queue_rewind(&p->q);
@@ -788,7 +798,8 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
     /* The socket is read only when poll said so: it is level-triggered, so
      * data left behind (budget, a full client) is reported again. */
     while (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_rcvd
-           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
+           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)
+           && !wsp_retiring(p)) {
         wsp_bconn_t *bc = p->bc;
         apr_size_t before;
         apr_status_t rv;
@@ -813,6 +824,7 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return 1;
         }
         total += bc->ilen - before;
+        apr_atomic_add64(&p->be->st->bytes_in, bc->ilen - before);
         if (bc->ilen - before < WSP_IBUF_SIZE
             && !wsp_bconn_buffers_input(bc)) {
             ready = 0;              /* a short read drained the socket */
@@ -837,8 +849,8 @@ static const char *wsp_backend_request(void *baton, apr_pool_t *tp,
     apr_table_setn(h, "X-WS-Persist-Client-Id", p->id);
     apr_table_setn(h, "X-WS-Persist-Resume",
                    apr_itoa(tp, p->connections));
-    req.path = apr_pstrcat(tp, p->be->path, p->rest, NULL);
-    req.host = p->be->hostport;
+    req.path = apr_pstrcat(tp, p->req_be->path, p->rest, NULL);
+    req.host = p->req_be->hostport;
     req.key = key;
     req.protocol = p->connections ? p->protocol : p->offered;
     req.headers = h;
@@ -865,6 +877,7 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
             return;
         }
         p->be = be;
+        p->req_be = be;
         rv = wsp_bconn_open(&p->bc, p->pool, p->s, be, wsp_backend_request,
                             p,
                             p->connections ? p->protocol : p->offered,
@@ -968,6 +981,257 @@ static void wsp_connect_timeout(wsp_pipe_t *p, apr_time_t now)
     wsp_client_close(p, now, WSP_CLOSE_BAD_GATEWAY, "no backend", 10);
 }
 
+/* ---- moving off a draining backend ------------------------------------ */
+
+static int wsp_retiring(const wsp_pipe_t *p)
+{
+    return p->abc && p->aux_retiring && !p->ending;
+}
+
+int wsp_pipe_should_move(const wsp_pipe_t *p)
+{
+    return p->phase == WSP_PH_LIVE && !p->ending && p->be && p->bc
+           && p->bc->state == WSP_BC_OPEN && !p->abc && p->client
+           && p->client->upgraded && wsp_pool_leaving(p->be);
+}
+
+/* Let go of the second backend connection, whichever role it had. */
+static void wsp_aux_end(wsp_pipe_t *p)
+{
+    if (p->abc) {
+        if (p->on_bclose) {
+            p->on_bclose(p->driver_baton, p->abc->sock);
+        }
+        wsp_bconn_close(p->abc);
+        p->abc = NULL;
+    }
+    if (p->abe) {
+        wsp_pool_release(p->conf->pool, p->abe);
+        p->abe = NULL;
+    }
+    if (p->aux_retiring && p->ain.msg) {
+        wsp_hop_drop(&p->ain);
+    }
+    p->aux_retiring = 0;
+    p->actrl_len = p->actrl_off = 0;
+    p->a_want_write = 0;
+}
+
+/* Begin a handshake with a replacement for the draining backend. With
+ * none usable the pipe stays where it is and asks again later. */
+static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
+{
+    apr_time_t next = 0;
+    wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
+                                         p->be, &next);
+    apr_interval_time_t per;
+    apr_status_t rv;
+
+    p->move_at = now + WSP_MOVE_RETRY;
+    if (!be) {
+        WSP_LOG(p, APLOG_DEBUG, 0, "backend draining, no other usable yet");
+        return;
+    }
+    p->req_be = be;
+    rv = wsp_bconn_open(&p->abc, p->pool, p->s, be, wsp_backend_request, p,
+                        p->protocol, p->protocol != NULL);
+    if (rv != APR_SUCCESS) {
+        WSP_LOG(p, APLOG_WARNING, rv, "backend draining: cannot connect "
+                "to %s", be->url);
+        wsp_pool_failed(p->conf->pool, &p->opts, be, now);
+        wsp_pool_release(p->conf->pool, be);
+        return;
+    }
+    p->abe = be;
+    p->aux_retiring = 0;
+    per = p->conf->connect_timeout / 3;
+    if (per < apr_time_from_sec(1)) {
+        per = apr_time_from_sec(1);
+    }
+    p->aux_deadline = now + per;
+    WSP_LOG(p, APLOG_INFO, 0, "backend draining: moving to %s", be->url);
+}
+
+/* The replacement is open and nothing is half written to the draining
+ * backend: swap them. New client messages go to the replacement; the old
+ * backend gets a 1001 and its last messages reach the client before any
+ * of the replacement's. */
+static int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_client_t *cl = p->client;
+    wsp_backend_t *old_be = p->be;
+    wsp_bconn_t *old_bc = p->bc;
+    unsigned char pl[WSP_CONTROL_MAX], key[4];
+    apr_size_t h, len;
+
+    if (!p->abc || p->aux_retiring || p->abc->state != WSP_BC_OPEN
+        || p->phase != WSP_PH_LIVE || p->ending || !old_bc
+        || old_bc->state != WSP_BC_OPEN || !cl
+        || !wsp_queue_at_message_boundary(&p->q)
+        || p->ctrl_off < p->ctrl_len || p->b_close_pending
+        || p->b_close_sent || p->b_close_rcvd) {
+        return 0;
+    }
+    /* the old backend becomes the retiring second connection */
+    p->ain = p->bin;
+    p->bin.msg = apr_brigade_create(cl->r->pool, cl->c->bucket_alloc);
+    p->bc = p->abc;
+    p->be = p->abe;
+    p->abc = old_bc;
+    p->abe = old_be;
+    p->aux_retiring = 1;
+    p->aux_deadline = now + WSP_CLOSE_WAIT;
+    len = wsp_close_payload(pl, WSP_CLOSE_GOING_AWAY, "backend draining",
+                            16);
+    wsp_rng_key(p, key);
+    h = wsp_frame_header(p->actrl, 1, WSP_OP_CLOSE, len, key);
+    wsp_mask(p->actrl + h, pl, len, key, 0);
+    p->actrl_len = h + len;
+    p->actrl_off = 0;
+    p->b_want_write = 0;
+    wsp_connected(p, now);
+    WSP_LOG(p, APLOG_INFO, 0, "moved off draining backend %s with %"
+            APR_SIZE_T_FMT " message(s) still to send", old_be->url,
+            p->q.messages);
+    return 1;
+}
+
+/* The replacement's handshake; the switch waits for a message boundary.
+ * A failed one leaves the pipe where it is, to try again later. */
+static int wsp_move_handshake(wsp_pipe_t *p, apr_time_t now)
+{
+    const char *why = NULL;
+    int res;
+
+    if (p->abc->state == WSP_BC_OPEN) {
+        return 0;
+    }
+    res = wsp_bconn_handshake(p->abc, &why);
+    if (res == WSP_HS_MORE && now >= p->aux_deadline) {
+        res = WSP_HS_FAIL;
+        why = "handshake timed out";
+    }
+    if (res == WSP_HS_MORE) {
+        return 0;
+    }
+    if (res == WSP_HS_OK) {
+        return 1;
+    }
+    WSP_LOG(p, APLOG_WARNING, 0, "backend draining: replacement %s failed "
+            "(%s); staying for now", p->abe->url, why);
+    wsp_pool_failed(p->conf->pool, &p->opts, p->abe, now);
+    wsp_aux_end(p);
+    p->move_at = now + WSP_MOVE_RETRY;
+    return 1;
+}
+
+/* Frames from the retiring backend: data to the client, its close reply
+ * ends it. Returns 1 when it is done. */
+static int wsp_retire_feed(wsp_pipe_t *p)
+{
+    wsp_bconn_t *bc = p->abc;
+    wsp_hop_in_t *in = &p->ain;
+    wsp_client_t *cl = p->client;
+
+    while (bc->ipos < bc->ilen || wsp_hop_pending(in)) {
+        const unsigned char *d = bc->ibuf + bc->ipos;
+        apr_size_t len = bc->ilen - bc->ipos;
+        int ev = wsp_hop_step(in, &d, &len);
+
+        bc->ipos = bc->ilen - len;
+        if (ev >= 1000) {
+            return 1;                /* it is leaving anyway */
+        }
+        switch (ev) {
+        case WSP_EV_DATA:
+            if (!cl || cl->gone || cl->close_sent) {
+                in->drop = 1;
+            }
+            wsp_hop_begin(p, in);
+            break;
+        case WSP_EV_MESSAGE:
+            APR_BRIGADE_CONCAT(cl->out, in->msg);
+            cl->out_bytes += in->msg_bytes;
+            in->msg_bytes = 0;
+            break;
+        case WSP_EV_CONTROL:
+            if (in->rd.hdr.opcode == WSP_OP_CLOSE) {
+                return 1;
+            }
+            break;                   /* pings go unanswered: it is closing */
+        }
+    }
+    return 0;
+}
+
+static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    wsp_bconn_t *bc = p->abc;
+    wsp_client_t *cl = p->client;
+    const char *done = NULL;
+    apr_status_t rv;
+    int progress = 0;
+
+    p->a_want_write = 0;
+    while (p->actrl_off < p->actrl_len) {
+        apr_size_t n = p->actrl_len - p->actrl_off;
+
+        rv = wsp_bconn_send(bc, (char *)p->actrl + p->actrl_off, &n);
+        p->actrl_off += n;
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            p->a_want_write = 1;
+            break;
+        }
+        if (rv != APR_SUCCESS) {
+            done = "write failed";
+            break;
+        }
+        progress = 1;
+    }
+    while (!done) {
+        if (wsp_retire_feed(p)) {
+            done = "closed";
+            break;
+        }
+        if (!ready || (cl && cl->out_bytes >= WSP_OUT_HIGH)) {
+            break;
+        }
+        bc->ipos = bc->ilen = 0;
+        rv = wsp_bconn_fill(bc);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            break;
+        }
+        if (rv != APR_SUCCESS) {
+            done = "connection ended";
+            break;
+        }
+        apr_atomic_add64(&p->abe->st->bytes_in, bc->ilen);
+        if (bc->ilen < WSP_IBUF_SIZE && !wsp_bconn_buffers_input(bc)) {
+            ready = 0;
+        }
+        progress = 1;
+    }
+    if (!done && now >= p->aux_deadline) {
+        done = "no close reply in time";
+    }
+    if (done) {
+        WSP_LOG(p, APLOG_DEBUG, 0, "draining backend %s let go (%s)",
+                p->abe->url, done);
+        wsp_aux_end(p);
+        return 1;
+    }
+    return progress;
+}
+
+static int wsp_aux_step(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    if (!p->abc) {
+        return 0;
+    }
+    return p->aux_retiring ? wsp_retire_step(p, now, ready)
+                           : wsp_move_handshake(p, now);
+}
+
 /* ---- timers and the end ---------------------------------------------- */
 
 static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
@@ -989,7 +1253,7 @@ static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
             cl->ping_sent = now;
         }
     }
-    if (p->phase == WSP_PH_LIVE && p->bc) {
+    if (p->phase == WSP_PH_LIVE && p->bc && !wsp_retiring(p)) {
         if (p->b_ping_sent && now - p->b_ping_sent >= iv) {
             wsp_backend_lost(p, now, "no pong");
             return;
@@ -1036,30 +1300,41 @@ static void wsp_check_done(wsp_pipe_t *p, apr_time_t now)
     if (p->bc && p->bc->state != WSP_BC_OPEN) {
         wsp_backend_drop(p);          /* a handshake is of no use now */
     }
+    if (p->abc && !p->aux_retiring) {
+        wsp_aux_end(p);               /* nor a replacement */
+    }
     if (wsp_client_done(p, now) && wsp_backend_done(p, now)) {
         wsp_backend_drop(p);
+        wsp_aux_end(p);
         p->phase = WSP_PH_DONE;
     }
 }
 
 /* ---- the driver interface --------------------------------------------- */
 
-void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev)
+void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
+                  apr_int16_t arev)
 {
     apr_time_t now = apr_time_now();
     int rounds = 0, progress;
     int cready = (crev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
     int bready = (brev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
+    int aready = (arev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
 
+    if (wsp_pipe_should_move(p) && now >= p->move_at) {
+        wsp_move_start(p, now);
+    }
     do {
         progress = wsp_connect_step(p, now);
+        progress |= wsp_aux_step(p, now, aready);
         /* the backend first: a close or EOF it reported must be seen
          * before client messages are written into a dead socket */
         progress |= wsp_backend_read(p, now, bready);
         progress |= wsp_client_read(p, now, cready);
         progress |= wsp_backend_flush(p, now);
+        progress |= wsp_move_switch(p, now);
         progress |= wsp_client_flush(p, now);
-        cready = bready = 0;
+        cready = bready = aready = 0;
         if (p->phase == WSP_PH_CONNECT && p->bc == NULL
             && now >= p->retry_at) {
             progress = 1;
@@ -1078,7 +1353,8 @@ void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev)
 }
 
 void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
-                   apr_int16_t *bev, apr_time_t *wake_at)
+                   apr_int16_t *bev, apr_socket_t **asock, apr_int16_t *aev,
+                   apr_time_t *wake_at)
 {
     wsp_client_t *cl = p->client;
     apr_time_t t = 0;
@@ -1090,6 +1366,8 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
     *cev = 0;
     *bsock = NULL;
     *bev = 0;
+    *asock = NULL;
+    *aev = 0;
     if (cl && cl->upgraded && !cl->gone) {
         if (!cl->close_rcvd && !cl->more_input) {
             *cev |= APR_POLLIN;
@@ -1113,7 +1391,7 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
             WSP_SOONER(p->attempt_deadline);
         }
         else {
-            if (!p->b_close_rcvd
+            if (!p->b_close_rcvd && !wsp_retiring(p)
                 && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
                 *bev |= APR_POLLIN;
             }
@@ -1134,6 +1412,24 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
     }
     if (p->ending) {
         WSP_SOONER(p->close_deadline);
+    }
+    if (p->abc) {
+        *asock = p->abc->sock;
+        if (p->aux_retiring) {
+            if (!cl || cl->out_bytes < WSP_OUT_HIGH) {
+                *aev |= APR_POLLIN;
+            }
+            if (p->a_want_write) {
+                *aev |= APR_POLLOUT;
+            }
+        }
+        else if (p->abc->state != WSP_BC_OPEN) {
+            *aev = wsp_bconn_handshake_events(p->abc);
+        }
+        WSP_SOONER(p->aux_deadline);
+    }
+    else if (wsp_pipe_should_move(p)) {
+        WSP_SOONER(p->move_at ? p->move_at : apr_time_now());
     }
 #undef WSP_SOONER
     *wake_at = t;
@@ -1261,6 +1557,7 @@ void wsp_pipe_detach(wsp_pipe_t *p)
         cl->close_sent = 1;
         wsp_client_flush(p, apr_time_now());
     }
+    wsp_aux_end(p);
     /* what this thread allocated stays with it */
     wsp_hop_drop(&cl->in);
     wsp_hop_drop(&p->bin);
@@ -1286,10 +1583,12 @@ void wsp_pipe_going_away(wsp_pipe_t *p)
     }
     wsp_client_flush(p, now);
     wsp_backend_flush(p, now);
+    wsp_aux_end(p);
 }
 
 void wsp_pipe_destroy(wsp_pipe_t *p)
 {
+    wsp_aux_end(p);
     if (p->bc) {
         wsp_bconn_end(p);
     }

@@ -118,6 +118,11 @@ int wsp_queue_at_frame_boundary(const wsp_queue_t *q)
     return q->head_off == 0 || APR_BRIGADE_EMPTY(q->pending);
 }
 
+int wsp_queue_at_message_boundary(const wsp_queue_t *q)
+{
+    return q->head_off == 0 && APR_BRIGADE_EMPTY(q->written);
+}
+
 void wsp_queue_rewind(wsp_queue_t *q)
 {
     APR_BRIGADE_PREPEND(q->pending, q->written);
