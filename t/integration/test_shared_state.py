@@ -1,0 +1,108 @@
+"""Backend state shared by all children (issue #3): with two children, an
+exclusive backend is taken once for the whole server, and a backend one
+child saw fail is backed off for the other child too."""
+
+import asyncio
+import re
+
+from wsp_env import HOST, await_until, connect, rejected, wait_until, whoami
+from wsp_manage import MANAGER, backend_of, child_of, state
+
+# two children that both stay up: the base config's one-child settings
+# are overridden (the last value of these directives wins)
+TWO_CHILDREN = """\
+StartServers 2
+ServerLimit 2
+ThreadsPerChild 16
+MaxRequestWorkers 32
+MinSpareThreads 1
+MaxSpareThreads 512
+"""
+
+
+def start_two(env, body):
+    env.start_httpd(TWO_CHILDREN + MANAGER + body)
+    wait_until(lambda: len(env.httpd.children()) == 2, 20,
+               what="two apache2 children")
+
+
+async def client_in_other_child(env, pid, tries=60):
+    """A client whose connection another child than pid accepted."""
+    for _ in range(tries):
+        ws = await connect(env)
+        await whoami(ws)
+        if child_of(env, ws) != pid:
+            return ws
+        await ws.close()
+        await await_until(lambda: state(env)["pools"][0]["pipes"] <= 1, 10,
+                          what="the extra pipe to end")
+    raise AssertionError("60 connections all went to child %d" % pid)
+
+
+def test_exclusive_across_children(env):
+    """Two clients in two different children hold the two backends; a
+    third client gets 503 whichever child takes it."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start_two(env, env.location("/ws/", [b1, b2], "WSPersistExclusive On",
+                                "WSPersistConnectTimeout 1"))
+
+    async def run():
+        c1 = await connect(env)
+        n1 = (await whoami(c1))["name"]
+        pid1 = child_of(env, c1)
+        c2 = await client_in_other_child(env, pid1)
+        n2 = (await whoami(c2))["name"]
+        assert {n1, n2} == {"b1", "b2"}, \
+            "each child took the backend the other left free"
+        env.expect_error("no backend completed a handshake")
+        for _ in range(6):
+            e = await rejected(env)
+            assert e.status_code == 503
+        doc = state(env)
+        assert backend_of(doc, b1.url)["pipes"] == 1
+        assert backend_of(doc, b2.url)["pipes"] == 1
+        assert len(b1.opens()) + len(b2.opens()) >= 2
+        await c1.close()
+        await await_until(lambda: backend_of(state(env), b1.url)["pipes"]
+                          + backend_of(state(env), b2.url)["pipes"] == 1,
+                          10, what="c1's pipe to end")
+        c3 = await connect(env)
+        assert (await whoami(c3))["name"] == n1, \
+            "the backend c1 left serves the next client, in any child"
+        await c2.close()
+        await c3.close()
+    asyncio.run(run())
+
+
+def test_backoff_seen_by_all_children(env):
+    """A dead backend fails once: the back-off one child started keeps
+    the other child from trying it while clients land in both."""
+    with __import__("socket").socket() as s:
+        s.bind((HOST, 0))
+        dead = "ws://%s:%d/echo/" % (HOST, s.getsockname()[1])
+    b2 = env.backend("b2")
+    start_two(env, env.location("/ws/", [dead, b2],
+                                "WSPersistRetry 120s 120s",
+                                "WSPersistConnectTimeout 5"))
+
+    async def run():
+        clients, per_child = [], {}
+        for _ in range(60):
+            ws = await connect(env)
+            assert (await whoami(ws))["name"] == "b2"
+            pid = child_of(env, ws)
+            per_child[pid] = per_child.get(pid, 0) + 1
+            clients.append(ws)
+            if len(per_child) == 2 and min(per_child.values()) >= 3:
+                break
+        assert len(per_child) == 2 and min(per_child.values()) >= 3, \
+            "clients in both children: %r" % per_child
+        tries = env.httpd.log_lines(r"backend %s: (cannot connect|"
+                                    r"handshake failed)" % re.escape(dead))
+        assert len(tries) == 1, "the dead backend was tried %d times:\n%s" % (
+            len(tries), "\n".join(tries))
+        info = backend_of(state(env), dead)
+        assert info["state"] == "error" and info["errors"] == 1, info
+        for ws in clients:
+            await ws.close()
+    asyncio.run(run())
