@@ -1,0 +1,82 @@
+"""apachectl -k graceful (issue #3): pipes in old children keep working
+until they end; new children use the new configuration; a backend that
+stays keeps its shared state (back-off, counters)."""
+
+import asyncio
+import re
+import signal
+import socket
+
+from wsp_env import HOST, await_until, connect, echo, wait_until, whoami
+from wsp_manage import MANAGER, backend_of, state
+
+# room for a new generation's child beside the old one
+SLOTS = """\
+StartServers 1
+ServerLimit 4
+ThreadsPerChild 16
+MaxRequestWorkers 64
+MinSpareThreads 1
+MaxSpareThreads 512
+"""
+
+
+def generations(env):
+    return len(env.httpd.log_lines(r"resuming normal operations"))
+
+
+def graceful(env, body):
+    before = generations(env)
+    env.httpd.write_conf(SLOTS + MANAGER + body)
+    env.httpd.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: generations(env) > before, 30,
+               what="the graceful restart")
+
+
+def test_graceful_restart_keeps_pipes_and_state(env):
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        dead = "ws://%s:%d/echo/" % (HOST, s.getsockname()[1])
+    b1, b3 = env.backend("b1"), env.backend("b3")
+    opts = ("WSPersistRetry 120s 120s", "WSPersistConnectTimeout 5")
+    env.start_httpd(SLOTS + MANAGER + env.location("/ws/", [dead, b1], *opts))
+
+    async def run():
+        old = [await connect(env) for _ in range(2)]
+        for ws in old:
+            assert (await whoami(ws))["name"] == "b1"
+        before = state(env)
+        assert backend_of(before, dead)["errors"] == 1
+        served = backend_of(before, b1.url)["served"]
+        old_pids = set(env.httpd.children())
+
+        # the new configuration adds b3 and keeps dead and b1
+        graceful(env, env.location("/ws/", [dead, b1, b3], *opts))
+        for i, ws in enumerate(old):
+            await echo(ws, "after the restart %d" % i)
+            assert (await whoami(ws))["name"] == "b1"
+
+        await await_until(lambda: set(env.httpd.children()) - old_pids, 20,
+                          what="a child of the new generation")
+        new = []
+        for _ in range(4):
+            ws = await connect(env)
+            new.append((await whoami(ws))["name"])
+            await ws.close()
+        assert "b3" in new, "the new configuration's backend serves: %r" % new
+        doc = state(env)
+        assert backend_of(doc, dead)["errors"] == 1, \
+            "the back-off carried over: nobody tried the dead backend again"
+        assert backend_of(doc, b1.url)["served"] >= served
+        tries = env.httpd.log_lines(r"backend %s: (cannot connect|handshake "
+                                    r"failed)" % re.escape(dead))
+        assert len(tries) == 1, tries
+
+        for ws in old:
+            await ws.close()
+        # the old generation's child leaves once its pipes ended
+        await await_until(lambda: not (set(env.httpd.children()) & old_pids),
+                          30, what="the old child to exit")
+        doc = state(env)
+        assert backend_of(doc, b1.url)["pipes"] == 0, doc
+    asyncio.run(run())
