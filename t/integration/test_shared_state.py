@@ -106,3 +106,29 @@ def test_backoff_seen_by_all_children(env):
         for ws in clients:
             await ws.close()
     asyncio.run(run())
+
+
+def test_pipes_of_a_killed_child_are_counted_out(env):
+    """A child killed with its pipes open cannot release them: the parent
+    counts them out, so an exclusive backend it held serves again."""
+    import os
+    import signal
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start_two(env, env.location("/ws/", [b1, b2], "WSPersistExclusive On",
+                                "WSPersistConnectTimeout 2"))
+
+    async def run():
+        c1 = await connect(env)
+        n1 = (await whoami(c1))["name"]
+        pid1 = child_of(env, c1)
+        c2 = await client_in_other_child(env, pid1)
+        env.expected_kills.add(pid1)
+        os.kill(pid1, signal.SIGKILL)
+        held = {"b1": b1, "b2": b2}[n1]
+        await await_until(lambda: backend_of(state(env), held.url)["pipes"]
+                          == 0, 20, what="the dead child's pipe counted out")
+        c3 = await connect(env)
+        assert (await whoami(c3))["name"] == n1
+        await c2.close()
+        await c3.close()
+    asyncio.run(run())
