@@ -120,7 +120,11 @@ struct wsp_pipe_t {
     apr_size_t actrl_len;
     apr_size_t actrl_off;
     int a_want_write;
-    apr_time_t aux_deadline;
+    int a_close_sent;
+    apr_time_t a_last_rx;
+    apr_time_t aux_deadline;           /* connecting: the handshake's;
+                                        * retiring: the 1001's, then the
+                                        * close reply's */
     apr_time_t move_at;                /* no replacement: try again then */
     wsp_backend_t *req_be;             /* whom a handshake is built for */
 

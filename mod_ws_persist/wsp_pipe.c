@@ -23,6 +23,11 @@
 #define WSP_BUSY_WAIT    apr_time_from_msec(50)
 #define WSP_IOV          64
 #define WSP_MOVE_RETRY   apr_time_from_sec(1)
+/* A backend may answer a close before the replies to the messages that
+ * came just before it (python's websockets does): the retiring backend
+ * gets its 1001 once it has been quiet this long, or after the cap. */
+#define WSP_RETIRE_QUIET apr_time_from_msec(250)
+#define WSP_RETIRE_CAP   apr_time_from_sec(2)
 
 /* Events of the hop reader. */
 #define WSP_EV_NONE     0      /* input used up */
@@ -1061,8 +1066,6 @@ static int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
     wsp_client_t *cl = p->client;
     wsp_backend_t *old_be = p->be;
     wsp_bconn_t *old_bc = p->bc;
-    unsigned char pl[WSP_CONTROL_MAX], key[4];
-    apr_size_t h, len;
 
     if (!p->abc || p->aux_retiring || p->abc->state != WSP_BC_OPEN
         || p->phase != WSP_PH_LIVE || p->ending || !old_bc
@@ -1080,14 +1083,10 @@ static int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
     p->abc = old_bc;
     p->abe = old_be;
     p->aux_retiring = 1;
-    p->aux_deadline = now + WSP_CLOSE_WAIT;
-    len = wsp_close_payload(pl, WSP_CLOSE_GOING_AWAY, "backend draining",
-                            16);
-    wsp_rng_key(p, key);
-    h = wsp_frame_header(p->actrl, 1, WSP_OP_CLOSE, len, key);
-    wsp_mask(p->actrl + h, pl, len, key, 0);
-    p->actrl_len = h + len;
-    p->actrl_off = 0;
+    p->aux_deadline = now + WSP_RETIRE_CAP;
+    p->a_last_rx = now;
+    p->a_close_sent = 0;
+    p->actrl_len = p->actrl_off = 0;
     p->b_want_write = 0;
     wsp_connected(p, now);
     WSP_LOG(p, APLOG_INFO, 0, "moved off draining backend %s with %"
@@ -1164,6 +1163,27 @@ static int wsp_retire_feed(wsp_pipe_t *p)
     return 0;
 }
 
+/* The retiring backend's 1001, once it is quiet (or at the cap). */
+static void wsp_retire_close(wsp_pipe_t *p, apr_time_t now)
+{
+    unsigned char pl[WSP_CONTROL_MAX], key[4];
+    apr_size_t h, len;
+
+    if (p->a_close_sent || (now < p->a_last_rx + WSP_RETIRE_QUIET
+                            && now < p->aux_deadline)) {
+        return;
+    }
+    len = wsp_close_payload(pl, WSP_CLOSE_GOING_AWAY, "backend draining",
+                            16);
+    wsp_rng_key(p, key);
+    h = wsp_frame_header(p->actrl, 1, WSP_OP_CLOSE, len, key);
+    wsp_mask(p->actrl + h, pl, len, key, 0);
+    p->actrl_len = h + len;
+    p->actrl_off = 0;
+    p->a_close_sent = 1;
+    p->aux_deadline = now + WSP_CLOSE_WAIT;
+}
+
 static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
 {
     wsp_bconn_t *bc = p->abc;
@@ -1172,6 +1192,7 @@ static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
     apr_status_t rv;
     int progress = 0;
 
+    wsp_retire_close(p, now);
     p->a_want_write = 0;
     while (p->actrl_off < p->actrl_len) {
         apr_size_t n = p->actrl_len - p->actrl_off;
@@ -1206,12 +1227,13 @@ static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
             break;
         }
         apr_atomic_add64(&p->abe->st->bytes_in, bc->ilen);
+        p->a_last_rx = now;
         if (bc->ilen < WSP_IBUF_SIZE && !wsp_bconn_buffers_input(bc)) {
             ready = 0;
         }
         progress = 1;
     }
-    if (!done && now >= p->aux_deadline) {
+    if (!done && p->a_close_sent && now >= p->aux_deadline) {
         done = "no close reply in time";
     }
     if (done) {
@@ -1421,6 +1443,9 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
             }
             if (p->a_want_write) {
                 *aev |= APR_POLLOUT;
+            }
+            if (!p->a_close_sent) {
+                WSP_SOONER(p->a_last_rx + WSP_RETIRE_QUIET);
             }
         }
         else if (p->abc->state != WSP_BC_OPEN) {
