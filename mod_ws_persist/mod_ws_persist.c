@@ -11,10 +11,12 @@
 #include "wsp_config.h"
 #include "wsp_evloop.h"
 #include "wsp_handler.h"
+#include "wsp_manager.h"
 #include "wsp_pipe.h"
 #include "wsp_pool.h"
 #include "wsp_registry.h"
 #include "wsp_shared.h"
+#include "wsp_status.h"
 
 static void wsp_child_init(apr_pool_t *p, server_rec *s)
 {
@@ -53,6 +55,9 @@ static void wsp_register_hooks(apr_pool_t *p)
                                APR_HOOK_MIDDLE);
     ap_hook_child_init(wsp_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wsp_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(wsp_manager_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ap, status_hook, wsp_status_hook, NULL, NULL,
+                      APR_HOOK_MIDDLE);
 }
 
 AP_DECLARE_MODULE(ws_persist) = {

@@ -1,0 +1,547 @@
+/* The ws-persist-manager handler. GET shows every pool's backends, as an
+ * HTML page with forms or, for a client whose Accept names
+ * application/json, as JSON. POST applies an administrator's action
+ * through wsp_shared_manage(), in shared memory, so that every child
+ * sees it at once.
+ *
+ * A POST needs the nonce of the running generation (on the page and in
+ * the JSON) and no Referer or Origin naming another host: a form on
+ * another site cannot act through an administrator's browser. Who may
+ * use the handler at all is the configuration's Require. */
+#include "apr_strings.h"
+#include "apr_lib.h"
+#include "apr_uri.h"
+#include "http_core.h"
+#include "http_protocol.h"
+#include "http_request.h"
+
+#include "mod_ws_persist.h"
+#include "wsp_manager.h"
+#include "wsp_shared.h"
+
+/* The largest form accepted: a WSP_URL_MAX URL fully %-escaped fits. */
+#define WSP_MANAGER_BODY_MAX 8192
+
+/* ---------------------------------------------------------------- JSON */
+
+/* Length of the valid UTF-8 sequence at u (2 to 4 bytes), 0 if there is
+ * none: overlong forms, surrogates and code points past U+10FFFF count
+ * as invalid. */
+static apr_size_t wsp_utf8_len(const unsigned char *u)
+{
+    apr_size_t len, i;
+    apr_uint32_t cp;
+
+    if (u[0] >= 0xc2 && u[0] <= 0xdf) {
+        len = 2;
+        cp = u[0] & 0x1f;
+    }
+    else if (u[0] >= 0xe0 && u[0] <= 0xef) {
+        len = 3;
+        cp = u[0] & 0x0f;
+    }
+    else if (u[0] >= 0xf0 && u[0] <= 0xf4) {
+        len = 4;
+        cp = u[0] & 0x07;
+    }
+    else {
+        return 0;
+    }
+    for (i = 1; i < len; ++i) {
+        if ((u[i] & 0xc0) != 0x80) {     /* also stops at the NUL */
+            return 0;
+        }
+        cp = (cp << 6) | (u[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)
+        || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return len;
+}
+
+/* s as a JSON string, quotes included. Location paths and URLs come from
+ * the configuration or a form and may hold quotes, backslashes, control
+ * characters or bytes that are not UTF-8; the last are taken as Latin-1
+ * so that the document stays valid JSON whatever they hold. */
+static const char *wsp_json_str(apr_pool_t *p, const char *s)
+{
+    const unsigned char *u = (const unsigned char *)(s ? s : "");
+    char *out = apr_palloc(p, strlen((const char *)u) * 6 + 3);
+    char *o = out;
+
+    *o++ = '"';
+    while (*u) {
+        apr_size_t len;
+
+        if (*u == '"' || *u == '\\') {
+            *o++ = '\\';
+            *o++ = (char)*u++;
+        }
+        else if (*u == '\n') {
+            *o++ = '\\';
+            *o++ = 'n';
+            u++;
+        }
+        else if (*u == '\r') {
+            *o++ = '\\';
+            *o++ = 'r';
+            u++;
+        }
+        else if (*u == '\t') {
+            *o++ = '\\';
+            *o++ = 't';
+            u++;
+        }
+        else if (*u < 0x20 || *u == 0x7f) {
+            o += apr_snprintf(o, 7, "\\u%04x", *u++);
+        }
+        else if (*u < 0x80) {
+            *o++ = (char)*u++;
+        }
+        else if ((len = wsp_utf8_len(u)) > 0) {
+            memcpy(o, u, len);
+            o += len;
+            u += len;
+        }
+        else {
+            o += apr_snprintf(o, 7, "\\u%04x", *u++);
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    return out;
+}
+
+/* The state document: the nonce and every pool with its backends. The
+ * GET answer and the answer to an applied action. */
+static void wsp_manager_json(request_rec *r)
+{
+    apr_array_header_t *pools = wsp_shared_snapshot(r->pool);
+    const char *nonce = wsp_shared_nonce();
+    int i, j;
+
+    ap_rvputs(r, "{\"nonce\": ",
+              nonce ? wsp_json_str(r->pool, nonce) : "null",
+              ", \"pools\": [", NULL);
+    for (i = 0; pools && i < pools->nelts; ++i) {
+        const wsp_pool_info_t *pi = &APR_ARRAY_IDX(pools, i,
+                                                   wsp_pool_info_t);
+
+        ap_rprintf(r, "%s\n  {\"name\": %s, \"pipes\": %d, "
+                   "\"free_slots\": %d, \"backends\": [", i ? "," : "",
+                   wsp_json_str(r->pool, pi->name), pi->pipes,
+                   pi->free_slots);
+        for (j = 0; pi->backends && j < pi->backends->nelts; ++j) {
+            const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
+                                                    wsp_be_info_t);
+
+            ap_rprintf(r, "%s\n    {\"url\": %s, \"state\": %s, "
+                       "\"weight\": %d, \"pipes\": %d, "
+                       "\"errors\": %" APR_UINT64_T_FMT ", "
+                       "\"consecutive_errors\": %d, "
+                       "\"served\": %" APR_UINT64_T_FMT ", "
+                       "\"failovers\": %" APR_UINT64_T_FMT ", "
+                       "\"bytes_in\": %" APR_UINT64_T_FMT ", "
+                       "\"bytes_out\": %" APR_UINT64_T_FMT ", "
+                       "\"added\": %s, \"removing\": %s}",
+                       j ? "," : "", wsp_json_str(r->pool, b->url),
+                       wsp_json_str(r->pool, b->state), b->weight, b->pipes,
+                       b->errors, b->consecutive_errors, b->served,
+                       b->failovers, b->bytes_in, b->bytes_out,
+                       b->added ? "true" : "false",
+                       b->removing ? "true" : "false");
+        }
+        ap_rputs(pi->backends && pi->backends->nelts ? "\n  ]}" : "]}", r);
+    }
+    ap_rputs(pools && pools->nelts ? "\n]}\n" : "]}\n", r);
+}
+
+/* ---------------------------------------------------------------- HTML */
+
+static const char *wsp_h(apr_pool_t *p, const char *s)
+{
+    return ap_escape_html2(p, s ? s : "", 1);
+}
+
+/* The hidden fields every form carries. */
+static void wsp_form_start(request_rec *r, const char *action_uri,
+                           const char *pool, const char *nonce)
+{
+    ap_rvputs(r, "<form method=\"post\" action=\"", action_uri, "\">"
+              "<input type=\"hidden\" name=\"pool\" value=\"",
+              wsp_h(r->pool, pool), "\">"
+              "<input type=\"hidden\" name=\"nonce\" value=\"",
+              wsp_h(r->pool, nonce), "\">", NULL);
+}
+
+static void wsp_manager_html(request_rec *r)
+{
+    apr_array_header_t *pools = wsp_shared_snapshot(r->pool);
+    const char *nonce = wsp_shared_nonce();
+    const char *self = wsp_h(r->pool, ap_escape_uri(r->pool, r->uri));
+    static const char *const actions[] = {
+        "drain", "remove", "enable", "disable"
+    };
+    int i, j, k;
+
+    ap_rputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+             "<title>ws_persist backends</title></head><body>\n"
+             "<h1>ws_persist backends</h1>\n"
+             "<p>Counts are the server's, over all its children. "
+             "<i>drain</i> moves a backend's pipes to other backends and "
+             "takes no new ones; <i>disable</i> takes no new pipes and "
+             "keeps the ones it has; <i>remove</i> drains, then forgets "
+             "the backend; <i>enable</i> undoes all three.</p>\n", r);
+    if (!pools) {
+        ap_rputs("<p>The shared backend state is missing: see the error "
+                 "log.</p>\n", r);
+    }
+    for (i = 0; pools && i < pools->nelts; ++i) {
+        const wsp_pool_info_t *pi = &APR_ARRAY_IDX(pools, i,
+                                                   wsp_pool_info_t);
+
+        ap_rvputs(r, "<h2>Pool ", wsp_h(r->pool, pi->name), "</h2>\n",
+                  NULL);
+        ap_rprintf(r, "<p>Live pipes: %d. Free slots for backends added "
+                   "at run time: %d.</p>\n", pi->pipes, pi->free_slots);
+        ap_rputs("<table border=\"1\">\n<tr><th>backend</th><th>state</th>"
+                 "<th>weight</th><th>pipes</th><th>served</th>"
+                 "<th>failovers</th><th>errors</th><th>errors in a row</th>"
+                 "<th>bytes in</th><th>bytes out</th><th>added</th>"
+                 "<th>actions</th></tr>\n", r);
+        for (j = 0; pi->backends && j < pi->backends->nelts; ++j) {
+            const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
+                                                    wsp_be_info_t);
+
+            ap_rvputs(r, "<tr><td>", wsp_h(r->pool, b->url), "</td><td>",
+                      wsp_h(r->pool, b->state),
+                      b->removing ? " (removing)" : "", "</td>", NULL);
+            ap_rprintf(r, "<td>%d</td><td>%d</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                       APR_UINT64_T_FMT "</td><td>%d</td><td>%"
+                       APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%s</td><td>", b->weight, b->pipes,
+                       b->served, b->failovers, b->errors,
+                       b->consecutive_errors, b->bytes_in, b->bytes_out,
+                       b->added ? "yes" : "no");
+            /* one form, one button per action: the clicked button's
+             * name and value are what the form submits */
+            wsp_form_start(r, self, pi->name, nonce);
+            ap_rvputs(r, "<input type=\"hidden\" name=\"backend\" value=\"",
+                      wsp_h(r->pool, b->url), "\">", NULL);
+            for (k = 0; k < (int)(sizeof(actions) / sizeof(*actions));
+                 ++k) {
+                ap_rvputs(r, "<button type=\"submit\" name=\"action\" "
+                          "value=\"", actions[k], "\">", actions[k],
+                          "</button>", NULL);
+            }
+            ap_rputs("</form></td></tr>\n", r);
+        }
+        ap_rputs("</table>\n", r);
+        wsp_form_start(r, self, pi->name, nonce);
+        ap_rputs("<input type=\"hidden\" name=\"action\" value=\"add\">"
+                 "<label>backend <input type=\"text\" name=\"backend\" "
+                 "size=\"50\" placeholder=\"ws://host:port/path/\">"
+                 "</label> <button type=\"submit\">add</button></form>\n",
+                 r);
+    }
+    ap_rputs("</body></html>\n", r);
+}
+
+/* ----------------------------------------------------------------- GET */
+
+/* Whether a parameter list (after a media range's ';') holds q=0. */
+static int wsp_q_zero(const char *params)
+{
+    const char *q = params;
+
+    while ((q = ap_strcasestr(q, "q=")) != NULL) {
+        if (q == params || q[-1] == ';' || apr_isspace(q[-1])) {
+            q += 2;
+            if (*q++ != '0') {
+                return 0;
+            }
+            if (*q == '.') {
+                while (*++q == '0') {
+                }
+            }
+            while (apr_isspace(*q)) {
+                q++;
+            }
+            return !*q || *q == ';';
+        }
+        q += 2;
+    }
+    return 0;
+}
+
+/* Whether the Accept header names application/json, with q above 0.
+ * A browser's wildcards do not count: it gets the page. */
+static int wsp_wants_json(request_rec *r)
+{
+    const char *accept = apr_table_get(r->headers_in, "Accept");
+    char *list, *range, *last;
+
+    if (!accept) {
+        return 0;
+    }
+    list = apr_pstrdup(r->pool, accept);
+    for (range = apr_strtok(list, ",", &last); range;
+         range = apr_strtok(NULL, ",", &last)) {
+        char *params = strchr(range, ';');
+        char *end;
+
+        if (params) {
+            *params++ = '\0';
+        }
+        while (apr_isspace(*range)) {
+            range++;
+        }
+        end = range + strlen(range);
+        while (end > range && apr_isspace(end[-1])) {
+            *--end = '\0';
+        }
+        if (!ap_cstr_casecmp(range, "application/json")) {
+            return !params || !wsp_q_zero(params);
+        }
+    }
+    return 0;
+}
+
+static int wsp_manager_get(request_rec *r)
+{
+    int rc;
+
+    if ((rc = ap_discard_request_body(r)) != OK) {
+        return rc;
+    }
+    /* the page carries the nonce: no cache may keep it */
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    if (wsp_wants_json(r)) {
+        ap_set_content_type(r, "application/json");
+        if (!r->header_only) {
+            wsp_manager_json(r);
+        }
+    }
+    else {
+        ap_set_content_type(r, "text/html; charset=utf-8");
+        if (!r->header_only) {
+            wsp_manager_html(r);
+        }
+    }
+    return OK;
+}
+
+/* ---------------------------------------------------------------- POST */
+
+/* Whether url (from Referer or Origin) names the host and port this
+ * request was sent to (its Host header), with the scheme's default port
+ * when none is written. */
+static int wsp_same_host(request_rec *r, const char *url)
+{
+    const char *host = apr_table_get(r->headers_in, "Host");
+    apr_uri_t u;
+    char *hhost = NULL, *scope = NULL;
+    apr_port_t uport, hport = 0;
+
+    if (!host || apr_uri_parse(r->pool, url, &u) != APR_SUCCESS
+        || !u.scheme || !u.hostname || !*u.hostname) {
+        return 0;
+    }
+    uport = u.port ? u.port : apr_uri_port_of_scheme(u.scheme);
+    if (apr_parse_addr_port(&hhost, &scope, &hport, host, r->pool)
+        != APR_SUCCESS || !hhost) {
+        return 0;
+    }
+    if (!hport) {
+        hport = ap_default_port(r);
+    }
+    return !ap_cstr_casecmp(hhost, u.hostname) && uport == hport;
+}
+
+/* Why this request comes from another site, or NULL. A browser names the
+ * page that sent a form in Referer and Origin; a script sends neither. */
+static const char *wsp_foreign(request_rec *r)
+{
+    const char *referer = apr_table_get(r->headers_in, "Referer");
+    const char *origin = apr_table_get(r->headers_in, "Origin");
+
+    if (referer && !wsp_same_host(r, referer)) {
+        return "Referer names another host";
+    }
+    if (origin && !wsp_same_host(r, origin)) {
+        return "Origin names another host";
+    }
+    return NULL;
+}
+
+/* Compared without an early exit: how long it takes says nothing about
+ * how much of a guess was right. */
+static int wsp_nonce_ok(const char *given)
+{
+    const char *want = wsp_shared_nonce();
+    apr_size_t wl, gl, i;
+    unsigned int diff;
+
+    if (!want || !*want || !given) {
+        return 0;
+    }
+    wl = strlen(want);
+    gl = strlen(given);
+    diff = wl != gl;
+    for (i = 0; i < wl; ++i) {
+        diff |= (unsigned char)want[i]
+                ^ (unsigned char)(i < gl ? given[i] : 0);
+    }
+    return !diff;
+}
+
+/* The form fields of the body into *form: OK, or the status to answer.
+ * A field given twice is refused rather than guessed at. */
+static int wsp_read_form(request_rec *r, apr_table_t **form,
+                         const char **why)
+{
+    char *buf, *pair, *last;
+    apr_size_t len = 0;
+    long n = 0;
+    int rc;
+
+    *why = "unreadable body";
+    if ((rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK)) != OK) {
+        return rc;
+    }
+    if (r->remaining > WSP_MANAGER_BODY_MAX) {
+        *why = "body too large";
+        return HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+    buf = apr_palloc(r->pool, WSP_MANAGER_BODY_MAX + 2);
+    if (ap_should_client_block(r)) {
+        /* room for one byte past the cap: reading it means too big */
+        while ((n = ap_get_client_block(r, buf + len,
+                                        WSP_MANAGER_BODY_MAX + 1 - len))
+               > 0) {
+            len += n;
+            if (len > WSP_MANAGER_BODY_MAX) {
+                *why = "body too large";
+                return HTTP_REQUEST_ENTITY_TOO_LARGE;
+            }
+        }
+        if (n < 0) {
+            return HTTP_BAD_REQUEST;
+        }
+    }
+    buf[len] = '\0';
+    *form = apr_table_make(r->pool, 5);
+    for (pair = apr_strtok(buf, "&", &last); pair;
+         pair = apr_strtok(NULL, "&", &last)) {
+        char *val = strchr(pair, '=');
+
+        if (val) {
+            *val++ = '\0';
+        }
+        else {
+            val = "";
+        }
+        if (ap_unescape_urlencoded(pair) || ap_unescape_urlencoded(val)) {
+            *why = "bad %-escape in the form";
+            return HTTP_BAD_REQUEST;
+        }
+        if (apr_table_get(*form, pair)) {
+            *why = apr_psprintf(r->pool, "field %s given twice",
+                                ap_escape_logitem(r->pool, pair));
+            return HTTP_BAD_REQUEST;
+        }
+        apr_table_setn(*form, pair, val);
+    }
+    return OK;
+}
+
+static const char *wsp_logv(request_rec *r, const char *s)
+{
+    return s ? ap_escape_logitem(r->pool, s) : "-";
+}
+
+/* A refused POST: a warning naming what was asked, by whom and why, and
+ * a short JSON answer with the status. */
+static int wsp_refuse(request_rec *r, int status, const char *action,
+                      const char *pool, const char *url, const char *why)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                  "ws_persist: manager: refused %s %s in pool %s by %s: "
+                  "%d %s", wsp_logv(r, action), wsp_logv(r, url),
+                  wsp_logv(r, pool), r->useragent_ip, status,
+                  wsp_logv(r, why));
+    r->status = status;
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_type(r, "application/json");
+    ap_rprintf(r, "{\"status\": %d, \"error\": %s}\n", status,
+               wsp_json_str(r->pool, why));
+    return OK;
+}
+
+static int wsp_manager_post(request_rec *r)
+{
+    const char *why, *ct, *action, *pool, *url, *msg = NULL;
+    apr_table_t *form = NULL;
+    int status;
+
+    if ((why = wsp_foreign(r)) != NULL) {
+        /* not worth reading the body of a refused request */
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return wsp_refuse(r, HTTP_FORBIDDEN, NULL, NULL, NULL, why);
+    }
+    ct = apr_table_get(r->headers_in, "Content-Type");
+    if (!ct || ap_cstr_casecmpn(ct, "application/x-www-form-urlencoded", 33)
+        || (ct[33] && ct[33] != ';' && !apr_isspace(ct[33]))) {
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return wsp_refuse(r, HTTP_UNSUPPORTED_MEDIA_TYPE, NULL, NULL, NULL,
+                          "the body is not application/"
+                          "x-www-form-urlencoded");
+    }
+    if ((status = wsp_read_form(r, &form, &why)) != OK) {
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return wsp_refuse(r, status, NULL, NULL, NULL, why);
+    }
+    action = apr_table_get(form, "action");
+    pool = apr_table_get(form, "pool");
+    url = apr_table_get(form, "backend");
+    if (!wsp_nonce_ok(apr_table_get(form, "nonce"))) {
+        return wsp_refuse(r, HTTP_FORBIDDEN, action, pool, url,
+                          "nonce missing or wrong");
+    }
+    if (!action || !*action || !pool || !url || !*url) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, action, pool, url,
+                          "action, pool and backend are required");
+    }
+    status = wsp_shared_manage(r->pool, action, pool, url, &msg);
+    if (status != HTTP_OK) {
+        return wsp_refuse(r, status, action, pool, url,
+                          msg ? msg : "refused");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r,
+                  "ws_persist: manager: %s %s in pool %s by %s",
+                  wsp_logv(r, action), wsp_logv(r, url), wsp_logv(r, pool),
+                  r->useragent_ip);
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_type(r, "application/json");
+    wsp_manager_json(r);
+    return OK;
+}
+
+int wsp_manager_handler(request_rec *r)
+{
+    if (!r->handler || strcmp(r->handler, WSP_MANAGER_HANDLER)) {
+        return DECLINED;
+    }
+    /* make_allow() builds a 405's Allow from these */
+    r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST);
+    ap_allow_standard_methods(r, REPLACE_ALLOW, M_GET, M_POST, -1);
+    if (r->method_number == M_GET) {         /* HEAD too */
+        return wsp_manager_get(r);
+    }
+    if (r->method_number == M_POST) {
+        return wsp_manager_post(r);
+    }
+    return HTTP_METHOD_NOT_ALLOWED;
+}

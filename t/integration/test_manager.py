@@ -1,0 +1,533 @@
+"""The ws-persist-manager handler: the backends of every pool as JSON and
+as an HTML page, and the administrator's actions (add, drain, remove,
+enable, disable) applied in shared memory, with the nonce, Referer and
+Origin checks in front of them."""
+
+import asyncio
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from wsp_env import HOST, MODDIR, await_until, connect, echo, wait_until, \
+    whoami
+from wsp_manage import (MANAGER, applied, backend_of, pool_of, post,
+                        request, state)
+
+FAST = ("WSPersistConnectTimeout 5", "WSPersistRetry 50ms 500ms")
+
+
+def start(env, backends, *lines, extra=""):
+    env.start_httpd(MANAGER + env.location("/ws/", backends, *FAST, *lines)
+                    + extra)
+
+
+# --------------------------------------------------------------------------
+# GET
+
+
+def test_json_lists_pools_with_live_pipe_counts(env):
+    """Every pool and backend is listed; pipe counts follow the clients
+    that are open, per backend and per pool."""
+    b1, b2, b3 = env.backend("b1"), env.backend("b2"), env.backend("b3")
+    start(env, [b1, b2], extra=env.location("/other/", [b3]))
+
+    async def run():
+        clients = [await connect(env) for _ in range(3)]
+        names = [(await whoami(ws))["name"] for ws in clients]
+        doc = state(env)
+        assert sorted(p["name"] for p in doc["pools"]) == ["/other/", "/ws/"]
+        assert pool_of(doc)["pipes"] == 3
+        assert pool_of(doc, "/other/")["pipes"] == 0
+        for be in (b1, b2):
+            info = backend_of(doc, be.url)
+            assert info["pipes"] == names.count(be.name), (names, info)
+            assert info["state"] == "ok"
+            assert info["added"] is False
+        assert backend_of(doc, b3.url, "/other/")["pipes"] == 0
+        assert isinstance(doc["nonce"], str) and len(doc["nonce"]) >= 16
+
+        for ws in clients:
+            await ws.close()
+        await await_until(lambda: pool_of(state(env))["pipes"] == 0, 20,
+                          what="the pipes counted out after the closes")
+    asyncio.run(run())
+
+
+def test_json_has_every_documented_field(env):
+    b1 = env.backend("b1")
+    start(env, [b1])
+    status, headers, body = request(env, "GET",
+                                    headers={"Accept": "application/json"})
+    assert status == 200
+    assert headers["cache-control"] == "no-store"
+    doc = json.loads(body)
+    assert set(doc) == {"nonce", "pools"}
+    pool = pool_of(doc)
+    assert set(pool) == {"name", "pipes", "free_slots", "backends"}
+    assert pool["free_slots"] == 16, "WSPersistBackendSlots' default"
+    assert set(pool["backends"][0]) == {
+        "url", "state", "weight", "pipes", "errors", "consecutive_errors",
+        "served", "failovers", "bytes_in", "bytes_out", "added", "removing"}
+
+
+@pytest.mark.parametrize("accept,json_wanted", [
+    ("application/json", True),
+    ("text/html;q=0.9, Application/JSON", True),
+    ("text/html, application/json; q=0.5", True),
+    ("text/html,application/xhtml+xml,*/*;q=0.8", False),
+    ("*/*", False),
+    ("application/json;q=0, text/html", False),
+    ("application/jsonx", False),
+    ("application/json-patch+json", False),
+])
+def test_accept_names_application_json(env, accept, json_wanted):
+    """JSON only for an Accept that names application/json with q > 0;
+    a browser's wildcards get the page."""
+    b1 = env.backend("b1")
+    start(env, [b1])
+    status, headers, body = request(env, "GET", headers={"Accept": accept})
+    assert status == 200
+    if json_wanted:
+        assert headers["content-type"] == "application/json"
+        json.loads(body)
+    else:
+        assert headers["content-type"] == "text/html; charset=utf-8"
+
+
+def test_head_answers_headers_only(env):
+    b1 = env.backend("b1")
+    start(env, [b1])
+    status, headers, body = request(env, "HEAD",
+                                    headers={"Accept": "application/json"})
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    assert body == b""
+
+
+class Forms(HTMLParser):
+    """The forms of a page: method, action, hidden fields, buttons, text
+    inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms = []
+        self.cells = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append({"method": a.get("method"),
+                               "action": a.get("action"), "hidden": {},
+                               "buttons": [], "text": []})
+        elif tag == "input" and self.forms:
+            if a.get("type") == "hidden":
+                self.forms[-1]["hidden"][a["name"]] = a.get("value")
+            elif a.get("type") == "text":
+                self.forms[-1]["text"].append(a["name"])
+        elif tag == "button" and self.forms:
+            self.forms[-1]["buttons"].append((a.get("name"), a.get("value")))
+
+    def handle_data(self, data):
+        self.cells.append(data)
+
+
+def test_html_page_lists_backends_with_forms(env):
+    """The page shows every backend and, for each, a form with the four
+    actions; each pool has an add form; all carry the nonce and post to
+    the manager's own URI."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    nonce = state(env)["nonce"]
+    status, headers, body = request(env, "GET")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["cache-control"] == "no-store"
+    page = Forms()
+    page.feed(body.decode())
+    for be in (b1, b2):
+        assert be.url in page.cells
+        forms = [f for f in page.forms
+                 if f["hidden"].get("backend") == be.url]
+        assert len(forms) == 1, page.forms
+        f = forms[0]
+        assert (f["method"], f["action"]) == ("post", "/ws-manager")
+        assert f["hidden"]["pool"] == "/ws/"
+        assert f["hidden"]["nonce"] == nonce
+        assert sorted(f["buttons"]) == [("action", a) for a in
+                                        ("disable", "drain", "enable",
+                                         "remove")]
+    adds = [f for f in page.forms if f["hidden"].get("action") == "add"]
+    assert len(adds) == 1
+    assert adds[0]["hidden"]["pool"] == "/ws/"
+    assert adds[0]["hidden"]["nonce"] == nonce
+    assert adds[0]["text"] == ["backend"]
+
+
+def test_names_are_escaped_in_json_and_html(env):
+    """A location path with a quote, a backslash and markup comes out as
+    valid JSON holding the same name, and as text in the HTML page."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    weird = '/we"ird\\<b>x/'
+    start(env, [b1], extra=(
+        "<Location '%s'>\n    SetHandler ws-persist\n"
+        "    WSPersistBackend %s\n</Location>\n" % (weird, b2.url)))
+    doc = state(env)
+    assert backend_of(doc, b2.url, weird) is not None
+    status, _, body = request(env, "GET")
+    page = body.decode()
+    assert "<b>" not in page
+    assert "/we&quot;ird\\&lt;b&gt;x/" in page
+    forms = Forms()
+    forms.feed(page)
+    assert any(f["hidden"].get("pool") == weird for f in forms.forms)
+
+
+# --------------------------------------------------------------------------
+# Actions
+
+
+def test_add_backend_serves_new_clients(env):
+    """A backend added at run time takes the next client (it has the
+    fewest pipes), is listed as added, and the action is logged."""
+    b1 = env.backend("b1")
+    b2 = env.backend("b2")
+    start(env, [b1])
+
+    async def run():
+        c1 = await connect(env)
+        assert (await whoami(c1))["name"] == "b1"
+        doc = applied(env, "add", b2.url)
+        info = backend_of(doc, b2.url)
+        assert info["added"] is True and info["state"] == "ok"
+        assert pool_of(doc)["free_slots"] == 15
+        c2 = await connect(env)
+        assert (await whoami(c2))["name"] == "b2"
+        assert backend_of(state(env), b2.url)["pipes"] == 1
+        await echo(c1, "c1 unaffected")
+        await c1.close()
+        await c2.close()
+    asyncio.run(run())
+    assert env.httpd.log_lines(
+        r"\[ws_persist:notice\].*ws_persist: manager: add %s in pool /ws/ "
+        r"by 127\.0\.0\.1" % re.escape(b2.url))
+
+
+def test_add_twice_or_without_slot_is_409(env):
+    b1, b2 = env.backend("b1"), env.backend("b2", start=False)
+    start(env, [b1], "WSPersistBackendSlots 0")
+    status, _, body = post(env, "add", b1.url)
+    assert status == 409, body
+    assert "already" in json.loads(body)["error"]
+    status, _, body = post(env, "add", b2.url)
+    assert status == 409, body
+    assert backend_of(state(env), b2.url) is None
+    assert len(env.httpd.log_lines(r"\[ws_persist:warn\].*manager: "
+                                   r"refused add .* 409")) == 2
+
+
+def test_disable_keeps_its_pipes_and_takes_no_new(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    backends = {"b1": b1, "b2": b2}
+
+    async def run():
+        c1 = await connect(env)
+        victim = backends[(await whoami(c1))["name"]]
+        doc = applied(env, "disable", victim.url)
+        assert backend_of(doc, victim.url)["state"] == "disabled"
+        others = [await connect(env) for _ in range(3)]
+        for ws in others:
+            assert (await whoami(ws))["name"] != victim.name
+        assert (await whoami(c1))["name"] == victim.name, "c1 stays"
+        await echo(c1, "still here")
+        info = backend_of(state(env), victim.url)
+        assert info["pipes"] == 1 and info["state"] == "disabled"
+        assert len(victim.opens()) == 1
+        for ws in [c1] + others:
+            await ws.close()
+    asyncio.run(run())
+
+
+def test_enable_after_disable_serves_again(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+
+    async def run():
+        applied(env, "disable", b1.url)
+        c1 = await connect(env)
+        c2 = await connect(env)
+        assert (await whoami(c1))["name"] == "b2"
+        assert (await whoami(c2))["name"] == "b2"
+        doc = applied(env, "enable", b1.url)
+        assert backend_of(doc, b1.url)["state"] == "ok"
+        c3 = await connect(env)
+        assert (await whoami(c3))["name"] == "b1", \
+            "enabled with 0 pipes against 2: it takes the next client"
+        for ws in (c1, c2, c3):
+            await ws.close()
+    asyncio.run(run())
+
+
+def test_drain_idle_backend_is_drained(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+
+    async def run():
+        doc = applied(env, "drain", b1.url)
+        assert backend_of(doc, b1.url)["state"] == "drained"
+        clients = [await connect(env) for _ in range(3)]
+        for ws in clients:
+            assert (await whoami(ws))["name"] == "b2"
+        assert b1.opens() == []
+        for ws in clients:
+            await ws.close()
+    asyncio.run(run())
+
+
+def test_drain_moves_pipes_then_drained(env):
+    """Drain a backend under a live client: new clients avoid it, the
+    client's pipe moves to the other backend (it keeps its connection),
+    and the backend ends drained with no pipe."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    backends = {"b1": b1, "b2": b2}
+
+    async def run():
+        c1 = await connect(env)
+        victim = backends[(await whoami(c1))["name"]]
+        other = b2 if victim is b1 else b1
+        doc = applied(env, "drain", victim.url)
+        assert backend_of(doc, victim.url)["state"] in ("draining",
+                                                        "drained")
+        c2 = await connect(env)
+        assert (await whoami(c2))["name"] == other.name
+        await await_until(
+            lambda: backend_of(state(env), victim.url)["state"] == "drained",
+            20, what="the drained state")
+        assert backend_of(state(env), victim.url)["pipes"] == 0
+        assert (await whoami(c1))["name"] == other.name
+        await echo(c1, "moved, not dropped")
+        await c1.close()
+        await c2.close()
+    asyncio.run(run())
+
+
+def test_remove_idle_backend_disappears(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    doc = applied(env, "remove", b2.url)
+    assert backend_of(doc, b2.url) is None
+    assert backend_of(doc, b1.url) is not None
+    assert backend_of(state(env), b2.url) is None
+
+
+def test_remove_busy_backend_disappears_when_its_pipes_leave(env):
+    """A removed backend with a pipe takes no new client and leaves the
+    list once its pipe has moved or ended; the client keeps working."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    backends = {"b1": b1, "b2": b2}
+
+    async def run():
+        c1 = await connect(env)
+        victim = backends[(await whoami(c1))["name"]]
+        applied(env, "remove", victim.url)
+        c2 = await connect(env)
+        assert (await whoami(c2))["name"] != victim.name
+        await await_until(
+            lambda: backend_of(state(env), victim.url) is None, 20,
+            what="the removed backend to leave the list")
+        await echo(c1, "still served")
+        await c1.close()
+        await c2.close()
+    asyncio.run(run())
+
+
+def test_added_backend_can_be_removed_and_frees_its_slot(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1], "WSPersistBackendSlots 1")
+    assert pool_of(applied(env, "add", b2.url))["free_slots"] == 0
+    doc = applied(env, "remove", b2.url)
+    assert backend_of(doc, b2.url) is None
+    assert pool_of(doc)["free_slots"] == 1
+    applied(env, "add", b2.url)
+
+
+# --------------------------------------------------------------------------
+# Refusals
+
+
+@pytest.mark.parametrize("nonce", ["", "0" * 32, "wrong", False])
+def test_wrong_or_missing_nonce_is_403(env, nonce):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    status, _, body = post(env, "disable", b1.url, nonce=nonce)
+    assert status == 403, body
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+    assert env.httpd.log_lines(r"\[ws_persist:warn\].*manager: refused "
+                               r"disable .* 403 nonce")
+
+
+def test_nonce_off_by_one_char_is_403(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    good = state(env)["nonce"]
+    for bad in (good[:-1], good + "0",
+                good[:-1] + ("0" if good[-1] != "0" else "1")):
+        status, _, _ = post(env, "disable", b1.url, nonce=bad)
+        assert status == 403
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Referer": "http://evil.example/ws-manager"},
+    {"Referer": "http://%s:1/ws-manager" % HOST},
+    {"Referer": "not a url"},
+    {"Origin": "http://evil.example"},
+    {"Origin": "null"},
+], ids=["referer-host", "referer-port", "referer-junk", "origin-host",
+        "origin-null"])
+def test_foreign_referer_or_origin_is_403(env, headers):
+    """Even with the right nonce: a form posted from another site."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    h = {"Referer": None, "Origin": None}
+    h.update(headers)
+    status, _, body = post(env, "disable", b1.url, headers=h)
+    assert status == 403, body
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+    assert env.httpd.log_lines(r"\[ws_persist:warn\].*manager: refused "
+                               r".* 403 (Referer|Origin) names another host")
+
+
+def test_without_referer_and_origin_a_script_may_post(env):
+    """The control of the test above: a client that sends neither (curl,
+    a script) is not refused for it."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    status, _, body = post(env, "disable", b1.url,
+                           headers={"Referer": None, "Origin": None})
+    assert status == 200, body
+    assert backend_of(state(env), b1.url)["state"] == "disabled"
+
+
+@pytest.mark.parametrize("case", [
+    "unknown-pool", "unknown-backend", "unknown-action", "bad-url",
+    "no-backend"])
+def test_bad_action_is_400(env, case):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    before = state(env)
+    args = {"unknown-pool": ("disable", b1.url, "/nope/"),
+            "unknown-backend": ("disable", "ws://%s:1/echo/" % HOST, "/ws/"),
+            "unknown-action": ("explode", b1.url, "/ws/"),
+            "bad-url": ("add", "http://%s:1/" % HOST, "/ws/"),
+            "no-backend": ("disable", "", "/ws/")}[case]
+    status, headers, body = post(env, args[0], args[1], pool=args[2])
+    assert status == 400, body
+    assert headers["content-type"] == "application/json"
+    err = json.loads(body)
+    assert err["status"] == 400 and err["error"]
+    after = state(env)
+    assert after["pools"] == before["pools"]
+    assert env.httpd.log_lines(r"\[ws_persist:warn\].*manager: refused "
+                               r".* 400 ")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405(env, method):
+    b1 = env.backend("b1")
+    start(env, [b1])
+    status, headers, _ = request(env, method, body=b"x")
+    assert status == 405
+    allow = {m.strip() for m in headers["allow"].split(",")}
+    assert {"GET", "POST"} <= allow
+    assert method not in allow
+
+
+def test_body_over_8k_is_413(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    status, _, _ = post(env, "disable", b1.url, padding="x" * 9000)
+    assert status == 413
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+
+
+def test_body_not_a_form_is_415(env):
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    body = json.dumps({"action": "disable", "pool": "/ws/",
+                       "backend": b1.url, "nonce": state(env)["nonce"]})
+    status, _, _ = request(env, "POST", body=body,
+                           headers={"Content-Type": "application/json"})
+    assert status == 415
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+
+
+# --------------------------------------------------------------------------
+# Every child
+
+
+TWO_CHILDREN = """\
+LoadModule status_module {moddir}/mod_status.so
+ExtendedStatus On
+<Location "/server-status">
+    SetHandler server-status
+    Require ip 127.0.0.1
+</Location>
+StartServers 2
+ServerLimit 2
+ThreadsPerChild 32
+MaxRequestWorkers 64
+MinSpareThreads 64
+MaxSpareThreads 128
+KeepAlive Off
+""".format(moddir=MODDIR)
+
+
+def answering_pid(env):
+    """The pid of the child that answered a fresh connection, and whether
+    the ws_persist section of its status page shows b as disabled."""
+    status, _, body = request(env, "GET", "/server-status?auto")
+    assert status == 200
+    text = body.decode()
+    pid = int(re.search(r"^WSPersistProcessPid: (\d+)$", text, re.M)
+              .group(1))
+    return pid, text
+
+
+@pytest.mark.alarm(200)
+def test_action_through_one_child_is_seen_by_every_child(env):
+    """Two children: after a disable posted through one of them, fresh
+    connections answered by both show the backend disabled, and no new
+    client lands on it whichever child takes it."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2], extra=TWO_CHILDREN)
+    wait_until(lambda: len(env.httpd.children()) >= 2, 20,
+               what="two children")
+
+    applied(env, "disable", b1.url)
+    key = "WSPersistBackend[/ws/][%s]: state=" % (
+        b1.url.replace(":", "%3A"))
+    pids = set()
+    for i in range(400):
+        pid, text = answering_pid(env)
+        pids.add(pid)
+        line = [l for l in text.splitlines() if l.startswith(key)]
+        assert line and line[0].startswith(key + "disabled "), text
+        if i >= 20 and len(pids) >= 2:
+            break
+    assert len(pids) >= 2, "every request answered by one child: %s" % pids
+    for _ in range(20):
+        assert backend_of(state(env), b1.url)["state"] == "disabled"
+
+    async def run():
+        clients = [await connect(env) for _ in range(8)]
+        for ws in clients:
+            assert (await whoami(ws))["name"] == "b2"
+        for ws in clients:
+            await ws.close()
+    asyncio.run(run())
+    assert b1.opens() == []
