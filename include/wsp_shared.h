@@ -33,7 +33,7 @@ typedef struct {
     const char *name;           /* location path ("#2".. if repeated) */
     int pipes;                  /* live pipes, all children */
     int free_slots;             /* room for backends added at run time */
-    apr_array_header_t *backends;   /* of wsp_be_info_t */
+    apr_array_header_t *backends;   /* of wsp_be_info_t, by value */
 } wsp_pool_info_t;
 
 /* pre_config: register the mutex type. */
@@ -52,7 +52,7 @@ void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
                              int slot, mpm_child_status state);
 
 /* Every pool with its backends, as all children see them now; NULL
- * when the segment is missing. Of wsp_pool_info_t. */
+ * when the segment is missing. Of wsp_pool_info_t, by value. */
 apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p);
 
 /* Pipes live in this process. */

@@ -759,7 +759,9 @@ int wsp_shared_manage(apr_pool_t *p, const char *action, const char *pool,
     }
     if (a == 0) {
         status = wsp_manage_add(p, idx, url, msg);
-        wsp_head->admin_epoch++;
+        if (status == HTTP_OK) {
+            wsp_head->admin_epoch++;
+        }
         wsp_shared_unlock();
         return status;
     }
