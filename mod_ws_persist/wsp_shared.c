@@ -240,7 +240,10 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
                 pools[k].in_use = 1;
             }
         }
-        /* sized for the configuration: there is always room */
+        if (idx < 0) {
+            continue;               /* cannot happen: sized with headroom;
+                                     * its backends keep local state */
+        }
         pools[idx].retired_gen = 0;
         pools[idx].spare = (apr_uint32_t)pool->spare;
         pool->index = idx;
