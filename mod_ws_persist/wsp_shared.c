@@ -308,6 +308,18 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
             pools[k].retired_gen = gen;
         }
     }
+    /* a retired pool whose backends are all gone frees its entry */
+    for (k = 0; k < h->npools; ++k) {
+        apr_uint32_t n;
+        int used = 0;
+
+        for (n = 0; n < h->nslots && !used; ++n) {
+            used = slots[n].in_use && slots[n].pool == k;
+        }
+        if (pools[k].in_use && pools[k].retired_gen && !used) {
+            memset(&pools[k], 0, sizeof(pools[k]));
+        }
+    }
     h->epoch++;
     for (i = 0; cpools && i < cpools->nelts; ++i) {
         APR_ARRAY_IDX(cpools, i, wsp_pool_t *)->epoch = h->epoch;
