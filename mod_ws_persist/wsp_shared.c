@@ -288,9 +288,11 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
     }
     /* what the configuration no longer names: retired for new children */
     for (k = 0; k < h->nslots; ++k) {
-        if (slots[k].in_use && !claimed[k] && !slots[k].retired) {
+        if (slots[k].in_use && !claimed[k]) {
             if (slots[k].pipes > 0) {
-                slots[k].retired = gen;
+                if (!slots[k].retired) {
+                    slots[k].retired = gen;
+                }
             }
             else {
                 memset(&slots[k], 0, sizeof(slots[k]));
