@@ -3,15 +3,21 @@
 
     /usr/bin/python3 t/soak.py [--duration 120] [--clients 50]
         [--backends 3] [--rate 20] [--kill-every 0.3] [--driver event]
+        [--children 2] [--drain-every 2]
 
 Starts the real apache2 with the built module in front of --backends echo
 backends (t/backend.py, each logging what it receives), connects --clients
 clients that each stream numbered messages ("c<k>:<n>:...") at --rate
 messages a second, and for --duration seconds SIGKILLs a random backend
 every --kill-every seconds (never the last one up) and restarts it after
-0.2-1 s. Then it stops sending, lets the echoes drain and reports:
+0.2-1 s. Meanwhile, through the ws-persist-manager, it drains a random
+backend every --drain-every seconds and enables it again half that later,
+so pipes move between backends while others fail over; httpd runs
+--children children sharing the backend state. Then it stops sending,
+lets the echoes drain and reports:
 
-  kills, failovers (the proxy's "backend interrupted" lines), messages
+  kills, drains, moves (pipes that left a draining backend), failovers
+  (the proxy's "backend interrupted" lines), messages
   sent and echoed, messages lost in flight (received by a backend, as its
   log shows, that was killed before its echo got out: what DESIGN §3
   allows), messages lost otherwise, duplicates, out-of-order echoes,
@@ -59,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
 import websockets  # noqa: E402
 
 import wsp_env  # noqa: E402
+import wsp_manage  # noqa: E402
 from wsp_env import CRASH_RE, Env, new_id  # noqa: E402
 
 MSG_RE = re.compile(r"^c(\d+):(\d+):")
@@ -192,6 +199,27 @@ async def chaos(env, backends, args, stats):
         t.add_done_callback(restarts.discard)
     if restarts:
         await asyncio.gather(*restarts)
+
+
+async def drainer(env, backends, args, stats):
+    """Drain a random backend every --drain-every s through the manager,
+    and enable it again half that later."""
+    loop = asyncio.get_running_loop()
+    end = time.monotonic() + args.duration
+    if args.drain_every <= 0:
+        return
+    while time.monotonic() < end:
+        await asyncio.sleep(args.drain_every / 2)
+        be = random.choice(backends)
+        for action in ("drain", "enable"):
+            status, _, body = await loop.run_in_executor(
+                None, wsp_manage.post, env, action, be.url)
+            if status != 200:
+                raise RuntimeError("manager %s %s: %s %s" % (
+                    action, be.name, status, body[:200]))
+            if action == "drain":
+                stats["drains"] += 1
+                await asyncio.sleep(args.drain_every / 2)
 
 
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -358,21 +386,28 @@ async def soak(args, env):
         be = SoakBackend(env, "b%d" % i, env.port())
         env.backends.append(be)
         backends.append(be.start())
-    env.start_httpd(env.location(
+    children = ("StartServers {n}\nServerLimit {n}\nMinSpareThreads 1\n"
+                "MaxRequestWorkers {w}\n").format(n=args.children,
+                                                 w=256 * args.children)
+    env.start_httpd(children + wsp_manage.MANAGER + env.location(
         "/ws/", backends,
         "WSPersistConnectTimeout 10",
         "WSPersistRetry 100ms 2s",
-        "WSPersistBufferLimit 5M") + "LogLevel warn ws_persist:warn\n")
+        "WSPersistBufferLimit 5M") + "LogLevel warn ws_persist:info\n")
+    wsp_env.wait_until(lambda: len(env.httpd.children()) == args.children,
+                       20, what="%d children" % args.children)
     child = env.httpd.children()
     clients = [Client(k, env, args.rate) for k in range(args.clients)]
     tasks = [asyncio.ensure_future(c.run()) for c in clients]
     stats = {"kills": 0, "killed_pids": set(), "kill_times": [],
-             "unread": [], "after_fin": []}
+             "unread": [], "after_fin": [], "drains": 0}
     t0 = time.monotonic()
-    print("soak: %d clients, %d backends, %d s, a kill every %.2f s "
-          "(driver %s)" % (args.clients, args.backends, args.duration,
-                           args.kill_every, wsp_env.DRIVER), flush=True)
-    await chaos(env, backends, args, stats)
+    print("soak: %d clients, %d backends, %d children, %d s, a kill every "
+          "%.2f s, a drain every %.2f s (driver %s)" % (
+              args.clients, args.backends, args.children, args.duration,
+              args.kill_every, args.drain_every, wsp_env.DRIVER), flush=True)
+    await asyncio.gather(chaos(env, backends, args, stats),
+                         drainer(env, backends, args, stats))
     for c in clients:
         c.stop = True
     await asyncio.gather(*tasks)
@@ -419,6 +454,7 @@ def report(args, env, clients, stats, child, elapsed):
                 unexplained.append((c, seq, pids))
     log = env.httpd.log_text() if env.httpd else ""
     failovers = len(re.findall(r"backend interrupted", log))
+    moves = len(re.findall(r"moved off draining backend", log))
     crashes = [l for l in log.splitlines() if CRASH_RE.search(l)]
     kids = stats["children_end"]
     if child and kids and kids != child:
@@ -430,6 +466,8 @@ def report(args, env, clients, stats, child, elapsed):
         "clients": len(clients),
         "backends": args.backends,
         "kills": stats["kills"],
+        "drains": stats["drains"],
+        "moves": moves,
         "failovers": failovers,
         "messages_sent": sent,
         "messages_echoed": sum(len(c.got) for c in clients),
@@ -476,6 +514,8 @@ def main():
     ap.add_argument("--rate", type=float, default=20,
                     help="messages per second per client")
     ap.add_argument("--kill-every", type=float, default=0.3)
+    ap.add_argument("--children", type=int, default=2)
+    ap.add_argument("--drain-every", type=float, default=2.0)
     ap.add_argument("--driver", choices=sorted(wsp_env.DRIVER_CONF),
                     default=wsp_env.DRIVER)
     ap.add_argument("--keep", action="store_true",
