@@ -5,6 +5,8 @@ child saw fail is backed off for the other child too."""
 import asyncio
 import re
 
+import pytest
+
 from wsp_env import HOST, await_until, connect, rejected, wait_until, whoami
 from wsp_manage import MANAGER, backend_of, child_of, state
 
@@ -39,12 +41,28 @@ async def client_in_other_child(env, pid, tries=60):
     raise AssertionError("60 connections all went to child %d" % pid)
 
 
-def test_exclusive_across_children(env):
+def test_mutex_directive_names_the_shared_state_lock(env):
+    """The lock is registered as "ws-persist-shm": the Mutex directive
+    accepts that name (and httpd refuses names nobody registered)."""
+    b1 = env.backend("b1", start=False)
+    env.conf("Mutex sysvsem ws-persist-shm\n" + env.location("/ws/", [b1]))
+    rc, out = env.httpd.configtest()
+    assert rc == 0, out
+    env.conf("Mutex sysvsem ws-persist-other\n"
+             + env.location("/ws/", [b1]))
+    rc, out = env.httpd.configtest()
+    assert rc != 0 and "ws-persist-other" in out, out
+
+
+@pytest.mark.parametrize("mutex", ["default", "sysvsem", "posixsem"])
+def test_exclusive_across_children(env, mutex):
     """Two clients in two different children hold the two backends; a
-    third client gets 503 whichever child takes it."""
+    third client gets 503 whichever child takes it, with the lock
+    mechanism the Mutex directive chose."""
     b1, b2 = env.backend("b1"), env.backend("b2")
-    start_two(env, env.location("/ws/", [b1, b2], "WSPersistExclusive On",
-                                "WSPersistConnectTimeout 1"))
+    start_two(env, "Mutex %s ws-persist-shm\n" % mutex
+              + env.location("/ws/", [b1, b2], "WSPersistExclusive On",
+                             "WSPersistConnectTimeout 1"))
 
     async def run():
         c1 = await connect(env)
