@@ -1,5 +1,6 @@
-/* One connection to a backend: non-blocking connect, the client-role
- * handshake, and the socket and buffers the pipe then uses. */
+/* One connection to a backend: non-blocking connect, TLS through mod_ssl
+ * for wss:// backends, the client-role handshake, and the socket and
+ * buffers the pipe then uses. */
 #ifndef WSP_BACKEND_H
 #define WSP_BACKEND_H
 
@@ -15,10 +16,13 @@
 
 typedef enum {
     WSP_BC_CONNECTING,
+    WSP_BC_TLS,                    /* wss://: mod_ssl's handshake */
     WSP_BC_SENDING,
     WSP_BC_READING,
     WSP_BC_OPEN
 } wsp_bc_state_e;
+
+typedef struct wsp_tls_s wsp_tls_t;
 
 typedef struct {
     apr_pool_t *pool;              /* the connection's own, gone on close */
@@ -37,6 +41,7 @@ typedef struct {
     unsigned char *ibuf;           /* bytes read, ibuf[ipos..ilen) unused */
     apr_size_t ipos;
     apr_size_t ilen;
+    wsp_tls_t *tls;                /* wss:// once connected, else NULL */
 } wsp_bconn_t;
 
 /* Builds the handshake request for key in the connection's pool. */
@@ -45,37 +50,49 @@ typedef const char *wsp_request_fn(void *baton, apr_pool_t *p,
 
 /* Start connecting to be, with a fresh key and the request build makes
  * for it. Fails at once when the address does not resolve or the connect
- * is refused synchronously. */
+ * is refused synchronously. A wss:// backend gets a conn_rec of its own
+ * with mod_ssl's filters once the TCP connect is done; mod_ssl's proxy
+ * configuration (SSLProxyEngine, SSLProxyVerify, ...) of s applies. */
 apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
                             server_rec *s, wsp_backend_t *be,
                             wsp_request_fn *build,
                             void *baton, const char *offered,
                             int require_protocol);
 
-/* Move the handshake on as far as the socket allows. Returns WSP_HS_MORE,
- * WSP_HS_OK (state is WSP_BC_OPEN, bytes after the head stay in ibuf) or
- * WSP_HS_FAIL with *why. */
+/* Move the handshake (TLS, then WebSocket) on as far as the socket
+ * allows, never blocking. Returns WSP_HS_MORE, WSP_HS_OK (state is
+ * WSP_BC_OPEN, bytes after the head stay in ibuf) or WSP_HS_FAIL with
+ * *why. */
 int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why);
 
 /* Poll events the handshake waits for. */
 apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc);
 
 /* Read more bytes into ibuf (compacting it first). APR_SUCCESS with data,
- * APR_EAGAIN, APR_EOF or an error. */
+ * APR_EAGAIN, APR_EOF or an error. Over TLS it reads until ibuf is full
+ * or the TLS layer would block. */
 apr_status_t wsp_bconn_fill(wsp_bconn_t *bc);
 
 /* Write to an open connection: as much as the socket takes now, *n says
- * how much (APR_EAGAIN when nothing). */
+ * how much; APR_EAGAIN: poll for POLLOUT before writing again. Over TLS
+ * *n may be > 0 with APR_EAGAIN: the bytes were encrypted but the socket
+ * did not take all of the records. Then the last byte taken is not
+ * counted in *n until the records are out, so the caller offers it again
+ * (and the connection skips it): a caller that has nothing else to write
+ * still comes back, and a backend lost meanwhile gets that message again
+ * whole on the next one. */
 apr_status_t wsp_bconn_send(wsp_bconn_t *bc, const char *buf, apr_size_t *n);
 apr_status_t wsp_bconn_sendv(wsp_bconn_t *bc, const struct iovec *vec,
                              int nvec, apr_size_t *n);
 
-/* Whether a short read may have left input behind the socket's back (a
- * TLS layer's buffer): then the reader must read again without waiting
- * for poll. */
+/* Whether input may wait behind the socket's back, where poll does not
+ * report it: over TLS, 1 when the last wsp_bconn_fill stopped because
+ * ibuf was full (the TLS layer may hold decrypted bytes), 0 when it read
+ * until the layer would block. Always 0 for ws://. */
 int wsp_bconn_buffers_input(const wsp_bconn_t *bc);
 
-/* Close the socket and free everything of the connection. */
+/* Close the socket and free everything of the connection (over TLS: a
+ * close_notify if the socket takes it at once, no waiting). */
 void wsp_bconn_close(wsp_bconn_t *bc);
 
 #endif /* WSP_BACKEND_H */

@@ -4,6 +4,7 @@
 #include "apr_lib.h"
 #include "http_config.h"
 #include "http_log.h"
+#include "http_ssl.h"
 
 #include "mod_ws_persist.h"
 #include "wsp_config.h"
@@ -192,9 +193,11 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
     if ((err = wsp_backend_parse(cmd->pool, url, be))) {
         return wsp_bad(cmd, url, err);
     }
-    if (be->tls) {
+    if (be->tls && !ap_ssl_has_outgoing_handlers()) {
         /* refused rather than spoken in clear text */
-        return wsp_bad(cmd, url, "wss:// backends are not supported yet");
+        return wsp_bad(cmd, url, "wss:// backends need mod_ssl (load "
+                       "ssl_module before this line, then SSLProxyEngine "
+                       "on)");
     }
     if (strlen(url) >= WSP_URL_MAX) {
         return wsp_bad(cmd, url, apr_psprintf(cmd->pool, "longer than %d "

@@ -3,6 +3,7 @@
 
     /usr/bin/python3 t/backend.py --port N [--name NAME] [--subprotocols a,b]
                                   [--host 127.0.0.1] [--log FILE]
+                                  [--tls-cert PEM --tls-key PEM]
 
 Echoes every text and binary message unchanged, except these text
 commands:
@@ -16,9 +17,10 @@ commands:
                             it never finishes (logs "sent-fragment")
     big:<n>                 answers a text message of n "b" characters
 
-Prints "ready <name> <port>" on stdout once listening. With --log, every
-event is appended to FILE as one JSON object per line, flushed at once, so
-a test can prove what the backend saw:
+With --tls-cert and --tls-key it speaks wss:// (TLS with that certificate
+chain and key). Prints "ready <name> <port>" on stdout once listening.
+With --log, every event is appended to FILE as one JSON object per line,
+flushed at once, so a test can prove what the backend saw:
 
     {"ev": "ready", ...}
     {"ev": "open",  "conn": N, "path": ..., "headers": {...}, ...}
@@ -34,6 +36,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 
 import websockets
@@ -50,6 +53,10 @@ class Backend:
                              if p.strip()] if args.subprotocols else None
         self.log = open(args.log, "a", encoding="utf-8") if args.log else None
         self.conns = 0
+        self.ssl = None
+        if args.tls_cert:
+            self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ssl.load_cert_chain(args.tls_cert, args.tls_key)
 
     def event(self, ev, **fields):
         if self.log is None:
@@ -138,7 +145,7 @@ class Backend:
                 self.handler, self.host, self.port,
                 subprotocols=self.subprotocols,
                 max_size=None, compression=None, ping_interval=None,
-                close_timeout=5):
+                close_timeout=5, ssl=self.ssl):
             self.event("ready", port=self.port,
                        subprotocols=self.subprotocols)
             print("ready %s %d" % (self.name, self.port), flush=True)
@@ -153,6 +160,8 @@ def main():
     ap.add_argument("--subprotocols", default="",
                     help="comma separated, e.g. chat,superchat")
     ap.add_argument("--log", help="append JSON events to this file")
+    ap.add_argument("--tls-cert", help="serve wss:// with this PEM chain")
+    ap.add_argument("--tls-key", help="the key of --tls-cert")
     args = ap.parse_args()
     try:
         asyncio.run(Backend(args).run())

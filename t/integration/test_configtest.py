@@ -97,3 +97,23 @@ def test_server_level_backend_inherited(env):
         async with connect(env) as ws:
             await echo(ws, "inherited")
     asyncio.run(run())
+
+
+def test_wss_backend_needs_mod_ssl(env):
+    """wss:// is refused, not spoken in clear text, when no module offers
+    TLS for outgoing connections."""
+    url = "wss://127.0.0.1:9/echo/"
+    h = env.conf(location("WSPersistBackend " + url))
+    rc, out = h.configtest()
+    assert rc != 0, "configtest passed:\n" + out
+    assert "WSPersistBackend" in out and url in out, out
+    assert "mod_ssl" in out, out
+
+
+def test_wss_backend_with_mod_ssl_passes(env):
+    h = env.conf("SSLProxyEngine on\n" + location(
+        "WSPersistBackend wss://127.0.0.1:9/echo/",
+        "WSPersistBackend wss://backend.example/chat/ weight=2"), ssl=True)
+    rc, out = h.configtest()
+    assert rc == 0, out
+    assert "Syntax OK" in out
