@@ -1343,6 +1343,15 @@ void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
     int bready = (brev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
     int aready = (arev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
 
+    /* over TLS, input may wait where poll does not see it */
+    if (p->bc && p->bc->state == WSP_BC_OPEN
+        && wsp_bconn_buffers_input(p->bc)) {
+        bready = 1;
+    }
+    if (p->abc && p->abc->state == WSP_BC_OPEN
+        && wsp_bconn_buffers_input(p->abc)) {
+        aready = 1;
+    }
     if (wsp_pipe_should_move(p) && now >= p->move_at) {
         wsp_move_start(p, now);
     }
@@ -1416,6 +1425,9 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
             if (!p->b_close_rcvd && !wsp_retiring(p)
                 && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
                 *bev |= APR_POLLIN;
+                if (wsp_bconn_buffers_input(p->bc)) {
+                    WSP_SOONER(apr_time_now());
+                }
             }
             if (p->b_want_write) {
                 *bev |= APR_POLLOUT;
@@ -1440,6 +1452,9 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
         if (p->aux_retiring) {
             if (!cl || cl->out_bytes < WSP_OUT_HIGH) {
                 *aev |= APR_POLLIN;
+                if (wsp_bconn_buffers_input(p->abc)) {
+                    WSP_SOONER(apr_time_now());
+                }
             }
             if (p->a_want_write) {
                 *aev |= APR_POLLOUT;

@@ -332,13 +332,6 @@ def test_backend_that_stops_reading(env, pki):
     asyncio.run(run())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "wsp_pipe.c reads a backend only when poll says so; after a read "
-    "stopped by WSP_READ_BUDGET or by client backpressure, decrypted "
-    "bytes can wait in mod_ssl/OpenSSL with nothing left in the socket "
-    "(wsp_bconn_buffers_input() says so), and the last message of a "
-    "burst waits for the backend's next bytes. Fixed by waking the pipe "
-    "while wsp_bconn_buffers_input() holds."))
 def test_backend_bursts_arrive_whole(env, pki):
     """Bursts of large backend messages, read by the client at once or
     late: every message of every burst arrives, none waits for the
