@@ -20,6 +20,8 @@
 #include "http_protocol.h"
 #include "http_request.h"
 #include "ap_mpm.h"
+#include "mpm_common.h"
+#include "scoreboard.h"
 
 #include "wsp_evloop.h"
 #include "wsp_registry.h"
@@ -94,6 +96,8 @@ typedef struct wsp_evloop_t {
     volatile int poked;            /* a handover was asked for */
     volatile int count;
     apr_uint32_t admin_epoch;      /* of the last look at drains */
+    apr_time_t stop_seen;          /* the MPM began a graceful stop */
+    int closing_all;               /* its pipes were told 1001 */
     wsp_ev_t *active;
 } wsp_evloop_t;
 
@@ -324,6 +328,53 @@ static void wsp_ev_shutdown(wsp_evloop_t *L)
     }
 }
 
+/* The MPM waits for every connection at a graceful stop, suspended ones
+ * too, and the pipes would only end when the child does: so they are
+ * closed with 1001 a second before GracefulShutdownTimeout runs out (the
+ * parent then kills the child). With no timeout they stay until they
+ * end, as httpd lets any connection. A graceful restart (the parent moved
+ * to a new generation first) keeps them too: they end in their time. */
+static int wsp_ev_stop_due(wsp_evloop_t *L, apr_time_t now)
+{
+    int state = AP_MPMQ_RUNNING, gen = 0;
+    apr_interval_time_t grace;
+
+    if (L->closing_all || ap_mpm_query(AP_MPMQ_MPM_STATE, &state)
+        || state != AP_MPMQ_STOPPING) {
+        return 0;
+    }
+    if (!L->stop_seen) {
+        L->stop_seen = now;
+    }
+    if (ap_mpm_query(AP_MPMQ_GENERATION, &gen) == APR_SUCCESS
+        && ap_scoreboard_image
+        && ap_scoreboard_image->global->running_generation != gen) {
+        return 0;
+    }
+    if (ap_graceful_shutdown_timeout <= 0) {
+        return 0;
+    }
+    grace = apr_time_from_sec(ap_graceful_shutdown_timeout);
+    grace = grace > apr_time_from_sec(2) ? grace - apr_time_from_sec(1)
+                                         : grace / 2;
+    return now >= L->stop_seen + grace;
+}
+
+static void wsp_ev_close_all(wsp_evloop_t *L)
+{
+    wsp_ev_t *ep;
+
+    L->closing_all = 1;
+    for (ep = APR_RING_FIRST(&L->live); ep != APR_RING_SENTINEL(&L->live,
+         wsp_ev_t, link); ep = APR_RING_NEXT(ep, link)) {
+        if (ep->p && !ep->p->ending && ep->p->client
+            && ep->p->client->upgraded) {
+            wsp_pipe_going_away(ep->p);
+            wsp_ev_activate(L, ep);
+        }
+    }
+}
+
 static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
 {
     wsp_evloop_t *L = data;
@@ -377,6 +428,9 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
             wsp_ev_activate(L, ep);
         }
         apr_array_clear(L->taken);
+        if (L->closing_all || wsp_ev_stop_due(L, now)) {
+            wsp_ev_close_all(L);      /* and pipes adopted since */
+        }
         while ((ep = apr_skiplist_peek(L->timers)) && ep->wake_at <= now) {
             wsp_ev_timer(L, ep, 0);
             wsp_ev_activate(L, ep);
