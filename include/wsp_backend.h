@@ -91,6 +91,10 @@ apr_status_t wsp_bconn_sendv(wsp_bconn_t *bc, const struct iovec *vec,
  * until the layer would block. Always 0 for ws://. */
 int wsp_bconn_buffers_input(const wsp_bconn_t *bc);
 
+/* "what: the error's text", for a failed handshake's why. */
+const char *wsp_bconn_errtext(apr_pool_t *p, const char *what,
+                              apr_status_t rv);
+
 /* Close the socket and free everything of the connection (over TLS: a
  * close_notify if the socket takes it at once, no waiting). */
 void wsp_bconn_close(wsp_bconn_t *bc);

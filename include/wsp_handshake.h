@@ -44,7 +44,7 @@ char *wsp_handshake_request(apr_pool_t *p, const wsp_backend_req_t *req);
  * after it are frames) and *protocol the chosen subprotocol or NULL. */
 int wsp_handshake_response(apr_pool_t *p, const char *buf, apr_size_t len,
                            const char *expect_accept, const char *offered,
-                           int require_protocol, apr_size_t *head_len, const char **protocol,
-                           const char **why);
+                           int require_protocol, apr_size_t *head_len,
+                           const char **protocol, const char **why);
 
 #endif /* WSP_HANDSHAKE_H */

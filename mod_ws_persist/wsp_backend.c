@@ -12,8 +12,8 @@
 #include "wsp_backend.h"
 #include "wsp_tls.h"
 
-static const char *wsp_errtext(apr_pool_t *p, const char *what,
-                               apr_status_t rv)
+const char *wsp_bconn_errtext(apr_pool_t *p, const char *what,
+                              apr_status_t rv)
 {
     char buf[120];
 
@@ -92,11 +92,12 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
     if (bc->state == WSP_BC_CONNECTING) {
         /* A second connect() reports how the first one ended. */
         rv = apr_socket_connect(bc->sock, bc->addr);
-        if (APR_STATUS_IS_EINPROGRESS(rv) || rv == APR_FROM_OS_ERROR(EALREADY)) {
+        if (APR_STATUS_IS_EINPROGRESS(rv)
+            || rv == APR_FROM_OS_ERROR(EALREADY)) {
             return WSP_HS_MORE;
         }
         if (rv != APR_SUCCESS && rv != APR_FROM_OS_ERROR(EISCONN)) {
-            *why = wsp_errtext(bc->pool, "connect", rv);
+            *why = wsp_bconn_errtext(bc->pool, "connect", rv);
             return WSP_HS_FAIL;
         }
         bc->state = bc->be->tls ? WSP_BC_TLS : WSP_BC_SENDING;
@@ -119,7 +120,8 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
             return WSP_HS_MORE;
         }
         else if (rv != APR_SUCCESS) {
-            *why = wsp_errtext(bc->pool, "sending the handshake", rv);
+            *why = wsp_bconn_errtext(bc->pool, "sending the handshake",
+                                     rv);
             return WSP_HS_FAIL;
         }
     }
@@ -135,7 +137,8 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
             return WSP_HS_FAIL;
         }
         if (rv != APR_SUCCESS) {
-            *why = wsp_errtext(bc->pool, "reading the handshake", rv);
+            *why = wsp_bconn_errtext(bc->pool, "reading the handshake",
+                                     rv);
             return WSP_HS_FAIL;
         }
         res = wsp_handshake_response(bc->pool, (const char *)bc->ibuf,

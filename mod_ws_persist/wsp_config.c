@@ -556,5 +556,6 @@ int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
     (void)pconf;
     (void)plog;
     (void)ptemp;
-    return wsp_check_tree(ap_conftree, 0, s) == OK ? OK : HTTP_INTERNAL_SERVER_ERROR;
+    return wsp_check_tree(ap_conftree, 0, s) == OK
+           ? OK : HTTP_INTERNAL_SERVER_ERROR;
 }

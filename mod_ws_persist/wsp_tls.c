@@ -104,15 +104,6 @@ static ap_filter_rec_t wsp_net_out_rec = {
     .ftype = AP_FTYPE_NETWORK
 };
 
-static const char *wsp_errtext(apr_pool_t *p, const char *what,
-                               apr_status_t rv)
-{
-    char buf[120];
-
-    return apr_psprintf(p, "%s: %s", what, apr_strerror(rv, buf,
-                                                        sizeof(buf)));
-}
-
 /* ---- the handshake's coroutine ----------------------------------------- */
 
 /* swapcontext(), made of getcontext() and setcontext(): ASan intercepts
@@ -452,11 +443,13 @@ int wsp_tls_handshake(wsp_bconn_t *bc, const char **why)
         t = bc->tls;
     }
     if (t->co == WSP_CO_NONE && (rv = wsp_co_start(t)) != APR_SUCCESS) {
-        *why = wsp_errtext(bc->pool, "TLS: no stack for the handshake", rv);
+        *why = wsp_bconn_errtext(bc->pool, "TLS: no stack for the "
+                                 "handshake", rv);
         return WSP_HS_FAIL;
     }
     if (wsp_tls_flush(t) != APR_SUCCESS && t->werr) {
-        *why = wsp_errtext(bc->pool, "TLS: sending the handshake", t->werr);
+        *why = wsp_bconn_errtext(bc->pool, "TLS: sending the handshake",
+                                 t->werr);
         return WSP_HS_FAIL;
     }
     wsp_co_enter(t);
@@ -468,8 +461,8 @@ int wsp_tls_handshake(wsp_bconn_t *bc, const char **why)
     if (t->hs_rv != APR_SUCCESS) {
         /* mod_ssl logged why (verify errors at error, the rest at info) */
         *why = t->eof ? "TLS handshake failed: connection closed"
-             : t->werr ? wsp_errtext(bc->pool, "TLS handshake failed",
-                                     t->werr)
+             : t->werr ? wsp_bconn_errtext(bc->pool,
+                                           "TLS handshake failed", t->werr)
              : "TLS handshake failed (certificate not trusted or not for "
                "this host, or no common protocol: mod_ssl logs why, at "
                "LogLevel ssl:info)";
