@@ -80,3 +80,35 @@ def test_graceful_restart_keeps_pipes_and_state(env):
         doc = state(env)
         assert backend_of(doc, b1.url)["pipes"] == 0, doc
     asyncio.run(run())
+
+
+def test_graceful_restart_retires_dropped_backends_and_runtime_changes(env):
+    """A backend the new configuration drops keeps the old child's pipe
+    but serves no new client; what the manager changed (a backend added,
+    one disabled) lasts until the restart."""
+    from wsp_manage import applied
+    b1, b2, b3 = env.backend("b1"), env.backend("b2"), env.backend("b3")
+    env.start_httpd(SLOTS + MANAGER + env.location("/ws/", [b1, b2]))
+
+    async def run():
+        applied(env, "disable", b2.url)
+        old = await connect(env)
+        assert (await whoami(old))["name"] == "b1"
+        applied(env, "add", b3.url)
+        assert backend_of(state(env), b3.url)["added"] is True
+
+        # the new configuration has b2 only: b1 is dropped, b3 was added
+        # at run time, b2's disable was a run-time change
+        graceful(env, env.location("/ws/", [b2]))
+        await echo(old, "the dropped backend's pipe still works")
+        assert (await whoami(old))["name"] == "b1"
+        doc = state(env)
+        assert backend_of(doc, b1.url) is None, doc
+        assert backend_of(doc, b3.url) is None, doc
+        assert backend_of(doc, b2.url)["state"] == "ok", doc
+        for _ in range(4):
+            ws = await connect(env)
+            assert (await whoami(ws))["name"] == "b2"
+            await ws.close()
+        await old.close()
+    asyncio.run(run())
