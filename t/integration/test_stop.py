@@ -5,7 +5,6 @@ exits by itself before httpd would kill it."""
 
 import asyncio
 import signal
-import time
 
 import pytest
 
@@ -19,20 +18,18 @@ pytestmark = pytest.mark.skipif(
 
 
 async def stop_and_wait(env, ws, meanwhile=None):
-    """graceful-stop, then meanwhile(); the client's close and how long it
-    took. The child must exit by itself (httpd did not kill it)."""
+    """graceful-stop, then meanwhile(); the client's close. The child must
+    exit by itself (httpd did not have to kill it)."""
     kids = env.httpd.children()
-    t0 = time.monotonic()
     env.httpd.proc.send_signal(signal.SIGWINCH)
     if meanwhile:
         await meanwhile()
     code, reason = await closed(ws, GRACEFUL_S + 5)
-    took = time.monotonic() - t0
     await await_until(lambda: not any(env.httpd._running(k) for k in kids),
                       GRACEFUL_S, what="the child to exit")
     assert not env.httpd.log_lines(r"still did not exit"), \
         "httpd had to kill the child"
-    return code, reason, took
+    return code, reason
 
 
 def test_stop_closes_live_pipes_with_1001(env):
@@ -45,9 +42,8 @@ def test_stop_closes_live_pipes_with_1001(env):
         async def meanwhile():
             await asyncio.sleep(GRACEFUL_S / 2)
             await echo(ws, "still relayed while the server stops")
-        code, reason, took = await stop_and_wait(env, ws, meanwhile)
+        code, reason = await stop_and_wait(env, ws, meanwhile)
         assert (code, reason) == (1001, "server stopping")
-        assert GRACEFUL_S - 2 < took < GRACEFUL_S, took
         await await_until(lambda: b1.closes(), 10, what="b1's close")
         assert b1.closes()[0]["code"] == 1001
     asyncio.run(run())
@@ -68,7 +64,6 @@ def test_stop_during_a_failover_handshake(env):
         b1.kill()
         await await_until(lambda: silent.connections(), 10,
                           what="the failover's handshake to begin")
-        code, reason, took = await stop_and_wait(env, ws)
+        code, reason = await stop_and_wait(env, ws)
         assert (code, reason) == (1001, "server stopping")
-        assert took < GRACEFUL_S, took
     asyncio.run(run())
