@@ -52,14 +52,16 @@ DocumentRoot "{root}/htdocs"
 {user}
 LoadModule mpm_event_module {moddir}/mod_mpm_event.so
 LoadModule authz_core_module {moddir}/mod_authz_core.so
+LoadModule authz_host_module {moddir}/mod_authz_host.so
+LoadModule status_module {moddir}/mod_status.so
 LoadModule ws_persist_module {module}
 
-# One child: the module's registry and backend state are per child process.
+# Two children: they share the backend state (errors, back-off, pipes).
 # Under the event MPM idle WebSockets hold no worker thread.
-StartServers 1
-ServerLimit 1
-ThreadLimit 64
-ThreadsPerChild 64
+StartServers 2
+ServerLimit 2
+ThreadLimit 32
+ThreadsPerChild 32
 MaxRequestWorkers 64
 MinSpareThreads 1
 MaxSpareThreads 64
@@ -76,6 +78,17 @@ Listen {host}:{port}
 {backends}
     WSPersistRetry 100ms 2s
     WSPersistConnectTimeout {timeout}
+</Location>
+
+# Drain, disable, enable, remove and add backends at run time.
+<Location "/ws-manager">
+    SetHandler ws-persist-manager
+    Require ip 127.0.0.1
+</Location>
+
+<Location "/server-status">
+    SetHandler server-status
+    Require ip 127.0.0.1
 </Location>
 """
 
@@ -348,6 +361,13 @@ class Demo:
             "(WSPersistConnectTimeout):" % CONNECT_TIMEOUT,
             "   the client pauses and carries on; later it is closed with "
             "1014.",
+            "",
+            "4. Drain the client's backend in the manager: the client moves "
+            "to the other",
+            "   one without a pause; the server status shows both:",
+            "",
+            "     http://%s:%d/ws-manager" % (HOST, self.port),
+            "     http://%s:%d/server-status" % (HOST, self.port),
             "",
             "Ctrl-C stops httpd and the backends.",
             "=" * 76,
