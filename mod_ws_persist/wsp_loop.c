@@ -5,6 +5,7 @@
 
 #include "wsp_loop.h"
 #include "wsp_registry.h"
+#include "wsp_shared.h"
 
 #define WSP_LOOP_RECHECK apr_time_from_msec(500)
 
@@ -58,6 +59,7 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
     wsp_waker_t *w = p->client->upgraded ? wsp_loop_waker(r) : NULL;
     wsp_loop_result_e res;
     apr_pollfd_t pfd[4];
+    apr_uint32_t epoch = wsp_shared_admin_epoch();
 
     if (w) {
         wsp_registry_set_wake(p, wsp_loop_wake, w);
@@ -128,7 +130,14 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
         if (timeout < 0 || timeout > WSP_LOOP_RECHECK) {
             timeout = WSP_LOOP_RECHECK;
         }
-        if (apr_poll(pfd, n, &nsig, timeout) == APR_SUCCESS) {
+        if (apr_poll(pfd, n, &nsig, timeout) != APR_SUCCESS
+            && (!wake_at || apr_time_now() < wake_at)
+            && epoch == wsp_shared_admin_epoch()) {
+            continue;               /* the recheck found no administrator's
+                                     * action: nothing to run */
+        }
+        epoch = wsp_shared_admin_epoch();
+        if (nsig > 0) {
             for (i = 0; i < n; i++) {
                 if (!pfd[i].rtnevents) {
                     continue;
