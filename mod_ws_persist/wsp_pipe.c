@@ -751,6 +751,25 @@ static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
     }
 }
 
+/* A data event from a backend hop: a frame is built for the client, a
+ * whole message goes to its output. */
+static void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev)
+{
+    wsp_client_t *cl = p->client;
+
+    if (ev == WSP_EV_DATA) {
+        if (!cl || cl->gone || cl->close_sent) {
+            in->drop = 1;
+        }
+        wsp_hop_begin(p, in);
+    }
+    else if (ev == WSP_EV_MESSAGE) {
+        APR_BRIGADE_CONCAT(cl->out, in->msg);
+        cl->out_bytes += in->msg_bytes;
+        in->msg_bytes = 0;
+    }
+}
+
 /* Feed bytes from the backend; stops early when the backend is gone. */
 static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
 {
@@ -776,21 +795,11 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
             }
             return;
         }
-        switch (ev) {
-        case WSP_EV_DATA:
-            if (!cl || cl->gone || cl->close_sent) {
-                in->drop = 1;
-            }
-            wsp_hop_begin(p, in);
-            break;
-        case WSP_EV_MESSAGE:
-            APR_BRIGADE_CONCAT(cl->out, in->msg);
-            cl->out_bytes += in->msg_bytes;
-            in->msg_bytes = 0;
-            break;
-        case WSP_EV_CONTROL:
+        if (ev == WSP_EV_CONTROL) {
             wsp_backend_control(p, now);
-            break;
+        }
+        else {
+            wsp_backend_data(p, in, ev);
         }
     }
 }
@@ -862,6 +871,15 @@ static const char *wsp_backend_request(void *baton, apr_pool_t *tp,
     return wsp_handshake_request(tp, &req);
 }
 
+/* How long one backend may take to complete a handshake: one hung
+ * backend must not use up the whole connect timeout. */
+static apr_interval_time_t wsp_attempt_time(const wsp_pipe_t *p)
+{
+    apr_interval_time_t per = p->conf->connect_timeout / 3;
+
+    return per < apr_time_from_sec(1) ? apr_time_from_sec(1) : per;
+}
+
 /* Start a handshake with the next usable backend, if any. */
 static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
 {
@@ -894,11 +912,7 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
             p->be = NULL;
             continue;
         }
-        /* One hung backend must not use up the whole connect timeout. */
-        per = p->conf->connect_timeout / 3;
-        if (per < apr_time_from_sec(1)) {
-            per = apr_time_from_sec(1);
-        }
+        per = wsp_attempt_time(p);
         p->attempt_deadline = now + per < p->deadline ? now + per
                                                       : p->deadline;
     }
@@ -1029,7 +1043,6 @@ static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
     apr_time_t next = 0;
     wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
                                          p->be, &next);
-    apr_interval_time_t per;
     apr_status_t rv;
 
     p->move_at = now + WSP_MOVE_RETRY;
@@ -1049,11 +1062,7 @@ static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
     }
     p->abe = be;
     p->aux_retiring = 0;
-    per = p->conf->connect_timeout / 3;
-    if (per < apr_time_from_sec(1)) {
-        per = apr_time_from_sec(1);
-    }
-    p->aux_deadline = now + per;
+    p->aux_deadline = now + wsp_attempt_time(p);
     WSP_LOG(p, APLOG_INFO, 0, "backend draining: moving to %s", be->url);
 }
 
@@ -1130,7 +1139,6 @@ static int wsp_retire_feed(wsp_pipe_t *p)
 {
     wsp_bconn_t *bc = p->abc;
     wsp_hop_in_t *in = &p->ain;
-    wsp_client_t *cl = p->client;
 
     while (bc->ipos < bc->ilen || wsp_hop_pending(in)) {
         const unsigned char *d = bc->ibuf + bc->ipos;
@@ -1141,24 +1149,12 @@ static int wsp_retire_feed(wsp_pipe_t *p)
         if (ev >= 1000) {
             return 1;                /* it is leaving anyway */
         }
-        switch (ev) {
-        case WSP_EV_DATA:
-            if (!cl || cl->gone || cl->close_sent) {
-                in->drop = 1;
-            }
-            wsp_hop_begin(p, in);
-            break;
-        case WSP_EV_MESSAGE:
-            APR_BRIGADE_CONCAT(cl->out, in->msg);
-            cl->out_bytes += in->msg_bytes;
-            in->msg_bytes = 0;
-            break;
-        case WSP_EV_CONTROL:
-            if (in->rd.hdr.opcode == WSP_OP_CLOSE) {
-                return 1;
-            }
-            break;                   /* pings go unanswered: it is closing */
+        if (ev != WSP_EV_CONTROL) {
+            wsp_backend_data(p, in, ev);
         }
+        else if (in->rd.hdr.opcode == WSP_OP_CLOSE) {
+            return 1;
+        }                            /* pings go unanswered: it is closing */
     }
     return 0;
 }
