@@ -80,7 +80,6 @@ struct wsp_pool_t {
     int spare;                   /* WSPersistBackendSlots */
     int index;                   /* in shared memory, -1: none */
     apr_uint32_t epoch;          /* of the shared slots backends mirrors */
-    apr_pool_t *vpool;           /* views of backends added at run time */
 };
 
 /* Shared memory hooks, none in the unit tests: the pool lock (global
