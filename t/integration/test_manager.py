@@ -12,8 +12,8 @@ import pytest
 
 from wsp_env import HOST, MODDIR, await_until, connect, echo, wait_until, \
     whoami
-from wsp_manage import (MANAGER, applied, backend_of, pool_of, post,
-                        request, state)
+from wsp_manage import (MANAGER, TWO_CHILDREN, applied, backend_of, pool_of,
+                        post, request, state)
 
 FAST = ("WSPersistConnectTimeout 5", "WSPersistRetry 50ms 500ms")
 
@@ -470,21 +470,15 @@ def test_body_not_a_form_is_415(env):
 # Every child
 
 
-TWO_CHILDREN = """\
+STATUS_TWO_CHILDREN = """\
 LoadModule status_module {moddir}/mod_status.so
 ExtendedStatus On
 <Location "/server-status">
     SetHandler server-status
     Require ip 127.0.0.1
 </Location>
-StartServers 2
-ServerLimit 2
-ThreadsPerChild 32
-MaxRequestWorkers 64
-MinSpareThreads 64
-MaxSpareThreads 128
 KeepAlive Off
-""".format(moddir=MODDIR)
+""".format(moddir=MODDIR) + TWO_CHILDREN
 
 
 def answering_pid(env):
@@ -504,7 +498,7 @@ def test_action_through_one_child_is_seen_by_every_child(env):
     connections answered by both show the backend disabled, and no new
     client lands on it whichever child takes it."""
     b1, b2 = env.backend("b1"), env.backend("b2")
-    start(env, [b1, b2], extra=TWO_CHILDREN)
+    start(env, [b1, b2], extra=STATUS_TWO_CHILDREN)
     wait_until(lambda: len(env.httpd.children()) >= 2, 20,
                what="two children")
 

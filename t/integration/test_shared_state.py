@@ -8,19 +8,7 @@ import re
 import pytest
 
 from wsp_env import HOST, await_until, connect, rejected, wait_until, whoami
-from wsp_manage import MANAGER, backend_of, child_of, state
-
-# two children that both stay up: the base config's one-child settings
-# are overridden (the last value of these directives wins)
-TWO_CHILDREN = """\
-StartServers 2
-ServerLimit 2
-ThreadsPerChild 16
-MaxRequestWorkers 32
-MinSpareThreads 1
-MaxSpareThreads 512
-"""
-
+from wsp_manage import MANAGER, TWO_CHILDREN, backend_of, child_of, state
 
 def start_two(env, body):
     env.start_httpd(TWO_CHILDREN + MANAGER + body)

@@ -18,6 +18,20 @@ LoadModule authz_host_module {moddir}/mod_authz_host.so
 """.format(moddir=MODDIR)
 
 
+# two children that both stay up, for tests of what the children share:
+# the base config's one-child settings are overridden (the last value of
+# these directives wins); few spare threads wanted, so the MPM never
+# finds itself short of them
+TWO_CHILDREN = """\
+StartServers 2
+ServerLimit 2
+ThreadsPerChild 16
+MaxRequestWorkers 32
+MinSpareThreads 1
+MaxSpareThreads 512
+"""
+
+
 def request(env, method, path="/ws-manager", body=None, headers=None):
     """One request on a fresh connection: (status, headers, body)."""
     conn = http.client.HTTPConnection(HOST, env.httpd.port, timeout=30)
