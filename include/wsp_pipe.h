@@ -105,6 +105,8 @@ struct wsp_pipe_t {
     const char *b_close_reason;
     int b_close_sent;
     int b_close_rcvd;
+    const char *b_ended;               /* its end, seen while the old
+                                        * backend retired: held */
     apr_time_t b_last_rx;
     apr_time_t b_ping_sent;
 

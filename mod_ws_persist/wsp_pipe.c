@@ -337,7 +337,7 @@ static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
     int progress = 0;
 
     p->b_want_write = 0;
-    while (p->bc && bc->state == WSP_BC_OPEN) {
+    while (p->bc && bc->state == WSP_BC_OPEN && !p->b_ended) {
         struct iovec vec[WSP_IOV];
         apr_size_t n;
         apr_status_t rv;
@@ -424,6 +424,7 @@ static void wsp_backend_drop(wsp_pipe_t *p)
         wsp_hop_drop(&p->bin);
     }
     p->ctrl_len = p->ctrl_off = 0;
+    p->b_ended = NULL;
 }
 
 /* The current backend is interrupted: count the failure, keep what the
@@ -804,16 +805,48 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
     }
 }
 
+/* While the old backend retires, the new one is read but not fed: its
+ * replies must not overtake the old one's. What it sends waits in its
+ * buffer, and the end of its connection waits too, but no more client
+ * messages are written into it once that end is seen: they stay queued
+ * for the next backend. */
+static int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    wsp_bconn_t *bc = p->bc;
+    apr_size_t before;
+    apr_status_t rv;
+
+    if (!ready || p->b_ended || bc->ilen - bc->ipos >= WSP_IBUF_SIZE) {
+        return 0;
+    }
+    before = bc->ilen - bc->ipos;
+    rv = wsp_bconn_fill(bc);
+    if (APR_STATUS_IS_EAGAIN(rv)) {
+        return 0;
+    }
+    if (rv != APR_SUCCESS) {
+        p->b_ended = APR_STATUS_IS_EOF(rv) ? "connection closed"
+                                           : "read failed";
+        return 1;
+    }
+    apr_atomic_add64(&p->be->st->bytes_in, bc->ilen - bc->ipos - before);
+    p->b_last_rx = now;
+    p->b_ping_sent = 0;
+    return 1;
+}
+
 static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
 {
     apr_size_t total = 0;
     int progress = 0;
 
+    if (p->bc && p->bc->state == WSP_BC_OPEN && wsp_retiring(p)) {
+        return wsp_backend_hold(p, now, ready);
+    }
     /* The socket is read only when poll said so: it is level-triggered, so
      * data left behind (budget, a full client) is reported again. */
     while (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_rcvd
-           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)
-           && !wsp_retiring(p)) {
+           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
         wsp_bconn_t *bc = p->bc;
         apr_size_t before;
         apr_status_t rv;
@@ -822,6 +855,10 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             wsp_backend_feed(p, now);
             progress = 1;
             continue;
+        }
+        if (p->b_ended) {
+            wsp_backend_lost(p, now, p->b_ended);   /* held until now */
+            return 1;
         }
         if (!ready || total >= WSP_READ_BUDGET) {
             break;
@@ -933,6 +970,7 @@ static void wsp_connected(wsp_pipe_t *p, apr_time_t now)
                  p->client->c->bucket_alloc, p->bin.msg);
     p->b_last_rx = now;
     p->b_ping_sent = 0;
+    p->b_ended = NULL;
     p->ctrl_len = p->ctrl_off = 0;
     p->phase = WSP_PH_LIVE;
 }
@@ -1418,7 +1456,14 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
             WSP_SOONER(p->attempt_deadline);
         }
         else {
-            if (!p->b_close_rcvd && !wsp_retiring(p)
+            if (wsp_retiring(p)) {
+                if (!p->b_ended
+                    && p->bc->ilen - p->bc->ipos < WSP_IBUF_SIZE) {
+                    *bev |= APR_POLLIN;     /* to see it end, see
+                                             * wsp_backend_hold() */
+                }
+            }
+            else if (!p->b_close_rcvd
                 && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
                 *bev |= APR_POLLIN;
                 if (wsp_bconn_buffers_input(p->bc)) {
