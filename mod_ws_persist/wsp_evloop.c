@@ -578,12 +578,22 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
     if (!p || !wsp_nev) {
         return;
     }
+    /* The MPM runs this hook for its own lingering closes too: only a
+     * connection it suspended is ours. One it closes itself takes the
+     * pipe's end with it. */
+    ap_set_module_config(c->conn_config, &ws_persist_module, NULL);
+    if (!c->cs || c->cs->state != CONN_STATE_SUSPENDED) {
+        WSP_LOG(p, APLOG_INFO, 0, "client connection closed by the MPM "
+                "before the pipe started");
+        wsp_registry_remove(p);
+        wsp_pipe_destroy(p);
+        return;
+    }
     for (L = wsp_evs[0], i = 1; i < wsp_nev; i++) {
         if (wsp_evs[i]->count < L->count) {
             L = wsp_evs[i];
         }
     }
-    ap_set_module_config(c->conn_config, &ws_persist_module, NULL);
     ep = apr_pcalloc(c->pool, sizeof(*ep));
     ep->loop = L;
     ep->p = p;

@@ -221,6 +221,16 @@ static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
 static int wsp_run(request_rec *r, wsp_pipe_t *p)
 {
     if (wsp_evloop_available()) {
+        /* The event MPM closes an aborted connection even when the
+         * handler suspended it: then the MPM owns it, and the pipe must
+         * end here, or two parties would close one connection. */
+        if (r->connection->aborted) {
+            WSP_LOG(p, APLOG_INFO, 0, "client went away during the "
+                    "upgrade");
+            wsp_registry_remove(p);
+            wsp_pipe_destroy(p);
+            return DONE;
+        }
         wsp_evloop_mark(r, p);
         return SUSPENDED;
     }
