@@ -4,10 +4,16 @@
  * through wsp_shared_manage(), in shared memory, so that every child
  * sees it at once.
  *
- * A POST needs the nonce of the running generation (on the page and in
- * the JSON) and no Referer or Origin naming another host: a form on
- * another site cannot act through an administrator's browser. Who may
- * use the handler at all is the configuration's Require. */
+ * Every request must name this server in its Host (ServerName,
+ * ServerAlias or the address it arrived on), else 421: a page of another
+ * site whose name an attacker points at this address (DNS rebinding)
+ * passes `Require ip 127.0.0.1` and is its own origin to the browser, so
+ * only the name it was sent to gives it away. A POST also needs the nonce
+ * of the running generation (on the page and in the JSON) and no Referer
+ * or Origin naming anything but this server: a form on another site
+ * cannot act through an administrator's browser. No answer may be framed
+ * by another page. Who may use the handler at all is the configuration's
+ * Require. */
 #include "apr_strings.h"
 #include "apr_lib.h"
 #include "apr_uri.h"
@@ -333,31 +339,104 @@ static int wsp_manager_get(request_rec *r)
     return OK;
 }
 
+/* ---------------------------------------------------------------- Host */
+
+/* Whether name (a host without port or brackets) is one this server
+ * answers to: the vhost's ServerName, one of its ServerAlias names
+ * (wildcards matched as httpd matches them) or the address the
+ * connection arrived on. A foreign name that an attacker's DNS resolves
+ * to this address is none of them. */
+static int wsp_server_name(request_rec *r, const char *name)
+{
+    const server_rec *s = r->server;
+    const char *ip = r->connection->local_ip;
+    int i;
+
+    if (!name || !*name) {
+        return 0;
+    }
+    if ((s->server_hostname && !ap_cstr_casecmp(name, s->server_hostname))
+        || (ip && !ap_cstr_casecmp(name, ip))) {
+        return 1;
+    }
+    for (i = 0; s->names && i < s->names->nelts; ++i) {
+        const char *alias = APR_ARRAY_IDX(s->names, i, const char *);
+
+        if (alias && !ap_cstr_casecmp(name, alias)) {
+            return 1;
+        }
+    }
+    for (i = 0; s->wild_names && i < s->wild_names->nelts; ++i) {
+        const char *alias = APR_ARRAY_IDX(s->wild_names, i, const char *);
+
+        if (alias && !ap_strcasecmp_match(name, alias)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether port is one a client may reach this server on: the port the
+ * connection arrived on, the ServerName's port (a proxy or NAT in front)
+ * or the scheme's default (a client that wrote none). */
+static int wsp_server_port(request_rec *r, apr_port_t port)
+{
+    return port == r->connection->local_addr->port
+           || (r->server->port && port == r->server->port)
+           || port == ap_default_port(r);
+}
+
+/* The Host as httpd took it (r->hostname: from the request line's
+ * absolute URI or the Host header, lower-cased, without brackets or
+ * port), for the log: NULL when the request named no host. */
+static const char *wsp_host_of(request_rec *r)
+{
+    const char *h = r->hostname;
+
+    if (!h) {
+        return NULL;
+    }
+    if (strchr(h, ':')) {
+        h = apr_pstrcat(r->pool, "[", h, "]", NULL);
+    }
+    if (r->parsed_uri.port) {
+        h = apr_psprintf(r->pool, "%s:%u", h, r->parsed_uri.port);
+    }
+    return h;
+}
+
+/* Whether the request names this server in its Host. A request without
+ * a host (HTTP/1.0) is refused too: every browser and tool sends one. */
+static int wsp_host_ok(request_rec *r)
+{
+    return wsp_server_name(r, r->hostname)
+           && (!r->parsed_uri.port
+               || wsp_server_port(r, r->parsed_uri.port));
+}
+
 /* ---------------------------------------------------------------- POST */
 
-/* Whether url (from Referer or Origin) names the host and port this
- * request was sent to (its Host header), with the scheme's default port
- * when none is written. */
+/* Whether url (from Referer or Origin) names this server and a port it
+ * is reached on, with the scheme's default port when none is written.
+ * Compared with the names the server answers to, not with the Host the
+ * request carries, which is the sender's to choose. */
 static int wsp_same_host(request_rec *r, const char *url)
 {
-    const char *host = apr_table_get(r->headers_in, "Host");
     apr_uri_t u;
-    char *hhost = NULL, *scope = NULL;
-    apr_port_t uport, hport = 0;
+    apr_port_t port;
+    apr_size_t len;
 
-    if (!host || apr_uri_parse(r->pool, url, &u) != APR_SUCCESS
+    if (apr_uri_parse(r->pool, url, &u) != APR_SUCCESS
         || !u.scheme || !u.hostname || !*u.hostname) {
         return 0;
     }
-    uport = u.port ? u.port : apr_uri_port_of_scheme(u.scheme);
-    if (apr_parse_addr_port(&hhost, &scope, &hport, host, r->pool)
-        != APR_SUCCESS || !hhost) {
-        return 0;
+    port = u.port ? u.port : apr_uri_port_of_scheme(u.scheme);
+    /* "admin.example." is "admin.example", as httpd takes it in Host */
+    len = strlen(u.hostname);
+    if (len > 1 && u.hostname[len - 1] == '.') {
+        u.hostname[len - 1] = '\0';
     }
-    if (!hport) {
-        hport = ap_default_port(r);
-    }
-    return !ap_cstr_casecmp(hhost, u.hostname) && uport == hport;
+    return wsp_server_name(r, u.hostname) && wsp_server_port(r, port);
 }
 
 /* Why this request comes from another site, or NULL. A browser names the
@@ -462,8 +541,19 @@ static const char *wsp_logv(request_rec *r, const char *s)
     return s ? ap_escape_logitem(r->pool, s) : "-";
 }
 
+/* A short JSON answer with the status of a refusal. */
+static int wsp_error_json(request_rec *r, int status, const char *why)
+{
+    r->status = status;
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_type(r, "application/json");
+    ap_rprintf(r, "{\"status\": %d, \"error\": %s}\n", status,
+               wsp_json_str(r->pool, why));
+    return OK;
+}
+
 /* A refused POST: a warning naming what was asked, by whom and why, and
- * a short JSON answer with the status. */
+ * the JSON answer. */
 static int wsp_refuse(request_rec *r, int status, const char *action,
                       const char *pool, const char *url, const char *why)
 {
@@ -472,12 +562,7 @@ static int wsp_refuse(request_rec *r, int status, const char *action,
                   "%d %s", wsp_logv(r, action), wsp_logv(r, url),
                   wsp_logv(r, pool), r->useragent_ip, status,
                   wsp_logv(r, why));
-    r->status = status;
-    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
-    ap_set_content_type(r, "application/json");
-    ap_rprintf(r, "{\"status\": %d, \"error\": %s}\n", status,
-               wsp_json_str(r->pool, why));
-    return OK;
+    return wsp_error_json(r, status, why);
 }
 
 static int wsp_manager_post(request_rec *r)
@@ -533,6 +618,27 @@ int wsp_manager_handler(request_rec *r)
 {
     if (!r->handler || strcmp(r->handler, WSP_MANAGER_HANDLER)) {
         return DECLINED;
+    }
+    /* on err_headers_out, so that refusals and httpd's error pages carry
+     * them too: no page of another site may frame the forms and have an
+     * administrator click them */
+    apr_table_setn(r->err_headers_out, "X-Frame-Options", "DENY");
+    apr_table_setn(r->err_headers_out, "Content-Security-Policy",
+                   "frame-ancestors 'none'");
+    apr_table_setn(r->err_headers_out, "X-Content-Type-Options", "nosniff");
+    if (!wsp_host_ok(r)) {
+        /* info, not warn: a misdirected request is what a scanner or a
+         * rebinding page sends, and it is answered before any state is
+         * read */
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "ws_persist: manager: refused a request by %s for "
+                      "host %s: not a name of this server",
+                      r->useragent_ip, wsp_logv(r, wsp_host_of(r)));
+        /* the body stays unread: close rather than read it for the
+         * next request */
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return wsp_error_json(r, HTTP_MISDIRECTED_REQUEST,
+                              "the Host does not name this server");
     }
     /* make_allow() builds a 405's Allow from these */
     r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST);

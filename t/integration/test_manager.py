@@ -1,11 +1,13 @@
 """The ws-persist-manager handler: the backends of every pool as JSON and
 as an HTML page, and the administrator's actions (add, drain, remove,
-enable, disable) applied in shared memory, with the nonce, Referer and
-Origin checks in front of them."""
+enable, disable) applied in shared memory, with the Host, nonce, Referer
+and Origin checks in front of them and framing forbidden on every
+answer."""
 
 import asyncio
 import json
 import re
+import socket
 from html.parser import HTMLParser
 
 import pytest
@@ -525,3 +527,182 @@ def test_action_through_one_child_is_seen_by_every_child(env):
             await ws.close()
     asyncio.run(run())
     assert b1.opens() == []
+
+
+# --------------------------------------------------------------------------
+# Host: DNS rebinding and framing
+
+
+FOREIGN = "evil.example"
+# a page served as evil.example, whose name the attacker then points at
+# 127.0.0.1: the browser connects to the manager's address and port and
+# sends the page's own name as Host, Origin and Referer
+SERVER_NAME = "ServerName admin.test\n"
+ALIASES = """\
+<VirtualHost *>
+    ServerName admin.test
+    ServerAlias ops.test *.ops.test
+</VirtualHost>
+"""
+
+
+def foreign(env, host=FOREIGN):
+    """Host, Origin and Referer of a page on host that reached the
+    manager's port."""
+    authority = "%s:%d" % (host, env.httpd.port)
+    return {"Host": authority, "Origin": "http://" + authority,
+            "Referer": "http://%s/ws-manager" % authority}
+
+
+def refused_for_host(env, body, host):
+    """The 421 answer and its info line, naming the client and host."""
+    err = json.loads(body)
+    assert err["status"] == 421 and "Host" in err["error"]
+    assert "nonce" not in body.decode()
+    assert env.httpd.log_lines(
+        r"\[ws_persist:info\].*manager: refused a request by 127\.0\.0\.1 "
+        r"for host %s: not a name of this server" % re.escape(host))
+
+
+@pytest.mark.parametrize("accept", ["application/json", "text/html"])
+def test_get_with_foreign_host_is_421(env, accept):
+    """Neither the JSON nor the page (both carry the nonce) is answered
+    to a request that names another host, even from 127.0.0.1."""
+    b1 = env.backend("b1")
+    start(env, [b1])
+    h = foreign(env)
+    h["Accept"] = accept
+    status, headers, body = request(env, "GET", headers=h)
+    assert status == 421, body
+    assert headers["content-type"] == "application/json"
+    refused_for_host(env, body, "%s:%d" % (FOREIGN, env.httpd.port))
+
+
+@pytest.mark.parametrize("action", ["add", "disable"])
+def test_post_with_foreign_host_is_421_and_changes_nothing(env, action):
+    """The rebinding attack itself: the right nonce, Origin and Referer
+    matching the Host, and the action is still not applied."""
+    b1, b2, b3 = env.backend("b1"), env.backend("b2"), env.backend("b3")
+    start(env, [b1, b2])
+    before = state(env)
+    url = b3.url if action == "add" else b1.url
+    status, _, body = post(env, action, url, headers=foreign(env))
+    assert status == 421, body
+    refused_for_host(env, body, "%s:%d" % (FOREIGN, env.httpd.port))
+    after = state(env)
+    assert after["pools"] == before["pools"]
+    assert backend_of(after, b3.url) is None
+    assert backend_of(after, b1.url)["state"] == "ok"
+    assert not env.httpd.log_lines(r"\[ws_persist:notice\].*manager: ")
+
+
+@pytest.mark.parametrize("host", [
+    "%s:{port}" % HOST, HOST, "admin.test", "admin.test:{port}",
+    "Admin.TEST:{port}"],
+    ids=["address-port", "address", "servername", "servername-port",
+         "servername-case"])
+def test_host_naming_the_server_may_get_and_post(env, host):
+    """The address the connection arrived on (with or without its port)
+    and the ServerName are this server: GET and POST work, with an Origin
+    and Referer naming the same host."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2], extra=SERVER_NAME)
+    host = host.format(port=env.httpd.port)
+    status, _, body = request(env, "GET", headers={
+        "Host": host, "Accept": "application/json"})
+    assert status == 200, body
+    nonce = json.loads(body)["nonce"]
+    status, _, body = post(env, "disable", b1.url, nonce=nonce, headers={
+        "Host": host, "Origin": "http://" + host,
+        "Referer": "http://%s/ws-manager" % host})
+    assert status == 200, body
+    assert backend_of(state(env), b1.url)["state"] == "disabled"
+
+
+@pytest.mark.parametrize("host,ok", [
+    ("ops.test", True), ("a.ops.test", True), ("admin.test", True),
+    ("ops.test.evil.example", False), (FOREIGN, False),
+    ("%s:1" % HOST, False)])
+def test_server_alias_and_wildcards_name_the_server(env, host, ok):
+    """ServerAlias names count, wildcards matched as httpd matches them;
+    a name the vhost does not list, or the right address at another
+    port, does not."""
+    b1 = env.backend("b1")
+    start(env, [b1], extra=ALIASES)
+    status, _, body = request(env, "GET", headers={
+        "Host": host, "Accept": "application/json"})
+    assert status == (200 if ok else 421), body
+
+
+def test_origin_is_compared_with_the_server_names_not_the_host(env):
+    """Origin and Referer may name another of the server's names than the
+    Host does (both are this server), but never a name it does not have,
+    nor a port it is not reached on."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2], extra=SERVER_NAME)
+    own = "admin.test:%d" % env.httpd.port
+    status, _, body = post(env, "disable", b1.url, headers={
+        "Origin": "http://" + own, "Referer": "http://%s/x" % own})
+    assert status == 200, body
+    for bad in ({"Origin": "http://admin.test:1"},
+                {"Referer": "http://other.test:%d/" % env.httpd.port}):
+        h = {"Origin": None, "Referer": None}
+        h.update(bad)
+        status, _, body = post(env, "enable", b1.url, headers=h)
+        assert status == 403, body
+    assert backend_of(state(env), b1.url)["state"] == "disabled"
+
+
+def test_request_without_host_is_421(env):
+    """HTTP/1.0 without Host names no server: refused too."""
+    b1 = env.backend("b1")
+    start(env, [b1])
+    with socket.create_connection((HOST, env.httpd.port), timeout=30) as s:
+        s.sendall(b"GET /ws-manager HTTP/1.0\r\n"
+                  b"Accept: application/json\r\n\r\n")
+        s.settimeout(30)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 421 "), data[:200]
+    assert b"nonce" not in data
+
+
+def no_framing(headers):
+    assert headers.get("x-frame-options") == "DENY", headers
+    assert headers.get("content-security-policy") == \
+        "frame-ancestors 'none'", headers
+    assert headers.get("x-content-type-options") == "nosniff", headers
+
+
+@pytest.mark.parametrize("case", [
+    "page", "json", "action", "host-421", "nonce-403", "method-405"])
+def test_every_answer_forbids_framing(env, case):
+    """The page, the JSON, an applied action, the module's refusals and
+    httpd's own error page for the handler all say: not in a frame."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    if case == "page":
+        status, headers, _ = request(env, "GET")
+        want = 200
+    elif case == "json":
+        status, headers, _ = request(env, "GET",
+                                     headers={"Accept": "application/json"})
+        want = 200
+    elif case == "action":
+        status, headers, _ = post(env, "disable", b1.url)
+        want = 200
+    elif case == "host-421":
+        status, headers, _ = request(env, "GET", headers=foreign(env))
+        want = 421
+    elif case == "nonce-403":
+        status, headers, _ = post(env, "disable", b1.url, nonce="wrong")
+        want = 403
+    else:
+        status, headers, _ = request(env, "PUT", body=b"x")
+        want = 405
+    assert status == want
+    no_framing(headers)
