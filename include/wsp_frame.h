@@ -16,17 +16,19 @@
 #define WSP_FRAME_HDR_MAX 14   /* 2 + 8 (length) + 4 (mask key) */
 #define WSP_CONTROL_MAX   125
 
-#define WSP_CLOSE_NORMAL      1000
-#define WSP_CLOSE_GOING_AWAY  1001
-#define WSP_CLOSE_PROTOCOL    1002
-#define WSP_CLOSE_NO_STATUS   1005
-#define WSP_CLOSE_ABNORMAL    1006
-#define WSP_CLOSE_POLICY      1008
-#define WSP_CLOSE_TOO_BIG     1009
-#define WSP_CLOSE_INTERNAL    1011
-#define WSP_CLOSE_RESTART     1012
-#define WSP_CLOSE_TRY_AGAIN   1013
-#define WSP_CLOSE_BAD_GATEWAY 1014
+#define WSP_CLOSE_NORMAL         1000
+#define WSP_CLOSE_GOING_AWAY     1001
+#define WSP_CLOSE_PROTOCOL       1002
+#define WSP_CLOSE_NO_STATUS      1005
+#define WSP_CLOSE_ABNORMAL       1006
+#define WSP_CLOSE_INVALID_DATA   1007
+#define WSP_CLOSE_POLICY         1008
+#define WSP_CLOSE_TOO_BIG        1009
+#define WSP_CLOSE_MANDATORY_EXT  1010
+#define WSP_CLOSE_INTERNAL       1011
+#define WSP_CLOSE_RESTART        1012
+#define WSP_CLOSE_TRY_AGAIN      1013
+#define WSP_CLOSE_BAD_GATEWAY    1014
 
 /* Who sent the frames a reader parses: a client masks, a server does not. */
 typedef enum {
@@ -88,16 +90,32 @@ apr_size_t wsp_frame_header(unsigned char *out, int fin, int opcode,
 void wsp_mask(unsigned char *dst, const unsigned char *src, apr_size_t len,
               const unsigned char key[4], apr_uint64_t offset);
 
-/* Check a close payload. Returns 0 when valid (code 1005 when empty), else
- * 1002. reason points into payload. */
+/* Check a close payload sent by a client. Returns 0 when valid (code 1005
+ * when empty), 1002 for a bad length or code, 1007 when the reason is not
+ * UTF-8. reason points into payload; on error the outputs are untouched.
+ * Same as wsp_close_parse_from(WSP_FROM_CLIENT, ...). */
 int wsp_close_parse(const unsigned char *payload, apr_size_t len, int *code,
                     const char **reason, apr_size_t *reason_len);
 
-/* Whether a code may be sent in a close frame (RFC 6455 7.4). */
+/* As wsp_close_parse() for a close sent by from: a server's 1010 is also
+ * 1002 (RFC 6455 7.4.1 gives 1010 to clients; a server that lacks an
+ * extension fails the handshake instead). */
+int wsp_close_parse_from(wsp_from_e from, const unsigned char *payload,
+                         apr_size_t len, int *code, const char **reason,
+                         apr_size_t *reason_len);
+
+/* Whether a code may be sent in a close frame by some endpoint (RFC 6455
+ * 7.4, IANA registry); who may send it is wsp_close_parse_from()'s. */
 int wsp_close_code_valid(int code);
 
-/* Write a close payload (code + reason truncated to fit 125 bytes) into
- * out; returns its length. code 1005 writes an empty payload. */
+/* Whether s is well-formed UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF, no sequence cut short). */
+int wsp_utf8_valid(const unsigned char *s, apr_size_t len);
+
+/* Write a close payload (code + reason truncated to fit 125 bytes, at a
+ * character boundary) into out; returns its length. code 1005 writes an
+ * empty payload. A valid code and a UTF-8 reason give a payload that
+ * wsp_close_parse() accepts. */
 apr_size_t wsp_close_payload(unsigned char *out, int code,
                              const char *reason, apr_size_t reason_len);
 

@@ -271,8 +271,60 @@ int wsp_close_code_valid(int code)
            || (code >= 3000 && code <= 4999);
 }
 
-int wsp_close_parse(const unsigned char *payload, apr_size_t len, int *code,
-                    const char **reason, apr_size_t *reason_len)
+/* Unicode's table of well-formed sequences (RFC 3629 section 4): the
+ * second byte's range shuts out overlong forms (after E0, F0), surrogates
+ * (after ED) and code points past U+10FFFF (after F4); C0, C1 and F5..FF
+ * never lead. */
+int wsp_utf8_valid(const unsigned char *s, apr_size_t len)
+{
+    apr_size_t i = 0, n, k;
+    unsigned char lo, hi;
+
+    while (i < len) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        lo = 0x80;
+        hi = 0xBF;
+        if (s[i] >= 0xC2 && s[i] <= 0xDF) {
+            n = 1;
+        }
+        else if (s[i] >= 0xE0 && s[i] <= 0xEF) {
+            n = 2;
+            lo = s[i] == 0xE0 ? 0xA0 : lo;
+            hi = s[i] == 0xED ? 0x9F : hi;
+        }
+        else if (s[i] >= 0xF0 && s[i] <= 0xF4) {
+            n = 3;
+            lo = s[i] == 0xF0 ? 0x90 : lo;
+            hi = s[i] == 0xF4 ? 0x8F : hi;
+        }
+        else {
+            return 0;
+        }
+        if (len - i <= n || s[i + 1] < lo || s[i + 1] > hi) {
+            return 0;
+        }
+        for (k = 2; k <= n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) {
+                return 0;
+            }
+        }
+        i += n + 1;
+    }
+    return 1;
+}
+
+/* Who may send which code: 1010 says the server left out an extension the
+ * client needs, so only a client sends it. 1011 reads "a server" in RFC
+ * 6455, but no rule bars a client from it, erratum 3227 rewords it "a
+ * remote endpoint" and Autobahn's case 7.7.9 has a client send it:
+ * accepted from both, as 1012 to 1014 are. wsp_close_code_valid() stays
+ * about codes alone, for the configuration and the codes we send. */
+int wsp_close_parse_from(wsp_from_e from, const unsigned char *payload,
+                         apr_size_t len, int *code, const char **reason,
+                         apr_size_t *reason_len)
 {
     int c;
 
@@ -286,13 +338,25 @@ int wsp_close_parse(const unsigned char *payload, apr_size_t len, int *code,
         return WSP_CLOSE_PROTOCOL;
     }
     c = (payload[0] << 8) | payload[1];
-    if (!wsp_close_code_valid(c)) {
+    if (!wsp_close_code_valid(c)
+        || (c == WSP_CLOSE_MANDATORY_EXT && from != WSP_FROM_CLIENT)) {
         return WSP_CLOSE_PROTOCOL;
+    }
+    /* RFC 6455 8.1: a reason that is not UTF-8 fails the connection. */
+    if (!wsp_utf8_valid(payload + 2, len - 2)) {
+        return WSP_CLOSE_INVALID_DATA;
     }
     *code = c;
     *reason = (const char *)payload + 2;
     *reason_len = len - 2;
     return 0;
+}
+
+int wsp_close_parse(const unsigned char *payload, apr_size_t len, int *code,
+                    const char **reason, apr_size_t *reason_len)
+{
+    return wsp_close_parse_from(WSP_FROM_CLIENT, payload, len, code, reason,
+                                reason_len);
 }
 
 apr_size_t wsp_close_payload(unsigned char *out, int code,
@@ -307,8 +371,9 @@ apr_size_t wsp_close_payload(unsigned char *out, int code,
         reason_len = 0;
     }
     if (reason_len > WSP_CONTROL_MAX - 2) {
-        /* Cut at a character boundary: a peer that checks the reason's
-         * UTF-8 would fail the close with 1007 over half a character. */
+        /* Cut before the character that does not fit: half a character
+         * fails the close with 1007 (8.1) at a peer that checks, as
+         * wsp_close_parse() does. */
         reason_len = WSP_CONTROL_MAX - 2;
         while (reason_len && ((unsigned char)reason[reason_len] & 0xC0)
                              == 0x80) {

@@ -588,14 +588,213 @@ static void test_close_parse(apr_pool_t *p)
     CHECK_INT(wsp_close_parse(c999, 2, &code, &reason, &rlen),
               WSP_CLOSE_PROTOCOL);
 
-    /* Invalid UTF-8 in the reason is not the codec's business. */
     big[0] = 0x03;
     big[1] = 0xe8;
-    memset(big + 2, 0xff, sizeof(big) - 2);
+    memset(big + 2, 'a', sizeof(big) - 2);
     CHECK_INT(wsp_close_parse(big, 125, &code, &reason, &rlen), 0);
     CHECK_INT(rlen, 123);
     CHECK_INT(wsp_close_parse(big, 126, &code, &reason, &rlen),
               WSP_CLOSE_PROTOCOL);
+
+    /* A reason that is not UTF-8: 1007, but a bad length stays 1002. */
+    memset(big + 2, 0xff, sizeof(big) - 2);
+    CHECK_INT(wsp_close_parse(big, 125, &code, &reason, &rlen),
+              WSP_CLOSE_INVALID_DATA);
+    CHECK_INT(wsp_close_parse(big, 126, &code, &reason, &rlen),
+              WSP_CLOSE_PROTOCOL);
+}
+
+/* A close payload: the code, then the reason. */
+static apr_size_t mkclose(unsigned char *out, int code, const char *reason,
+                          apr_size_t len)
+{
+    out[0] = (unsigned char)(code >> 8);
+    out[1] = (unsigned char)code;
+    memcpy(out + 2, reason, len);
+    return 2 + len;
+}
+
+typedef struct {
+    const char *what;
+    const char *bytes;
+    apr_size_t len;
+} utf8_case_t;
+
+#define U8(what, s) { what, s, sizeof(s) - 1 }
+
+static void test_close_reason_utf8_valid(apr_pool_t *p)
+{
+    static const utf8_case_t good[] = {
+        U8("ASCII", "going away"),
+        U8("U+0000", "a\0b"),
+        U8("2 bytes U+0080", "\xc2\x80"),
+        U8("2 bytes U+00E9", "caf\xc3\xa9"),
+        U8("2 bytes U+07FF", "\xdf\xbf"),
+        U8("3 bytes U+0800", "\xe0\xa0\x80"),
+        U8("3 bytes U+20AC", "5 \xe2\x82\xac"),
+        U8("3 bytes U+D7FF", "\xed\x9f\xbf"),
+        U8("3 bytes U+E000", "\xee\x80\x80"),
+        U8("3 bytes U+FFFF", "\xef\xbf\xbf"),
+        U8("4 bytes U+10000", "\xf0\x90\x80\x80"),
+        U8("4 bytes U+1F600", "\xf0\x9f\x98\x80!"),
+        U8("4 bytes U+10FFFF", "\xf4\x8f\xbf\xbf"),
+        U8("mixed", "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5"
+           " \xf0\x9f\x98\x80 \xe2\x82\xac"),
+    };
+    unsigned char pl[WSP_CONTROL_MAX];
+    const char *reason;
+    apr_size_t i, n, rlen;
+    int code, rv;
+
+    (void)p;
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        CHECK(wsp_utf8_valid((const unsigned char *)good[i].bytes,
+                             good[i].len));
+        n = mkclose(pl, 1000, good[i].bytes, good[i].len);
+        rv = wsp_close_parse(pl, n, &code, &reason, &rlen);
+        CHECK_INT(rv, 0);
+        if (rv) {
+            fprintf(stderr, "  case: %s\n", good[i].what);
+            continue;
+        }
+        CHECK_INT(code, 1000);
+        CHECK_INT(rlen, good[i].len);
+        CHECK(!memcmp(reason, good[i].bytes, rlen));
+    }
+}
+
+static void test_close_reason_utf8_invalid(apr_pool_t *p)
+{
+    static const utf8_case_t bad[] = {
+        U8("lone continuation 80", "\x80"),
+        U8("lone continuation BF", "a\xbf"),
+        U8("overlong 2 bytes C0 80", "\xc0\x80"),
+        U8("overlong 2 bytes C1 BF", "\xc1\xbf"),
+        U8("overlong 3 bytes E0 80 80", "\xe0\x80\x80"),
+        U8("overlong 3 bytes E0 9F BF", "\xe0\x9f\xbf"),
+        U8("overlong 4 bytes F0 80 80 80", "\xf0\x80\x80\x80"),
+        U8("overlong 4 bytes F0 8F BF BF", "\xf0\x8f\xbf\xbf"),
+        U8("surrogate U+D800", "\xed\xa0\x80"),
+        U8("surrogate U+DBFF", "\xed\xaf\xbf"),
+        U8("surrogate U+DC00", "\xed\xb0\x80"),
+        U8("surrogate U+DFFF", "\xed\xbf\xbf"),
+        U8("surrogate pair", "\xed\xa0\xbd\xed\xb8\x80"),
+        U8("U+110000", "\xf4\x90\x80\x80"),
+        U8("F5 lead", "\xf5\x80\x80\x80"),
+        U8("F7 lead", "\xf7\xbf\xbf\xbf"),
+        U8("5 bytes", "\xf8\x88\x80\x80\x80"),
+        U8("6 bytes", "\xfc\x84\x80\x80\x80\x80"),
+        U8("FE", "\xfe"),
+        U8("FF", "\xff"),
+        U8("truncated 2 bytes at end", "ab\xc3"),
+        U8("truncated 3 bytes at end", "ab\xe2\x82"),
+        U8("truncated 4 bytes at end", "ab\xf0\x9f\x98"),
+        U8("truncated 3 bytes, then ASCII", "\xe2\x82z"),
+        U8("truncated 4 bytes, then a character", "\xf0\x9f\xc3\xa9"),
+        U8("bad continuation 2 bytes", "\xc3\x28"),
+        U8("bad continuation 3 bytes", "\xe2\x82\x28"),
+        U8("bad continuation 4 bytes", "\xf0\x90\x28\xbc"),
+    };
+    unsigned char pl[WSP_CONTROL_MAX];
+    char mid[64];
+    const char *reason = "untouched";
+    apr_size_t i, n, rlen = 99;
+    int code = 42;
+
+    (void)p;
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int before = wsp_test_failures;
+
+        CHECK(!wsp_utf8_valid((const unsigned char *)bad[i].bytes,
+                              bad[i].len));
+        n = mkclose(pl, 1000, bad[i].bytes, bad[i].len);
+        CHECK_INT(wsp_close_parse(pl, n, &code, &reason, &rlen),
+                  WSP_CLOSE_INVALID_DATA);
+        /* the same sequence amid valid text, from the other side */
+        memcpy(mid, "ok \xc3\xa9 ", 6);
+        memcpy(mid + 6, bad[i].bytes, bad[i].len);
+        memcpy(mid + 6 + bad[i].len, " ok", 3);
+        n = mkclose(pl, 4000, mid, bad[i].len + 9);
+        CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, pl, n, &code,
+                                       &reason, &rlen),
+                  WSP_CLOSE_INVALID_DATA);
+        if (wsp_test_failures != before) {
+            fprintf(stderr, "  case: %s\n", bad[i].what);
+        }
+    }
+    /* a failed parse leaves the outputs alone */
+    CHECK_INT(code, 42);
+    CHECK_INT(rlen, 99);
+    CHECK_STR(reason, "untouched");
+}
+
+static void test_close_reason_empty(apr_pool_t *p)
+{
+    static const unsigned char c1001[] = { 0x03, 0xe9 };
+    const char *reason = NULL;
+    apr_size_t rlen = 99;
+    int code = 0;
+
+    (void)p;
+    CHECK(wsp_utf8_valid((const unsigned char *)"", 0));
+    CHECK(wsp_utf8_valid(NULL, 0));
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1001, 2, &code,
+                                   &reason, &rlen), 0);
+    CHECK_INT(code, 1001);
+    CHECK_INT(rlen, 0);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1001, 0, &code,
+                                   &reason, &rlen), 0);
+    CHECK_INT(code, WSP_CLOSE_NO_STATUS);
+    CHECK_STR(reason, "");
+}
+
+static void test_close_direction(apr_pool_t *p)
+{
+    static const unsigned char c1010[] = { 0x03, 0xf2, 'e', 'x', 't' };
+    static const unsigned char c1010_bad[] = { 0x03, 0xf2, 0xff };
+    static const unsigned char c1011[] = { 0x03, 0xf3 };
+    static const unsigned char c1014[] = { 0x03, 0xf6 };
+    static const unsigned char c1015[] = { 0x03, 0xf7 };
+    const char *reason;
+    apr_size_t rlen;
+    int code = 0;
+
+    (void)p;
+    /* 1010: a client's complaint about the server's handshake. */
+    CHECK_INT(wsp_close_parse(c1010, sizeof(c1010), &code, &reason, &rlen),
+              0);
+    CHECK_INT(code, WSP_CLOSE_MANDATORY_EXT);
+    code = 0;
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_CLIENT, c1010, sizeof(c1010),
+                                   &code, &reason, &rlen), 0);
+    CHECK_INT(code, WSP_CLOSE_MANDATORY_EXT);
+    CHECK_INT(rlen, 3);
+    code = 0;
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1010, sizeof(c1010),
+                                   &code, &reason, &rlen),
+              WSP_CLOSE_PROTOCOL);
+    CHECK_INT(code, 0);
+    /* the code is judged before the reason */
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1010_bad, 3, &code,
+                                   &reason, &rlen), WSP_CLOSE_PROTOCOL);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_CLIENT, c1010_bad, 3, &code,
+                                   &reason, &rlen), WSP_CLOSE_INVALID_DATA);
+
+    /* 1011 and the IANA codes up to 1014 come from either side. */
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_CLIENT, c1011, 2, &code,
+                                   &reason, &rlen), 0);
+    CHECK_INT(code, WSP_CLOSE_INTERNAL);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1011, 2, &code,
+                                   &reason, &rlen), 0);
+    CHECK_INT(code, WSP_CLOSE_INTERNAL);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_CLIENT, c1014, 2, &code,
+                                   &reason, &rlen), 0);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1014, 2, &code,
+                                   &reason, &rlen), 0);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_CLIENT, c1015, 2, &code,
+                                   &reason, &rlen), WSP_CLOSE_PROTOCOL);
+    CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, c1015, 2, &code,
+                                   &reason, &rlen), WSP_CLOSE_PROTOCOL);
 }
 
 static void test_close_code_valid(apr_pool_t *p)
@@ -672,6 +871,45 @@ static void test_close_payload_utf8_cut(apr_pool_t *p)
     CHECK(!memcmp(out + 122, "\xe2\x82\xac", 3));
 }
 
+/* Long reasons of 2, 3 and 4 byte characters after 0 to 3 ASCII bytes, so
+ * the 123-byte limit falls at every position within a character: the cut
+ * keeps whole characters only, as many as fit, and parses back. */
+static void test_close_payload_cut_every_offset(apr_pool_t *p)
+{
+    static const char *chars[] = { "\xc3\xa9", "\xe2\x82\xac",
+                                   "\xf0\x9f\x98\x80" };
+    unsigned char out[WSP_CONTROL_MAX];
+    char reason[200];
+    const char *r;
+    apr_size_t c, lead, clen, n, rlen, want, i;
+    int code;
+
+    (void)p;
+    for (c = 0; c < 3; c++) {
+        clen = strlen(chars[c]);
+        for (lead = 0; lead < clen; lead++) {
+            memset(reason, 'a', lead);
+            for (i = lead; i + clen <= sizeof(reason); i += clen) {
+                memcpy(reason + i, chars[c], clen);
+            }
+            want = lead + (123 - lead) / clen * clen;
+            n = wsp_close_payload(out, 1001, reason, i);
+            CHECK_INT(n, 2 + want);
+            CHECK(!memcmp(out + 2, reason, n - 2));
+            CHECK_INT(wsp_close_parse(out, n, &code, &r, &rlen), 0);
+            CHECK_INT(code, 1001);
+            CHECK_INT(rlen, want);
+            CHECK_INT(wsp_close_parse_from(WSP_FROM_SERVER, out, n, &code,
+                                           &r, &rlen), 0);
+        }
+    }
+    /* 123 bytes that end in a 4-byte character: nothing to cut */
+    memset(reason, 'a', 119);
+    memcpy(reason + 119, chars[2], 4);
+    CHECK_INT(wsp_close_payload(out, 1000, reason, 123), 125);
+    CHECK(wsp_utf8_valid(out + 2, 123));
+}
+
 WSP_TEST_MAIN(
     RUN(test_header_bytes);
     RUN(test_length_boundaries);
@@ -694,7 +932,12 @@ WSP_TEST_MAIN(
     RUN(test_too_big_ignores_control);
     RUN(test_no_limit);
     RUN(test_close_parse);
+    RUN(test_close_reason_utf8_valid);
+    RUN(test_close_reason_utf8_invalid);
+    RUN(test_close_reason_empty);
+    RUN(test_close_direction);
     RUN(test_close_code_valid);
     RUN(test_close_payload);
     RUN(test_close_payload_utf8_cut);
+    RUN(test_close_payload_cut_every_offset);
 )
