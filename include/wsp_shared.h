@@ -39,8 +39,8 @@ typedef struct {
 /* pre_config: register the mutex type. */
 int wsp_shared_pre_config(apr_pool_t *pconf);
 
-/* post_config (parent): make or reuse the segment and give every
- * configured backend its slot. */
+/* post_config (parent): make or reuse the segment, give every configured
+ * backend its slot and the generation its nonce. */
 int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                            apr_pool_t *ptemp, server_rec *s);
 
@@ -58,8 +58,8 @@ apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p);
 /* Pipes live in this process. */
 int wsp_shared_process_pipes(void);
 
-/* The manager's form nonce: random, the same in every child of one
- * generation. */
+/* The manager's form nonce: random, new at every restart (graceful
+ * too), and from then on the same in every child, old or new. */
 const char *wsp_shared_nonce(void);
 
 /* Apply an administrator action ("add", "drain", "remove", "enable",

@@ -24,7 +24,9 @@
 #include "wsp_config.h"
 #include "wsp_shared.h"
 
-#define WSP_SHM_MAGIC 0x77737031u
+/* bumped when the layout changes: a graceful restart into a new build
+ * does not read an old segment with the new layout */
+#define WSP_SHM_MAGIC 0x77737032u
 #define WSP_POOL_NAME_MAX 256
 #define WSP_NONCE_LEN 32
 
@@ -43,7 +45,8 @@ typedef struct {
     apr_uint32_t nrows;
     apr_uint32_t epoch;          /* slots taken, freed or retired */
     apr_uint32_t admin_epoch;    /* administrator actions */
-    char nonce[WSP_NONCE_LEN + 1];
+    apr_uint32_t nonce_at;       /* which of nonces is the current one */
+    char nonces[2][WSP_NONCE_LEN + 1];
 } wsp_shm_head_t;
 
 /* A process's pipes per slot; pid 0: free. */
@@ -374,9 +377,7 @@ static apr_status_t wsp_shared_make(wsp_retained_t *rt, server_rec *s,
     apr_size_t size = wsp_shm_size(npools, nslots, nrows);
     apr_shm_t *shm;
     wsp_shm_head_t *h;
-    unsigned char rnd[WSP_NONCE_LEN / 2];
     apr_status_t rv;
-    int i;
 
     rv = apr_shm_create(&shm, size, NULL, s->process->pool);
     if (rv != APR_SUCCESS) {
@@ -391,12 +392,43 @@ static apr_status_t wsp_shared_make(wsp_retained_t *rt, server_rec *s,
     h->npools = npools;
     h->nslots = nslots;
     h->nrows = nrows;
-    apr_generate_random_bytes(rnd, sizeof(rnd));
-    for (i = 0; i < (int)sizeof(rnd); ++i) {
-        apr_snprintf(h->nonce + 2 * i, 3, "%02x", rnd[i]);
-    }
     rt->shm = shm;
     return APR_SUCCESS;
+}
+
+static apr_status_t wsp_nonce_make(char *out)
+{
+    unsigned char rnd[WSP_NONCE_LEN / 2];
+    apr_status_t rv = apr_generate_random_bytes(rnd, sizeof(rnd));
+    int i;
+
+    for (i = 0; rv == APR_SUCCESS && i < (int)sizeof(rnd); ++i) {
+        apr_snprintf(out + 2 * i, 3, "%02x", rnd[i]);
+    }
+    return rv;
+}
+
+/* Each generation's nonce goes to the buffer readers are not using; then
+ * they are pointed at it, so that none reads half of each. */
+static void wsp_nonce_publish(wsp_shm_head_t *h, const char *nonce)
+{
+    apr_uint32_t next = (apr_atomic_read32(&h->nonce_at) + 1) & 1;
+
+    apr_cpystrn(h->nonces[next], nonce, sizeof(h->nonces[next]));
+    apr_atomic_set32(&h->nonce_at, next);
+}
+
+static apr_status_t wsp_mutex_make(wsp_retained_t *rt, server_rec *s,
+                                   const char *instance)
+{
+    apr_status_t rv;
+
+    rv = ap_global_mutex_create(&rt->mutex, &rt->mutex_file,
+                                WSP_SHARED_MUTEX, instance, s,
+                                s->process->pool, 0);
+    wsp_mutex = rt->mutex;
+    wsp_mutex_file = rt->mutex_file;
+    return rv;
 }
 
 int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
@@ -406,6 +438,7 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     apr_array_header_t *cpools = wsp_conf_pools();
     wsp_retained_t *rt = NULL;
     apr_uint32_t npools = 0, nslots = 0, nrows;
+    char nonce[WSP_NONCE_LEN + 1];
     int daemons = 0, i;
     apr_status_t rv;
 
@@ -415,6 +448,12 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         return OK;                  /* the first, trial read of the config */
     }
     wsp_gen = (apr_uint32_t)ap_state_query(AP_SQ_CONFIG_GEN) + 1;
+    /* the manager's forms are good for one generation */
+    if ((rv = wsp_nonce_make(nonce)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "ws_persist: no random "
+                     "bytes for the manager's nonce");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
     apr_pool_userdata_get((void **)&rt, key, s->process->pool);
     if (!rt) {
         rt = apr_pcalloc(s->process->pool, sizeof(*rt));
@@ -423,13 +462,8 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     }
     /* one mutex for the life of the server: old and new children of a
      * graceful restart change the same slots */
-    if (!rt->mutex) {
-        rv = ap_global_mutex_create(&rt->mutex, &rt->mutex_file,
-                                    WSP_SHARED_MUTEX, NULL, s,
-                                    s->process->pool, 0);
-        if (rv != APR_SUCCESS) {
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (!rt->mutex && wsp_mutex_make(rt, s, NULL) != APR_SUCCESS) {
+        return HTTP_INTERNAL_SERVER_ERROR;
     }
     wsp_mutex = rt->mutex;
     wsp_mutex_file = rt->mutex_file;
@@ -447,20 +481,29 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (rt->shm) {
         wsp_shm_head_t *old = apr_shm_baseaddr_get(rt->shm);
 
-        if (old->npools >= npools * 2 && old->nslots >= nslots * 2
-            && old->nrows >= nrows) {
+        if (old->magic != WSP_SHM_MAGIC) {
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
+                         "shared memory was laid out by another build of "
+                         "the module; children of the previous generation "
+                         "keep it until they exit");
+        }
+        else if (old->npools < npools * 2 || old->nslots < nslots * 2
+                 || old->nrows < nrows) {
+            /* too small for the new configuration: a new segment;
+             * children still running keep the old one */
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
+                         "configuration outgrew the shared memory; children "
+                         "of the previous generation keep their own until "
+                         "they exit");
+        }
+        else {
             wsp_head = old;
             apr_global_mutex_lock(wsp_mutex);
             wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
+            wsp_nonce_publish(wsp_head, nonce);
             apr_global_mutex_unlock(wsp_mutex);
             return OK;
         }
-        /* too small for the new configuration: a new segment; children
-         * still running keep the old one */
-        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
-                     "configuration outgrew the shared memory; children "
-                     "of the previous generation keep their own until "
-                     "they exit");
     }
     {
         apr_shm_t *prev = rt->shm;
@@ -472,8 +515,16 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         }
         wsp_head = apr_shm_baseaddr_get(rt->shm);
         wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
+        wsp_nonce_publish(wsp_head, nonce);
         if (prev) {
-            wsp_carry_over(wsp_head, apr_shm_baseaddr_get(prev));
+            wsp_shm_head_t *ph = apr_shm_baseaddr_get(prev);
+
+            if (ph->magic == WSP_SHM_MAGIC) {
+                /* read unlocked: counters, at worst a moment old */
+                wsp_carry_over(wsp_head, ph);
+                /* old children refuse the old forms too */
+                wsp_nonce_publish(ph, nonce);
+            }
             /* unmapped in the parent only: old children keep theirs */
             apr_shm_destroy(prev);
         }
@@ -689,7 +740,9 @@ int wsp_shared_process_pipes(void)
 
 const char *wsp_shared_nonce(void)
 {
-    return wsp_head ? wsp_head->nonce : NULL;
+    return wsp_head
+           ? wsp_head->nonces[apr_atomic_read32(&wsp_head->nonce_at) & 1]
+           : NULL;
 }
 
 apr_uint32_t wsp_shared_admin_epoch(void)

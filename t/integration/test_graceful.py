@@ -112,3 +112,25 @@ def test_graceful_restart_retires_dropped_backends_and_runtime_changes(env):
             await ws.close()
         await old.close()
     asyncio.run(run())
+
+
+def test_graceful_restart_gives_a_new_nonce(env):
+    """The manager's nonce belongs to one generation: a form read before
+    a graceful restart is refused after it, the new nonce is accepted."""
+    from wsp_manage import post
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    body = env.location("/ws/", [b1, b2])
+    env.start_httpd(SLOTS + MANAGER + body)
+    old = state(env)["nonce"]
+    status, _, reply = post(env, "disable", b2.url, nonce=old)
+    assert status == 200, reply
+
+    graceful(env, body)
+    new = state(env)["nonce"]
+    assert new != old
+    status, _, reply = post(env, "enable", b2.url, nonce=old)
+    assert status == 403, reply
+    assert env.httpd.log_lines(r"manager: refused enable .* 403 nonce")
+    status, _, reply = post(env, "disable", b2.url, nonce=new)
+    assert status == 200, reply
+
