@@ -6,7 +6,11 @@
  * back-off, counters, and the pipes old children still hold), one that
  * leaves it is retired for new children while old ones may still use it.
  * Each process counts its pipes per slot in a row of its own, so the
- * pipes of a child that dies without releasing them are counted out. */
+ * pipes of a child that dies without releasing them are counted out.
+ *
+ * The parent never waits for the lock: a child may have died holding it.
+ * It marks a dead child's row with an atomic store, for the next holder
+ * to reclaim, and at a restart it only tries the lock. */
 #include <errno.h>
 #include <signal.h>
 #include <unistd.h>
@@ -45,6 +49,8 @@ typedef struct {
     apr_uint32_t nrows;
     apr_uint32_t epoch;          /* slots taken, freed or retired */
     apr_uint32_t admin_epoch;    /* administrator actions */
+    apr_uint32_t deaths;         /* rows the parent marked dead */
+    apr_uint32_t deaths_seen;    /* ... up to which they were reclaimed */
     apr_uint32_t nonce_at;       /* which of nonces is the current one */
     char nonces[2][WSP_NONCE_LEN + 1];
 } wsp_shm_head_t;
@@ -52,7 +58,7 @@ typedef struct {
 /* A process's pipes per slot; pid 0: free. */
 typedef struct {
     pid_t pid;
-    apr_uint32_t pad;
+    apr_uint32_t dead;           /* pid the parent saw exit, else 0 */
     apr_uint32_t counts[1];      /* nslots of them */
 } wsp_row_t;
 
@@ -113,10 +119,17 @@ static wsp_row_t *wsp_row_of(wsp_shm_head_t *h, apr_uint32_t i)
 
 /* ---- lock -------------------------------------------------------------- */
 
+static void wsp_reap(wsp_shm_head_t *h);
+
+/* Whoever takes the lock first counts out the children the parent saw
+ * die, before anyone reads a pipe count. */
 static void wsp_shared_lock(void)
 {
     if (wsp_mutex) {
         apr_global_mutex_lock(wsp_mutex);
+        if (wsp_head) {
+            wsp_reap(wsp_head);
+        }
     }
 }
 
@@ -198,6 +211,31 @@ static void wsp_row_reclaim(wsp_shm_head_t *h, wsp_row_t *row)
         }
     }
     row->pid = 0;
+    apr_atomic_set32(&row->dead, 0);
+}
+
+/* Under the lock: reclaim the rows the parent marked. A mark that no
+ * longer matches its row's pid came after the row changed hands (a new
+ * child found the pid gone and reclaimed the row first): dropped. */
+static void wsp_reap(wsp_shm_head_t *h)
+{
+    apr_uint32_t deaths = apr_atomic_read32(&h->deaths), k;
+
+    if (deaths == h->deaths_seen) {
+        return;
+    }
+    for (k = 0; k < h->nrows; ++k) {
+        wsp_row_t *row = wsp_row_of(h, k);
+        apr_uint32_t dead = apr_atomic_read32(&row->dead);
+
+        if (dead && dead == (apr_uint32_t)row->pid) {
+            wsp_row_reclaim(h, row);
+        }
+        else if (dead) {
+            apr_atomic_cas32(&row->dead, 0, dead);
+        }
+    }
+    h->deaths_seen = deaths;
 }
 
 static int wsp_pool_find_index(wsp_shm_head_t *h, const char *name)
@@ -418,6 +456,27 @@ static void wsp_nonce_publish(wsp_shm_head_t *h, const char *nonce)
     apr_atomic_set32(&h->nonce_at, next);
 }
 
+/* Children hold the lock for moments and never across I/O; one that
+ * stays taken this long belongs to a child that died or stopped in it
+ * (posixsem never gives back the lock of a process that died). */
+#define WSP_PARENT_LOCK_TRIES 500
+#define WSP_PARENT_LOCK_PAUSE apr_time_from_msec(10)
+
+/* The parent must not hang on a lock a child may hold: it only tries. */
+static apr_status_t wsp_parent_trylock(void)
+{
+    apr_status_t rv = APR_EBUSY;
+    int i;
+
+    for (i = 0; i < WSP_PARENT_LOCK_TRIES && APR_STATUS_IS_EBUSY(rv); ++i) {
+        if (i) {
+            apr_sleep(WSP_PARENT_LOCK_PAUSE);
+        }
+        rv = apr_global_mutex_trylock(wsp_mutex);
+    }
+    return rv;
+}
+
 static apr_status_t wsp_mutex_make(wsp_retained_t *rt, server_rec *s,
                                    const char *instance)
 {
@@ -496,13 +555,27 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                          "of the previous generation keep their own until "
                          "they exit");
         }
-        else {
+        else if ((rv = wsp_parent_trylock()) == APR_SUCCESS) {
             wsp_head = old;
-            apr_global_mutex_lock(wsp_mutex);
             wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
             wsp_nonce_publish(wsp_head, nonce);
             apr_global_mutex_unlock(wsp_mutex);
             return OK;
+        }
+        else {
+            /* the old lock may never come back: the new generation gets
+             * its own, and its own segment, as if it had outgrown it */
+            ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, "ws_persist: the %s "
+                         "lock stayed taken, by a child that died or "
+                         "stopped holding it; the new generation gets a "
+                         "lock and shared memory of its own, children of "
+                         "the previous one keep theirs until they exit",
+                         WSP_SHARED_MUTEX);
+            if (wsp_mutex_make(rt, s, apr_psprintf(s->process->pool, "%u",
+                                                   wsp_gen))
+                != APR_SUCCESS) {
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
         }
     }
     {
@@ -611,6 +684,7 @@ apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
     wsp_views = apr_pcalloc(wsp_vpool, wsp_head->nslots * sizeof(*wsp_views));
 
     apr_global_mutex_lock(wsp_mutex);
+    wsp_reap(wsp_head);
     for (k = 0; k < wsp_head->nrows && !wsp_row; ++k) {
         wsp_row_t *row = wsp_row_of(wsp_head, k);
 
@@ -619,6 +693,7 @@ apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
             wsp_row_reclaim(wsp_head, row);   /* a process gone uncounted */
         }
         if (!row->pid) {
+            apr_atomic_set32(&row->dead, 0);
             row->pid = me;
             wsp_row = row;
         }
@@ -645,26 +720,33 @@ apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
     return APR_SUCCESS;
 }
 
+/* The parent never takes the lock here: the child that died may hold it,
+ * and some mechanisms (posixsem) never give a dead holder's lock back. It
+ * only marks the row; the next process that takes the lock counts it out
+ * (wsp_reap), before any pipe count is read. */
 void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
                              int slot, mpm_child_status state)
 {
     apr_uint32_t k;
+    int marked = 0;
 
     (void)s;
     (void)gen;
     (void)slot;
-    if (state != MPM_CHILD_EXITED || !wsp_head || !wsp_mutex) {
+    if (state != MPM_CHILD_EXITED || !wsp_head || pid <= 0) {
         return;
     }
-    apr_global_mutex_lock(wsp_mutex);
     for (k = 0; k < wsp_head->nrows; ++k) {
         wsp_row_t *row = wsp_row_of(wsp_head, k);
 
         if (row->pid == pid) {
-            wsp_row_reclaim(wsp_head, row);
+            apr_atomic_set32(&row->dead, (apr_uint32_t)pid);
+            marked = 1;
         }
     }
-    apr_global_mutex_unlock(wsp_mutex);
+    if (marked) {
+        apr_atomic_inc32(&wsp_head->deaths);   /* after the mark */
+    }
 }
 
 /* ---- views for the manager and mod_status ------------------------------- */
