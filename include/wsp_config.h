@@ -10,7 +10,9 @@ void *wsp_create_dir_config(apr_pool_t *p, char *dir);
 void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv);
 
 /* Fails the configuration when ws-persist handles a context that has no
- * backend. Runs at configtest and at start. */
+ * backend, or a WSPersistBackendSlots line has no backends of its section
+ * to size; gives each pool its slots. Runs at configtest and at start,
+ * before post_config. */
 int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
                      server_rec *s);
 

@@ -39,15 +39,19 @@ typedef struct {
 /* pre_config: register the mutex type. */
 int wsp_shared_pre_config(apr_pool_t *pconf);
 
-/* post_config (parent): make or reuse the segment and give every
- * configured backend its slot. */
+/* post_config (parent): make or reuse the segment, give every configured
+ * backend its slot and the generation its nonce. It only tries the lock:
+ * one that stays taken gets the new generation a lock and segment of its
+ * own. */
 int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                            apr_pool_t *ptemp, server_rec *s);
 
 /* child_init: attach the mutex, take this process's row of pipe counts. */
 apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s);
 
-/* Parent: a child exited; the pipes it held are counted out. */
+/* Parent: a child exited; its row is marked, and the next process that
+ * takes the lock counts its pipes out. The parent never takes the lock
+ * here (the dead child may hold it). */
 void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
                              int slot, mpm_child_status state);
 
@@ -58,8 +62,8 @@ apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p);
 /* Pipes live in this process. */
 int wsp_shared_process_pipes(void);
 
-/* The manager's form nonce: random, the same in every child of one
- * generation. */
+/* The manager's form nonce: random, new at every restart (graceful
+ * too), and from then on the same in every child, old or new. */
 const char *wsp_shared_nonce(void);
 
 /* Apply an administrator action ("add", "drain", "remove", "enable",

@@ -134,9 +134,20 @@ static const char *wsp_parse_int(cmd_parms *cmd, const char *arg, int min,
  * pre_config starts it over. */
 static apr_array_header_t *wsp_pools;
 
+/* A WSPersistBackendSlots line, applied to its section's pool once the
+ * whole configuration is read (the backend lines may come after it). */
+typedef struct {
+    wsp_dir_conf_t *conf;
+    int spare;
+    const char *where;          /* file:line (section) */
+} wsp_slots_line_t;
+
+static apr_array_header_t *wsp_slots_lines;
+
 void wsp_conf_reset(void)
 {
     wsp_pools = NULL;
+    wsp_slots_lines = NULL;
 }
 
 apr_array_header_t *wsp_conf_pools(void)
@@ -144,8 +155,9 @@ apr_array_header_t *wsp_conf_pools(void)
     return wsp_pools;
 }
 
-/* This context's pool, made on first use. Its name is the location path;
- * a second context with the same path gets "#2" and so on, so the
+/* This context's pool, made by its first WSPersistBackend (a context
+ * without one inherits its enclosing context's). Its name is the location
+ * path; a second context with the same path gets "#2" and so on, so the
  * manager can tell them apart. */
 static wsp_pool_t *wsp_conf_pool(cmd_parms *cmd, wsp_dir_conf_t *conf)
 {
@@ -231,11 +243,36 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
     return NULL;
 }
 
+/* Where a directive is, for messages: file:line and its section. */
+static const char *wsp_where(apr_pool_t *p, const ap_directive_t *d)
+{
+    const ap_directive_t *sec = d->parent;
+
+    return apr_psprintf(p, "%s:%d (%s%s%s)", d->filename, d->line_num,
+                        sec ? sec->directive : "server config",
+                        sec ? " " : "", sec ? sec->args : "");
+}
+
+/* Sizes the pool of its own section only: a pool is made by backends, so
+ * that a section that names none keeps the one it inherits. */
 static const char *set_backend_slots(cmd_parms *cmd, void *dconf,
                                      const char *arg)
 {
-    return wsp_parse_int(cmd, arg, 0, 1024,
-                         &wsp_conf_pool(cmd, dconf)->spare);
+    wsp_slots_line_t *line;
+    int spare;
+    const char *err = wsp_parse_int(cmd, arg, 0, 1024, &spare);
+
+    if (err) {
+        return err;
+    }
+    if (!wsp_slots_lines) {
+        wsp_slots_lines = apr_array_make(cmd->pool, 4, sizeof(*line));
+    }
+    line = apr_array_push(wsp_slots_lines);
+    line->conf = dconf;
+    line->spare = spare;
+    line->where = wsp_where(cmd->pool, cmd->directive);
+    return NULL;
 }
 
 static const char *set_size(cmd_parms *cmd, void *dconf, const char *arg)
@@ -536,9 +573,10 @@ static int wsp_check_tree(const ap_directive_t *first, int has_backend,
             }
             if (!strcasecmp(h, WSP_HANDLER) && !has_backend) {
                 ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s,
-                             "ws_persist: SetHandler ws-persist at %s:%d "
-                             "has no WSPersistBackend in its section or an "
-                             "enclosing one", d->filename, d->line_num);
+                             "ws_persist: SetHandler ws-persist at %s has "
+                             "no WSPersistBackend in its section or an "
+                             "enclosing one", wsp_where(s->process->pconf,
+                                                        d));
                 rv = !OK;
             }
         }
@@ -550,12 +588,41 @@ static int wsp_check_tree(const ap_directive_t *first, int has_backend,
     return rv;
 }
 
+/* Each WSPersistBackendSlots line onto the pool its section's backends
+ * made. Without one the line would size nothing (the section serves from
+ * the pool it inherits, or from none): refused, so that the admin learns
+ * where the slots must go. */
+static int wsp_apply_slots(server_rec *s)
+{
+    int i, rv = OK;
+
+    for (i = 0; wsp_slots_lines && i < wsp_slots_lines->nelts; ++i) {
+        wsp_slots_line_t *line = &APR_ARRAY_IDX(wsp_slots_lines, i,
+                                                wsp_slots_line_t);
+
+        if (line->conf->pool) {
+            line->conf->pool->spare = line->spare;
+            continue;
+        }
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s,
+                     "ws_persist: WSPersistBackendSlots at %s: this section "
+                     "has no WSPersistBackend of its own; the slots belong "
+                     "beside the WSPersistBackend lines of the pool they "
+                     "are for", line->where);
+        rv = !OK;
+    }
+    return rv;
+}
+
 int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
                      server_rec *s)
 {
+    int tree, slots;
+
     (void)pconf;
     (void)plog;
     (void)ptemp;
-    return wsp_check_tree(ap_conftree, 0, s) == OK
-           ? OK : HTTP_INTERNAL_SERVER_ERROR;
+    tree = wsp_check_tree(ap_conftree, 0, s);
+    slots = wsp_apply_slots(s);
+    return tree == OK && slots == OK ? OK : HTTP_INTERNAL_SERVER_ERROR;
 }

@@ -6,7 +6,11 @@
  * back-off, counters, and the pipes old children still hold), one that
  * leaves it is retired for new children while old ones may still use it.
  * Each process counts its pipes per slot in a row of its own, so the
- * pipes of a child that dies without releasing them are counted out. */
+ * pipes of a child that dies without releasing them are counted out.
+ *
+ * The parent never waits for the lock: a child may have died holding it.
+ * It marks a dead child's row with an atomic store, for the next holder
+ * to reclaim, and at a restart it only tries the lock. */
 #include <errno.h>
 #include <signal.h>
 #include <unistd.h>
@@ -24,7 +28,9 @@
 #include "wsp_config.h"
 #include "wsp_shared.h"
 
-#define WSP_SHM_MAGIC 0x77737031u
+/* bumped when the layout changes: a graceful restart into a new build
+ * does not read an old segment with the new layout */
+#define WSP_SHM_MAGIC 0x77737032u
 #define WSP_POOL_NAME_MAX 256
 #define WSP_NONCE_LEN 32
 
@@ -43,13 +49,16 @@ typedef struct {
     apr_uint32_t nrows;
     apr_uint32_t epoch;          /* slots taken, freed or retired */
     apr_uint32_t admin_epoch;    /* administrator actions */
-    char nonce[WSP_NONCE_LEN + 1];
+    apr_uint32_t deaths;         /* rows the parent marked dead */
+    apr_uint32_t deaths_seen;    /* ... up to which they were reclaimed */
+    apr_uint32_t nonce_at;       /* which of nonces is the current one */
+    char nonces[2][WSP_NONCE_LEN + 1];
 } wsp_shm_head_t;
 
 /* A process's pipes per slot; pid 0: free. */
 typedef struct {
     pid_t pid;
-    apr_uint32_t pad;
+    apr_uint32_t dead;           /* pid the parent saw exit, else 0 */
     apr_uint32_t counts[1];      /* nslots of them */
 } wsp_row_t;
 
@@ -110,10 +119,17 @@ static wsp_row_t *wsp_row_of(wsp_shm_head_t *h, apr_uint32_t i)
 
 /* ---- lock -------------------------------------------------------------- */
 
+static void wsp_reap(wsp_shm_head_t *h);
+
+/* Whoever takes the lock first counts out the children the parent saw
+ * die, before anyone reads a pipe count. */
 static void wsp_shared_lock(void)
 {
     if (wsp_mutex) {
         apr_global_mutex_lock(wsp_mutex);
+        if (wsp_head) {
+            wsp_reap(wsp_head);
+        }
     }
 }
 
@@ -195,6 +211,31 @@ static void wsp_row_reclaim(wsp_shm_head_t *h, wsp_row_t *row)
         }
     }
     row->pid = 0;
+    apr_atomic_set32(&row->dead, 0);
+}
+
+/* Under the lock: reclaim the rows the parent marked. A mark that no
+ * longer matches its row's pid came after the row changed hands (a new
+ * child found the pid gone and reclaimed the row first): dropped. */
+static void wsp_reap(wsp_shm_head_t *h)
+{
+    apr_uint32_t deaths = apr_atomic_read32(&h->deaths), k;
+
+    if (deaths == h->deaths_seen) {
+        return;
+    }
+    for (k = 0; k < h->nrows; ++k) {
+        wsp_row_t *row = wsp_row_of(h, k);
+        apr_uint32_t dead = apr_atomic_read32(&row->dead);
+
+        if (dead && dead == (apr_uint32_t)row->pid) {
+            wsp_row_reclaim(h, row);
+        }
+        else if (dead) {
+            apr_atomic_cas32(&row->dead, 0, dead);
+        }
+    }
+    h->deaths_seen = deaths;
 }
 
 static int wsp_pool_find_index(wsp_shm_head_t *h, const char *name)
@@ -374,9 +415,7 @@ static apr_status_t wsp_shared_make(wsp_retained_t *rt, server_rec *s,
     apr_size_t size = wsp_shm_size(npools, nslots, nrows);
     apr_shm_t *shm;
     wsp_shm_head_t *h;
-    unsigned char rnd[WSP_NONCE_LEN / 2];
     apr_status_t rv;
-    int i;
 
     rv = apr_shm_create(&shm, size, NULL, s->process->pool);
     if (rv != APR_SUCCESS) {
@@ -391,12 +430,64 @@ static apr_status_t wsp_shared_make(wsp_retained_t *rt, server_rec *s,
     h->npools = npools;
     h->nslots = nslots;
     h->nrows = nrows;
-    apr_generate_random_bytes(rnd, sizeof(rnd));
-    for (i = 0; i < (int)sizeof(rnd); ++i) {
-        apr_snprintf(h->nonce + 2 * i, 3, "%02x", rnd[i]);
-    }
     rt->shm = shm;
     return APR_SUCCESS;
+}
+
+static apr_status_t wsp_nonce_make(char *out)
+{
+    unsigned char rnd[WSP_NONCE_LEN / 2];
+    apr_status_t rv = apr_generate_random_bytes(rnd, sizeof(rnd));
+    int i;
+
+    for (i = 0; rv == APR_SUCCESS && i < (int)sizeof(rnd); ++i) {
+        apr_snprintf(out + 2 * i, 3, "%02x", rnd[i]);
+    }
+    return rv;
+}
+
+/* Each generation's nonce goes to the buffer readers are not using; then
+ * they are pointed at it, so that none reads half of each. */
+static void wsp_nonce_publish(wsp_shm_head_t *h, const char *nonce)
+{
+    apr_uint32_t next = (apr_atomic_read32(&h->nonce_at) + 1) & 1;
+
+    apr_cpystrn(h->nonces[next], nonce, sizeof(h->nonces[next]));
+    apr_atomic_set32(&h->nonce_at, next);
+}
+
+/* Children hold the lock for moments and never across I/O; one that
+ * stays taken this long belongs to a child that died or stopped in it
+ * (posixsem never gives back the lock of a process that died). */
+#define WSP_PARENT_LOCK_TRIES 500
+#define WSP_PARENT_LOCK_PAUSE apr_time_from_msec(10)
+
+/* The parent must not hang on a lock a child may hold: it only tries. */
+static apr_status_t wsp_parent_trylock(void)
+{
+    apr_status_t rv = APR_EBUSY;
+    int i;
+
+    for (i = 0; i < WSP_PARENT_LOCK_TRIES && APR_STATUS_IS_EBUSY(rv); ++i) {
+        if (i) {
+            apr_sleep(WSP_PARENT_LOCK_PAUSE);
+        }
+        rv = apr_global_mutex_trylock(wsp_mutex);
+    }
+    return rv;
+}
+
+static apr_status_t wsp_mutex_make(wsp_retained_t *rt, server_rec *s,
+                                   const char *instance)
+{
+    apr_status_t rv;
+
+    rv = ap_global_mutex_create(&rt->mutex, &rt->mutex_file,
+                                WSP_SHARED_MUTEX, instance, s,
+                                s->process->pool, 0);
+    wsp_mutex = rt->mutex;
+    wsp_mutex_file = rt->mutex_file;
+    return rv;
 }
 
 int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
@@ -406,6 +497,7 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     apr_array_header_t *cpools = wsp_conf_pools();
     wsp_retained_t *rt = NULL;
     apr_uint32_t npools = 0, nslots = 0, nrows;
+    char nonce[WSP_NONCE_LEN + 1];
     int daemons = 0, i;
     apr_status_t rv;
 
@@ -415,6 +507,12 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         return OK;                  /* the first, trial read of the config */
     }
     wsp_gen = (apr_uint32_t)ap_state_query(AP_SQ_CONFIG_GEN) + 1;
+    /* the manager's forms are good for one generation */
+    if ((rv = wsp_nonce_make(nonce)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "ws_persist: no random "
+                     "bytes for the manager's nonce");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
     apr_pool_userdata_get((void **)&rt, key, s->process->pool);
     if (!rt) {
         rt = apr_pcalloc(s->process->pool, sizeof(*rt));
@@ -423,13 +521,8 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     }
     /* one mutex for the life of the server: old and new children of a
      * graceful restart change the same slots */
-    if (!rt->mutex) {
-        rv = ap_global_mutex_create(&rt->mutex, &rt->mutex_file,
-                                    WSP_SHARED_MUTEX, NULL, s,
-                                    s->process->pool, 0);
-        if (rv != APR_SUCCESS) {
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (!rt->mutex && wsp_mutex_make(rt, s, NULL) != APR_SUCCESS) {
+        return HTTP_INTERNAL_SERVER_ERROR;
     }
     wsp_mutex = rt->mutex;
     wsp_mutex_file = rt->mutex_file;
@@ -447,20 +540,43 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (rt->shm) {
         wsp_shm_head_t *old = apr_shm_baseaddr_get(rt->shm);
 
-        if (old->npools >= npools * 2 && old->nslots >= nslots * 2
-            && old->nrows >= nrows) {
+        if (old->magic != WSP_SHM_MAGIC) {
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
+                         "shared memory was laid out by another build of "
+                         "the module; children of the previous generation "
+                         "keep it until they exit");
+        }
+        else if (old->npools < npools * 2 || old->nslots < nslots * 2
+                 || old->nrows < nrows) {
+            /* too small for the new configuration: a new segment;
+             * children still running keep the old one */
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
+                         "configuration outgrew the shared memory; children "
+                         "of the previous generation keep their own until "
+                         "they exit");
+        }
+        else if ((rv = wsp_parent_trylock()) == APR_SUCCESS) {
             wsp_head = old;
-            apr_global_mutex_lock(wsp_mutex);
             wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
+            wsp_nonce_publish(wsp_head, nonce);
             apr_global_mutex_unlock(wsp_mutex);
             return OK;
         }
-        /* too small for the new configuration: a new segment; children
-         * still running keep the old one */
-        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "ws_persist: the "
-                     "configuration outgrew the shared memory; children "
-                     "of the previous generation keep their own until "
-                     "they exit");
+        else {
+            /* the old lock may never come back: the new generation gets
+             * its own, and its own segment, as if it had outgrown it */
+            ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, "ws_persist: the %s "
+                         "lock stayed taken, by a child that died or "
+                         "stopped holding it; the new generation gets a "
+                         "lock and shared memory of its own, children of "
+                         "the previous one keep theirs until they exit",
+                         WSP_SHARED_MUTEX);
+            if (wsp_mutex_make(rt, s, apr_psprintf(s->process->pool, "%u",
+                                                   wsp_gen))
+                != APR_SUCCESS) {
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
     }
     {
         apr_shm_t *prev = rt->shm;
@@ -472,8 +588,16 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         }
         wsp_head = apr_shm_baseaddr_get(rt->shm);
         wsp_bind(wsp_head, cpools, wsp_gen, ptemp);
+        wsp_nonce_publish(wsp_head, nonce);
         if (prev) {
-            wsp_carry_over(wsp_head, apr_shm_baseaddr_get(prev));
+            wsp_shm_head_t *ph = apr_shm_baseaddr_get(prev);
+
+            if (ph->magic == WSP_SHM_MAGIC) {
+                /* read unlocked: counters, at worst a moment old */
+                wsp_carry_over(wsp_head, ph);
+                /* old children refuse the old forms too */
+                wsp_nonce_publish(ph, nonce);
+            }
             /* unmapped in the parent only: old children keep theirs */
             apr_shm_destroy(prev);
         }
@@ -560,6 +684,7 @@ apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
     wsp_views = apr_pcalloc(wsp_vpool, wsp_head->nslots * sizeof(*wsp_views));
 
     apr_global_mutex_lock(wsp_mutex);
+    wsp_reap(wsp_head);
     for (k = 0; k < wsp_head->nrows && !wsp_row; ++k) {
         wsp_row_t *row = wsp_row_of(wsp_head, k);
 
@@ -568,6 +693,7 @@ apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
             wsp_row_reclaim(wsp_head, row);   /* a process gone uncounted */
         }
         if (!row->pid) {
+            apr_atomic_set32(&row->dead, 0);
             row->pid = me;
             wsp_row = row;
         }
@@ -594,26 +720,33 @@ apr_status_t wsp_shared_child_init(apr_pool_t *pchild, server_rec *s)
     return APR_SUCCESS;
 }
 
+/* The parent never takes the lock here: the child that died may hold it,
+ * and some mechanisms (posixsem) never give a dead holder's lock back. It
+ * only marks the row; the next process that takes the lock counts it out
+ * (wsp_reap), before any pipe count is read. */
 void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
                              int slot, mpm_child_status state)
 {
     apr_uint32_t k;
+    int marked = 0;
 
     (void)s;
     (void)gen;
     (void)slot;
-    if (state != MPM_CHILD_EXITED || !wsp_head || !wsp_mutex) {
+    if (state != MPM_CHILD_EXITED || !wsp_head || pid <= 0) {
         return;
     }
-    apr_global_mutex_lock(wsp_mutex);
     for (k = 0; k < wsp_head->nrows; ++k) {
         wsp_row_t *row = wsp_row_of(wsp_head, k);
 
         if (row->pid == pid) {
-            wsp_row_reclaim(wsp_head, row);
+            apr_atomic_set32(&row->dead, (apr_uint32_t)pid);
+            marked = 1;
         }
     }
-    apr_global_mutex_unlock(wsp_mutex);
+    if (marked) {
+        apr_atomic_inc32(&wsp_head->deaths);   /* after the mark */
+    }
 }
 
 /* ---- views for the manager and mod_status ------------------------------- */
@@ -689,7 +822,9 @@ int wsp_shared_process_pipes(void)
 
 const char *wsp_shared_nonce(void)
 {
-    return wsp_head ? wsp_head->nonce : NULL;
+    return wsp_head
+           ? wsp_head->nonces[apr_atomic_read32(&wsp_head->nonce_at) & 1]
+           : NULL;
 }
 
 apr_uint32_t wsp_shared_admin_epoch(void)

@@ -117,3 +117,51 @@ def test_wss_backend_with_mod_ssl_passes(env):
     rc, out = h.configtest()
     assert rc == 0, out
     assert "Syntax OK" in out
+
+
+def test_backend_slots_alone_do_not_hide_the_inherited_pool(env):
+    """WSPersistBackendSlots sizes the pool its own section's
+    WSPersistBackend lines make. In a section that has none it has no pool
+    to size: configtest says so, naming the directive and the section,
+    rather than passing with an empty pool that would answer 500."""
+    b1 = env.backend("b1", start=False)
+    body = ("WSPersistBackend %s\n" % b1.url
+            + location("WSPersistBackendSlots 4", backend=False))
+    rc, out = env.conf(body).configtest()
+    assert rc != 0, "configtest passed:\n" + out
+    assert "WSPersistBackendSlots" in out and "/ws/" in out, out
+
+
+def test_backend_slots_without_any_backend_rejected(env):
+    """A ws-persist section with slots and no backend anywhere."""
+    rc, out = env.conf(location("WSPersistBackendSlots 4",
+                                backend=False)).configtest()
+    assert rc != 0, "configtest passed:\n" + out
+    assert "WSPersistBackend" in out and "/ws/" in out, out
+
+
+def test_inner_section_without_backends_inherits_the_pool(env):
+    """A section that only tunes other directives keeps the pool of the
+    enclosing context, and a section's WSPersistBackendSlots sizes its
+    own pool whether it comes before or after the backend lines."""
+    from wsp_manage import MANAGER, pool_of, state
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    body = ("WSPersistBackend %s\n" % b1.url + MANAGER
+            + location("WSPersistBufferLimit 64K", backend=False)
+            + '<Location "/two/">\n    SetHandler ws-persist\n'
+            "    WSPersistBackendSlots 3\n"
+            "    WSPersistBackend %s\n</Location>\n" % b2.url)
+    h = env.conf(body)
+    rc, out = h.configtest()
+    assert rc == 0, out
+    h.start()
+
+    async def run():
+        async with connect(env) as ws:
+            await echo(ws, "inherited")
+        async with connect(env, location="/two/") as ws:
+            await echo(ws, "own pool")
+    asyncio.run(run())
+    doc = state(env)
+    assert pool_of(doc, "/two/")["free_slots"] == 3, doc
+    assert pool_of(doc, "(server)")["free_slots"] == 16, doc

@@ -112,3 +112,46 @@ def test_graceful_restart_retires_dropped_backends_and_runtime_changes(env):
             await ws.close()
         await old.close()
     asyncio.run(run())
+
+
+def test_graceful_restart_gives_a_new_nonce(env):
+    """The manager's nonce belongs to one generation: a form read before
+    a graceful restart is refused after it, the new nonce is accepted."""
+    from wsp_manage import post
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    body = env.location("/ws/", [b1, b2])
+    env.start_httpd(SLOTS + MANAGER + body)
+    old = state(env)["nonce"]
+    status, _, reply = post(env, "disable", b2.url, nonce=old)
+    assert status == 200, reply
+
+    graceful(env, body)
+    new = state(env)["nonce"]
+    assert new != old
+    status, _, reply = post(env, "enable", b2.url, nonce=old)
+    assert status == 403, reply
+    assert env.httpd.log_lines(r"manager: refused enable .* 403 nonce")
+    status, _, reply = post(env, "disable", b2.url, nonce=new)
+    assert status == 200, reply
+
+
+def test_graceful_restart_while_the_lock_is_held(env):
+    """A graceful restart while the shared state's lock stays taken (a
+    child stopped or died in it): the parent does not hang; the new
+    generation gets a lock and shared memory of its own and serves."""
+    from test_shared_state import flock_mutex, holding_the_lock
+    b1 = env.backend("b1")
+    body = flock_mutex(env) + env.location("/ws/", [b1])
+    env.start_httpd(SLOTS + MANAGER + body)
+    old_pids = set(env.httpd.children())
+
+    async def run():
+        with holding_the_lock(env):
+            env.expect_error(r"the ws-persist-shm lock stayed taken")
+            graceful(env, body)
+            await await_until(lambda: set(env.httpd.children()) - old_pids,
+                              20, what="a child of the new generation")
+            async with connect(env) as ws:
+                await echo(ws, "served with the new generation's lock")
+                assert state(env)["pools"][0]["pipes"] == 1
+    asyncio.run(run())

@@ -3,7 +3,11 @@ exclusive backend is taken once for the whole server, and a backend one
 child saw fail is backed off for the other child too."""
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import re
+import signal
 
 import pytest
 
@@ -114,14 +118,15 @@ def test_backoff_seen_by_all_children(env):
     asyncio.run(run())
 
 
-def test_pipes_of_a_killed_child_are_counted_out(env):
+@pytest.mark.parametrize("mutex", ["default", "posixsem"])
+def test_pipes_of_a_killed_child_are_counted_out(env, mutex):
     """A child killed with its pipes open cannot release them: the parent
-    counts them out, so an exclusive backend it held serves again."""
-    import os
-    import signal
+    marks its row and the other child counts them out, so an exclusive
+    backend it held serves again."""
     b1, b2 = env.backend("b1"), env.backend("b2")
-    start_two(env, env.location("/ws/", [b1, b2], "WSPersistExclusive On",
-                                "WSPersistConnectTimeout 2"))
+    start_two(env, "Mutex %s ws-persist-shm\n" % mutex
+              + env.location("/ws/", [b1, b2], "WSPersistExclusive On",
+                             "WSPersistConnectTimeout 2"))
 
     async def run():
         c1 = await connect(env)
@@ -137,4 +142,52 @@ def test_pipes_of_a_killed_child_are_counted_out(env):
         assert (await whoami(c3))["name"] == n1
         await c2.close()
         await c3.close()
+    asyncio.run(run())
+
+
+# The lock as a file the test can flock too, to stand for a child that
+# stopped inside it, or died there with a mechanism that never frees a
+# dead holder's lock (posixsem). In a folder the children can reach.
+def flock_mutex(env):
+    return "Mutex flock:%s ws-persist-shm\n" % env.shared()
+
+
+@contextlib.contextmanager
+def holding_the_lock(env):
+    """The ws-persist-shm lock held by the test (Mutex flock only)."""
+    path = os.path.join(env.shared(),
+                        "ws-persist-shm.%d" % env.httpd.proc.pid)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_parent_does_not_wait_for_a_lock_a_child_holds(env):
+    """A child dies while the lock is held by someone who will not give it
+    back soon: the parent still reaps it and starts the next child (it
+    only marks the dead child's row). Once the lock is free, the next
+    holder counts the dead child's pipe out."""
+    b1 = env.backend("b1")
+    env.start_httpd(flock_mutex(env) + MANAGER + env.location("/ws/", [b1]))
+    wait_until(lambda: len(env.httpd.children()) == 1, 20,
+               what="the apache2 child")
+
+    async def run():
+        ws = await connect(env)
+        await whoami(ws)
+        assert state(env)["pools"][0]["pipes"] == 1
+        pid = child_of(env, ws)
+        with holding_the_lock(env):
+            env.expected_kills.add(pid)
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: [c for c in env.httpd.children() if c != pid],
+                       30, what="the parent to start a child while the lock "
+                       "is held")
+        await await_until(lambda: state(env)["pools"][0]["pipes"] == 0, 20,
+                          what="the dead child's pipe counted out")
+        async with connect(env) as again:
+            await whoami(again)
     asyncio.run(run())
