@@ -23,21 +23,46 @@ typedef enum {
     WSP_PH_FAILED          /* no backend at connect time: 503 */
 } wsp_phase_e;
 
-/* Frames arriving on one hop, gathered into whole messages. */
+/* Frames arriving on one hop, gathered into whole messages. Payload is
+ * copied into frames of our own as it arrives, never allocated for a
+ * length a header claims, and small fragments share one frame: what a
+ * message holds in memory is about its payload, however it was cut. */
 typedef struct {
     wsp_reader_t rd;
     int in_payload;
     unsigned char cpay[WSP_CONTROL_MAX];   /* control frame payload */
     apr_bucket_alloc_t *ba;                /* data frames are built here */
     int remask;                            /* toward a backend: mask */
-    unsigned char *frame;                  /* data frame being filled */
-    apr_size_t frame_len;
-    apr_size_t frame_hdr;
-    unsigned char key[4];
+    unsigned char *chunk;                  /* frame being filled: header
+                                            * room, then payload */
+    apr_size_t chunk_cap;                  /* its payload room */
+    apr_size_t chunk_len;                  /* payload in it so far */
+    unsigned char key[4];                  /* its mask key */
+    int msg_op;                            /* opcode of this message */
+    int emitted;                           /* frames of it built already */
     apr_bucket_brigade *msg;               /* frames of this message */
-    apr_off_t msg_bytes;
+    apr_off_t msg_bytes;                   /* their wsp_frame_cost() */
+    apr_off_t msg_wire;                    /* wire bytes of it, headers
+                                            * too: an endless run of empty
+                                            * fragments hits the cap */
+    apr_off_t wire_max;                    /* 0: no cap */
     int drop;                              /* discard this message */
 } wsp_hop_in_t;
+
+/* Control frames owed to a peer. At most one of each kind waits, a newer
+ * ping's pong replacing an older one (RFC 6455 5.5.3): what a peer that
+ * pings and never reads can make us hold is this, however long it goes
+ * on. A close, once owed, is never dropped and nothing follows it. */
+typedef struct {
+    unsigned char pong[WSP_CONTROL_MAX];
+    apr_size_t pong_len;
+    int pong_due;
+    int ping_due;
+    unsigned char close[WSP_CONTROL_MAX];
+    apr_size_t close_len;
+    int close_due;
+    int close_out;                         /* the close was handed on */
+} wsp_owed_t;
 
 /* The client connection of a pipe; replaced on a duplicate in replace
  * mode. Lives in the request's pool. */
@@ -50,7 +75,12 @@ typedef struct {
     apr_bucket_brigade *ibb;
     apr_bucket_brigade *out;               /* frames not yet passed on */
     apr_bucket_brigade *tmp;
-    apr_off_t out_bytes;
+    apr_bucket_brigade *spare;             /* the next backend's messages
+                                            * are built here after a move */
+    apr_off_t out_bytes;                   /* wsp_frame_cost() of out */
+    apr_off_t ctrl_out;                    /* control bytes put in out since
+                                            * it was last empty */
+    wsp_owed_t owed;                       /* its pong */
     int upgraded;
     int plain;                             /* no TLS on the connection */
     int more_input;                        /* stopped reading early */
@@ -59,7 +89,7 @@ typedef struct {
     int close_sent;
     int close_rcvd;
     int close_code;                        /* what the client sent */
-    const char *close_reason;
+    char close_reason[WSP_CONTROL_MAX + 1];
     apr_time_t last_rx;
     apr_time_t ping_sent;
 } wsp_client_t;
@@ -67,6 +97,7 @@ typedef struct {
 typedef enum {
     WSP_HANDOVER_NONE = 0,
     WSP_HANDOVER_ASKED,
+    WSP_HANDOVER_HANDING,              /* the driver lets its client go */
     WSP_HANDOVER_DONE
 } wsp_handover_e;
 
@@ -87,6 +118,10 @@ struct wsp_pipe_t {
     const char *rest;                  /* path rest and query */
     const char *offered;               /* client's Sec-WebSocket-Protocol */
     const char *protocol;              /* pinned by the first backend */
+    int pinned;                        /* protocol is settled (under the
+                                        * registry's lock) */
+    apr_pool_t *rpool;                 /* what the current client's
+                                        * request gives every backend */
     apr_table_t *fwd;                  /* forwarded headers */
     int connections;                   /* backend handshakes completed */
 
@@ -97,9 +132,10 @@ struct wsp_pipe_t {
     wsp_backend_t *be;
     wsp_bconn_t *bc;
     wsp_hop_in_t bin;                  /* backend frames */
-    unsigned char ctrl[2 * (WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX)];
-    apr_size_t ctrl_len;
+    unsigned char ctrl[WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX];
+    apr_size_t ctrl_len;               /* the control frame being written */
     apr_size_t ctrl_off;
+    wsp_owed_t bowed;                  /* what waits for a frame boundary */
     int b_want_write;
     int b_close_pending;               /* code to send after the queue */
     const char *b_close_reason;
@@ -168,6 +204,14 @@ void wsp_pipe_upgraded(wsp_pipe_t *p);
 /* Let go of the client (a newer connection takes over): close it with
  * 1008 and forget it. */
 void wsp_pipe_detach(wsp_pipe_t *p);
+
+/* Replace mode, for the driver: 1 when a newer connection asked for the
+ * pipe and it can go now; the driver then stops polling the pipe's
+ * sockets and calls wsp_pipe_handover_end(), which lets the client go
+ * and hands the pipe to the claimer. The pipe is not the driver's after
+ * that. */
+int wsp_pipe_handover_begin(wsp_pipe_t *p);
+void wsp_pipe_handover_end(wsp_pipe_t *p);
 
 /* What to poll: events on the client socket, the backend socket (NULL
  * when none) and its events, a second backend socket while the pipe moves

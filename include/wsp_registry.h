@@ -10,7 +10,9 @@ apr_status_t wsp_registry_child_init(apr_pool_t *p);
 /* Register p under its id. When a live pipe holds the id: in reject mode
  * APR_EEXIST; in replace mode ask that pipe's driver to let its client go
  * and wait up to wait for it: APR_SUCCESS with *taken the old pipe, now
- * the caller's (p is not registered then), or APR_TIMEUP. */
+ * the caller's (p is not registered then), APR_EINVAL when p does not
+ * offer the old pipe's subprotocol, or APR_TIMEUP (the request is
+ * withdrawn: the old driver keeps its pipe). */
 apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
                                 apr_interval_time_t wait,
                                 wsp_pipe_t **taken);
@@ -19,7 +21,14 @@ apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
 void wsp_registry_remove(wsp_pipe_t *p);
 
 /* The driver of p saw a handover request (checked without the lock
- * first, cheaply); detach the client, then call this. */
+ * first, cheaply): 1 when it is still asked for, and now under way; the
+ * driver detaches the client, then calls wsp_registry_handed_over(). */
+int wsp_registry_begin_handover(wsp_pipe_t *p);
+
+/* The pipe's first backend settled its subprotocol (NULL: none). */
+void wsp_registry_pin(wsp_pipe_t *p, const char *protocol);
+
+/* The handover is done: the claimer takes the pipe. */
 void wsp_registry_handed_over(wsp_pipe_t *p);
 
 /* Install the wake-up of p's current driver; wakes it at once when a

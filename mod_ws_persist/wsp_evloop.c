@@ -29,6 +29,7 @@
 
 #define WSP_EV_SETTLE  apr_time_from_msec(100)
 #define WSP_EV_LINGER  apr_time_from_sec(2)
+#define WSP_EV_LINGER_BUDGET (64 * 1024)
 #define WSP_EV_BATCH   256
 #define WSP_EV_RECHECK apr_time_from_msec(500)
 
@@ -243,20 +244,28 @@ static void wsp_ev_finish(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
     wsp_ev_timer(L, ep, ep->linger_until);
 }
 
+/* The client's last bytes are read and dropped until it closes or the
+ * linger time is over: at most a budget a run, never waiting (the socket
+ * has a zero timeout since the upgrade). */
 static void wsp_ev_linger(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
 {
     apr_socket_t *sock = ap_get_conn_socket(ep->c);
+    apr_size_t total = 0;
     char buf[4096];
 
-    for (;;) {
+    while (now < ep->linger_until) {
         apr_size_t n = sizeof(buf);
         apr_status_t rv = apr_socket_recv(sock, buf, &n);
 
-        if (APR_STATUS_IS_EAGAIN(rv) && now < ep->linger_until) {
+        if (APR_STATUS_IS_EAGAIN(rv)) {
             return;
         }
         if (rv != APR_SUCCESS || n == 0) {
             break;
+        }
+        if ((total += n) >= WSP_EV_LINGER_BUDGET) {
+            wsp_ev_activate(L, ep);   /* more next round, after others */
+            return;
         }
     }
     wsp_ev_release(L, ep);
@@ -277,13 +286,10 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         wsp_ev_finish(L, ep, now);
         return;
     }
-    if (p->handover == WSP_HANDOVER_ASKED && p->client->upgraded
-        && !p->ending) {
-        wsp_registry_set_wake(p, NULL, NULL);
+    if (wsp_pipe_handover_begin(p)) {
         wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
         wsp_ev_forget_pipe(L, ep);
-        wsp_pipe_detach(p);
-        wsp_registry_handed_over(p);
+        wsp_pipe_handover_end(p);
         wsp_ev_finish(L, ep, now);
         return;
     }

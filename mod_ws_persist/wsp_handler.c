@@ -155,10 +155,13 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
             path += n;
         }
     }
-    p->rest = apr_pstrcat(p->pool, path, r->args ? "?" : "",
+    /* a connection that takes the pipe over brings its own */
+    apr_pool_clear(p->rpool);
+    p->fwd = apr_table_make(p->rpool, 8);
+    p->rest = apr_pstrcat(p->rpool, path, r->args ? "?" : "",
                           r->args ? r->args : "", NULL);
     v = apr_table_get(r->headers_in, "Sec-WebSocket-Protocol");
-    p->offered = v ? apr_pstrdup(p->pool, v) : NULL;
+    p->offered = v ? apr_pstrdup(p->rpool, v) : NULL;
     for (i = 0; pass[i]; i++) {
         /* a header the client's Connection names is hop-by-hop */
         if (conn && wsp_header_has_token(conn, pass[i])) {
@@ -189,7 +192,10 @@ static void wsp_take_connection(request_rec *r)
     r->input_filters = r->proto_input_filters = c->input_filters;
     r->output_filters = r->proto_output_filters = c->output_filters;
     c->keepalive = AP_CONN_CLOSE;
-    apr_socket_opt_set(ap_get_conn_socket(c), APR_SO_NONBLOCK, 1);
+    /* A zero timeout: whatever writes to the connection from now on (the
+     * core's blocking paths, finishing the request, the lingering close)
+     * gets EAGAIN instead of waiting for a client that does not read. */
+    apr_socket_timeout_set(ap_get_conn_socket(c), 0);
 }
 
 static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
@@ -263,6 +269,13 @@ int wsp_handler(request_rec *r)
     if ((status = wsp_check_upgrade(r, &key)) != OK) {
         return status;
     }
+    /* mod_http2 hands an RFC 8441 stream over as an upgrade; its
+     * connection is not a socket the pipe could poll */
+    if (r->connection->master) {
+        return wsp_refuse(r, HTTP_NOT_IMPLEMENTED, NULL, "WebSockets over "
+                          "HTTP/2 are not supported; the client may retry "
+                          "over HTTP/1.1");
+    }
     /* Browsers always send Origin; other clients may send none. */
     if ((origin = apr_table_get(r->headers_in, "Origin"))
         && !wsp_conf_origin_allowed(conf, origin)) {
@@ -288,6 +301,10 @@ int wsp_handler(request_rec *r)
         if (rv == APR_EEXIST) {
             return wsp_refuse(r, HTTP_CONFLICT, id, "client id is live");
         }
+        if (rv == APR_EINVAL) {
+            return wsp_refuse(r, HTTP_BAD_REQUEST, id, "the live session's "
+                              "subprotocol is not offered");
+        }
         apr_table_setn(r->err_headers_out, "Retry-After", "1");
         return wsp_refuse(r, HTTP_SERVICE_UNAVAILABLE, id, "the live pipe "
                           "did not let go in time");
@@ -295,6 +312,7 @@ int wsp_handler(request_rec *r)
     if (taken) {
         wsp_pipe_destroy(p);
         p = taken;
+        wsp_fill_request(p, r, conf);
         wsp_take_connection(r);
         wsp_pipe_attach(p, r);
         WSP_LOG(p, APLOG_INFO, 0, "took over the live pipe");

@@ -84,11 +84,8 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             res = WSP_LOOP_LIVE;
             break;
         }
-        if (p->handover == WSP_HANDOVER_ASKED && p->client->upgraded
-            && !p->ending) {
-            wsp_registry_set_wake(p, NULL, NULL);
-            wsp_pipe_detach(p);
-            wsp_registry_handed_over(p);
+        if (wsp_pipe_handover_begin(p)) {
+            wsp_pipe_handover_end(p);
             return WSP_LOOP_HANDED_OVER;
         }
         wsp_pipe_want(p, &cev, &bsock, &bev, &asock, &aev, &wake_at);

@@ -14,11 +14,14 @@
 #include "wsp_pipe.h"
 #include "wsp_config.h"
 #include "wsp_handshake.h"
+#include "wsp_registry.h"
 
 #define WSP_READ_CHUNK   (64 * 1024)
 #define WSP_READ_BUDGET  (512 * 1024)    /* per hop per run, for fairness */
 #define WSP_PASS_CHUNK   (32 * 1024)     /* below the core's flush limit */
 #define WSP_OUT_HIGH     (256 * 1024)    /* stop reading the backend */
+#define WSP_CTRL_ALLOWANCE 2048          /* control bytes toward a client
+                                          * between two empty outputs */
 #define WSP_CLOSE_WAIT   apr_time_from_sec(5)
 #define WSP_BUSY_WAIT    apr_time_from_msec(50)
 #define WSP_IOV          64
@@ -73,6 +76,13 @@ static void wsp_rng_key(wsp_pipe_t *p, unsigned char key[4])
 
 /* ---- one hop's incoming frames ---------------------------------------- */
 
+/* Payload room of a built frame: with its header room it fills one block
+ * of the bucket allocator. */
+#define WSP_CHUNK (APR_BUCKET_BUFF_SIZE - WSP_FRAME_HDR_MAX)
+/* Header bytes a message may carry beyond its payload before its wire
+ * size passes the message cap: a few hundred fragments' worth. */
+#define WSP_FRAG_SLACK 4096
+
 static void wsp_hop_init(wsp_hop_in_t *in, wsp_from_e from, apr_off_t max,
                          apr_bucket_alloc_t *ba, apr_bucket_brigade *msg)
 {
@@ -81,17 +91,30 @@ static void wsp_hop_init(wsp_hop_in_t *in, wsp_from_e from, apr_off_t max,
     in->ba = ba;
     in->remask = from == WSP_FROM_CLIENT;
     in->msg = msg;
+    in->wire_max = max > 0 ? max + WSP_FRAG_SLACK : 0;
 }
 
-/* Forget a half-built frame and message (their memory goes back). */
+/* Forget a half-built message (its memory goes back). */
 static void wsp_hop_drop(wsp_hop_in_t *in)
 {
-    if (in->frame) {
-        apr_bucket_free(in->frame);
-        in->frame = NULL;
+    if (in->chunk) {
+        apr_bucket_free(in->chunk);
+        in->chunk = NULL;
     }
-    apr_brigade_cleanup(in->msg);
+    if (in->msg) {
+        apr_brigade_cleanup(in->msg);
+    }
     in->msg_bytes = 0;
+    in->msg_wire = 0;
+    in->emitted = 0;
+}
+
+/* Whether a data message is partly read: its rest is to be dropped when
+ * the hop's reader changes hands. */
+static int wsp_hop_mid_message(const wsp_hop_in_t *in)
+{
+    return in->rd.msg_opcode || in->emitted || in->chunk
+           || (in->in_payload && !WSP_OP_IS_CONTROL(in->rd.hdr.opcode));
 }
 
 /* More to do without input: a frame whose payload is all there. */
@@ -100,39 +123,97 @@ static int wsp_hop_pending(const wsp_hop_in_t *in)
     return in->in_payload && in->rd.remaining == 0;
 }
 
+static apr_size_t wsp_hop_hdr_len(apr_uint64_t len, int masked)
+{
+    return 2 + (len > 125 ? 2 : 0) + (len > 65535 ? 6 : 0)
+           + (masked ? 4 : 0);
+}
+
+/* What the current frame would be as one of ours. */
 static apr_size_t wsp_hop_total(const wsp_hop_in_t *in)
 {
     const wsp_frame_hdr_t *h = &in->rd.hdr;
 
-    return (apr_size_t)h->len + 2 + (h->len > 125 ? 2 : 0)
-           + (h->len > 65535 ? 6 : 0) + (in->remask ? 4 : 0);
+    return (apr_size_t)h->len + wsp_hop_hdr_len(h->len, in->remask);
 }
 
-/* After WSP_EV_DATA: build the frame the payload is copied into. */
-static void wsp_hop_begin(wsp_pipe_t *p, wsp_hop_in_t *in)
+/* A frame to copy payload into, once payload arrives: as large as the
+ * bytes of this frame at hand (never what its header claims), at least a
+ * block so that small fragments share one, and just its size for a short
+ * message in one frame. */
+static void wsp_hop_chunk(wsp_pipe_t *p, wsp_hop_in_t *in, apr_size_t avail)
 {
-    const wsp_frame_hdr_t *h = &in->rd.hdr;
+    apr_size_t here = in->rd.remaining < avail ? (apr_size_t)in->rd.remaining
+                                               : avail;
+    apr_size_t cap = here > WSP_CHUNK ? here : WSP_CHUNK;
 
-    if (in->drop) {
-        return;
+    if (in->rd.hdr.fin && !in->emitted && in->rd.remaining < cap) {
+        cap = (apr_size_t)in->rd.remaining;
     }
+    in->chunk = apr_bucket_alloc(WSP_FRAME_HDR_MAX + cap, in->ba);
+    in->chunk_cap = cap;
+    in->chunk_len = 0;
     if (in->remask) {
         wsp_rng_key(p, in->key);
     }
-    in->frame_len = wsp_hop_total(in);
-    in->frame = apr_bucket_alloc(in->frame_len, in->ba);
-    in->frame_hdr = wsp_frame_header(in->frame, h->fin, h->opcode, h->len,
-                                     in->remask ? in->key : NULL);
 }
 
-static int wsp_hop_frame_done(wsp_hop_in_t *in)
+/* The frame being filled is done: its header goes in front of its
+ * payload and it joins the message. A frame filled far below its room is
+ * copied into one of its size, so that what a message holds is what it
+ * is charged. */
+static void wsp_hop_emit(wsp_pipe_t *p, wsp_hop_in_t *in, int fin)
 {
-    const wsp_frame_hdr_t *h = &in->rd.hdr;
-    int fin = h->fin;
+    unsigned char hdr[WSP_FRAME_HDR_MAX];
+    unsigned char *f = in->chunk;
+    apr_size_t len = in->chunk_len, hl, off;
+    apr_bucket *b;
+
+    if (!f) {                     /* an empty last frame */
+        len = 0;
+        in->chunk_cap = 0;
+        f = apr_bucket_alloc(WSP_FRAME_HDR_MAX, in->ba);
+        if (in->remask) {
+            wsp_rng_key(p, in->key);
+        }
+    }
+    hl = wsp_frame_header(hdr, fin, in->emitted ? WSP_OP_CONT : in->msg_op,
+                          len, in->remask ? in->key : NULL);
+    if (hl + len <= 112 && in->chunk_cap > 112) {
+        /* a tiny frame fits a small node: not a block for it */
+        unsigned char *g = apr_bucket_alloc(hl + len, in->ba);
+
+        memcpy(g, hdr, hl);
+        memcpy(g + hl, f + WSP_FRAME_HDR_MAX, len);
+        apr_bucket_free(f);
+        b = apr_bucket_heap_create((const char *)g, hl + len,
+                                   apr_bucket_free, in->ba);
+    }
+    else {
+        off = WSP_FRAME_HDR_MAX - hl;
+        memcpy(f + off, hdr, hl);
+        b = apr_bucket_heap_create((const char *)f, off + hl + len,
+                                   apr_bucket_free, in->ba);
+        b->start = off;
+        b->length = hl + len;
+    }
+    APR_BRIGADE_INSERT_TAIL(in->msg, b);
+    in->msg_bytes += (apr_off_t)wsp_frame_cost(hl + len);
+    in->emitted = 1;
+    in->chunk = NULL;
+    in->chunk_len = in->chunk_cap = 0;
+}
+
+static int wsp_hop_frame_done(wsp_pipe_t *p, wsp_hop_in_t *in)
+{
+    int fin = in->rd.hdr.fin;
 
     in->in_payload = 0;
-    if (WSP_OP_IS_CONTROL(h->opcode)) {
+    if (WSP_OP_IS_CONTROL(in->rd.hdr.opcode)) {
         return WSP_EV_CONTROL;
+    }
+    if (fin) {
+        in->msg_wire = 0;
     }
     if (in->drop) {
         if (fin) {
@@ -140,17 +221,51 @@ static int wsp_hop_frame_done(wsp_hop_in_t *in)
         }
         return WSP_EV_FRAME;
     }
-    APR_BRIGADE_INSERT_TAIL(in->msg, apr_bucket_heap_create(
-        (const char *)in->frame, in->frame_len, apr_bucket_free, in->ba));
-    in->msg_bytes += in->frame_len;
-    in->frame = NULL;
-    return fin ? WSP_EV_MESSAGE : WSP_EV_FRAME;
+    if (!fin) {
+        return WSP_EV_FRAME;
+    }
+    wsp_hop_emit(p, in, 1);
+    in->emitted = 0;
+    return WSP_EV_MESSAGE;
+}
+
+/* Copy payload of the current data frame into the frame being built. */
+static apr_size_t wsp_hop_fill(wsp_pipe_t *p, wsp_hop_in_t *in,
+                               const unsigned char *data, apr_size_t len)
+{
+    unsigned char k[4], *key = NULL;
+    apr_size_t want;
+
+    if (in->chunk && in->chunk_len == in->chunk_cap) {
+        wsp_hop_emit(p, in, 0);
+    }
+    if (!in->chunk) {
+        wsp_hop_chunk(p, in, len);
+    }
+    want = in->chunk_cap - in->chunk_len;
+    want = want < len ? want : len;
+    if (in->remask) {
+        /* the reader masks at the frame's offset, ours runs at the
+         * built frame's: rotate the key to match */
+        apr_size_t d = (in->chunk_len % 4 + 4
+                        - (apr_size_t)(in->rd.offset % 4)) % 4;
+        int i;
+
+        for (i = 0; i < 4; i++) {
+            k[i] = in->key[(i + d) % 4];
+        }
+        key = k;
+    }
+    want = wsp_reader_payload(&in->rd, in->chunk + WSP_FRAME_HDR_MAX
+                              + in->chunk_len, data, want, key);
+    in->chunk_len += want;
+    return want;
 }
 
 /* Consume input up to the next event; returns it, or a close code (>= 1000)
- * when the peer broke the protocol. */
-static int wsp_hop_step(wsp_hop_in_t *in, const unsigned char **data,
-                        apr_size_t *len)
+ * when the peer broke the protocol or a cap. */
+static int wsp_hop_step(wsp_pipe_t *p, wsp_hop_in_t *in,
+                        const unsigned char **data, apr_size_t *len)
 {
     const wsp_frame_hdr_t *h = &in->rd.hdr;
     apr_size_t used, n;
@@ -165,34 +280,40 @@ static int wsp_hop_step(wsp_hop_in_t *in, const unsigned char **data,
         }
         in->in_payload = 1;
         if (WSP_OP_IS_CONTROL(h->opcode)) {
-            return h->len == 0 ? wsp_hop_frame_done(in) : wsp_hop_step(in,
-                                                                 data, len);
+            return h->len == 0 ? wsp_hop_frame_done(p, in)
+                               : wsp_hop_step(p, in, data, len);
+        }
+        if (h->opcode != WSP_OP_CONT) {
+            in->msg_op = h->opcode;
+        }
+        in->msg_wire += (apr_off_t)(h->len + wsp_hop_hdr_len(h->len,
+                                                             h->masked));
+        if (in->wire_max && in->msg_wire > in->wire_max) {
+            return WSP_CLOSE_TOO_BIG;
         }
         return WSP_EV_DATA;
     }
     while (*len > 0 && in->rd.remaining > 0) {
-        unsigned char scratch[512], *dst;
-        apr_size_t want = *len;
+        unsigned char scratch[512];
 
         if (WSP_OP_IS_CONTROL(h->opcode)) {
-            dst = in->cpay + in->rd.offset;
+            n = wsp_reader_payload(&in->rd, in->cpay + in->rd.offset, *data,
+                                   *len, NULL);
         }
         else if (in->drop) {
-            dst = scratch;
-            want = want < sizeof(scratch) ? want : sizeof(scratch);
+            n = wsp_reader_payload(&in->rd, scratch, *data,
+                                   *len < sizeof(scratch) ? *len
+                                                          : sizeof(scratch),
+                                   NULL);
         }
         else {
-            dst = in->frame + in->frame_hdr + in->rd.offset;
+            n = wsp_hop_fill(p, in, *data, *len);
         }
-        n = wsp_reader_payload(&in->rd, dst, *data, want,
-                               in->remask && !in->drop
-                               && !WSP_OP_IS_CONTROL(h->opcode)
-                               ? in->key : NULL);
         *data += n;
         *len -= n;
     }
     if (in->rd.remaining == 0) {
-        return wsp_hop_frame_done(in);
+        return wsp_hop_frame_done(p, in);
     }
     return WSP_EV_NONE;
 }
@@ -207,27 +328,79 @@ static int wsp_backpressure(const wsp_pipe_t *p)
 
 /* ---- output ------------------------------------------------------------ */
 
-/* A control frame toward the backend, sent at the next frame boundary.
- * A full buffer drops it: only pongs and pings can pile up, and the peer
- * sees a later one. */
+/* A control frame owed to a peer: kept in its slot until it can go. */
+static void wsp_owe(wsp_owed_t *o, int opcode, const unsigned char *payload,
+                    apr_size_t len)
+{
+    if (o->close_due || o->close_out) {
+        return;                      /* nothing follows a close */
+    }
+    switch (opcode) {
+    case WSP_OP_PONG:
+        memcpy(o->pong, payload, len);
+        o->pong_len = len;
+        o->pong_due = 1;
+        break;
+    case WSP_OP_PING:
+        o->ping_due = 1;
+        break;
+    case WSP_OP_CLOSE:
+        memcpy(o->close, payload, len);
+        o->close_len = len;
+        o->close_due = 1;
+        break;
+    }
+}
+
+/* The next owed frame toward the backend, encoded into p->ctrl (called at
+ * a frame boundary with nothing in p->ctrl). Returns 0 when none. */
+static int wsp_backend_next_ctrl(wsp_pipe_t *p)
+{
+    static const unsigned char beat[] = "wsp";
+    wsp_owed_t *o = &p->bowed;
+    const unsigned char *pl;
+    unsigned char key[4];
+    apr_size_t len, h;
+    int op;
+
+    if (o->pong_due) {
+        op = WSP_OP_PONG, pl = o->pong, len = o->pong_len, o->pong_due = 0;
+    }
+    else if (o->ping_due) {
+        op = WSP_OP_PING, pl = beat, len = 3, o->ping_due = 0;
+    }
+    else if (o->close_due) {
+        op = WSP_OP_CLOSE, pl = o->close, len = o->close_len;
+        o->close_due = 0;
+        o->close_out = 1;
+    }
+    else {
+        return 0;
+    }
+    wsp_rng_key(p, key);
+    h = wsp_frame_header(p->ctrl, 1, op, len, key);
+    wsp_mask(p->ctrl + h, pl, len, key, 0);
+    p->ctrl_len = h + len;
+    p->ctrl_off = 0;
+    return 1;
+}
+
+/* A control frame toward the backend, sent at the next frame boundary. */
 static void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
                              const unsigned char *payload, apr_size_t len)
 {
-    unsigned char key[4];
-    apr_size_t h;
-
-    if (p->ctrl_off == p->ctrl_len) {
-        p->ctrl_off = p->ctrl_len = 0;
-    }
-    if (sizeof(p->ctrl) - p->ctrl_len < WSP_FRAME_HDR_MAX + len) {
-        return;
-    }
-    wsp_rng_key(p, key);
-    h = wsp_frame_header(p->ctrl + p->ctrl_len, 1, opcode, len, key);
-    wsp_mask(p->ctrl + p->ctrl_len + h, payload, len, key, 0);
-    p->ctrl_len += h + len;
+    wsp_owe(&p->bowed, opcode, payload, len);
 }
 
+/* Forget what was owed to a backend connection that is gone. */
+static void wsp_backend_ctrl_reset(wsp_pipe_t *p)
+{
+    p->ctrl_len = p->ctrl_off = 0;
+    memset(&p->bowed, 0, sizeof(p->bowed));
+}
+
+/* Frames toward the client join its output at once (whole frames only
+ * go there); its pongs wait in a slot, see wsp_client_flush. */
 static void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
                             const unsigned char *payload, apr_size_t len)
 {
@@ -243,7 +416,16 @@ static void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
     memcpy(f + h, payload, len);
     APR_BRIGADE_INSERT_TAIL(cl->out, apr_bucket_heap_create(
         (const char *)f, h + len, apr_bucket_free, cl->c->bucket_alloc));
-    cl->out_bytes += h + len;
+    cl->out_bytes += (apr_off_t)wsp_frame_cost(h + len);
+    cl->ctrl_out += (apr_off_t)wsp_frame_cost(h + len);
+}
+
+static void wsp_client_pong(wsp_pipe_t *p, int opcode,
+                            const unsigned char *payload, apr_size_t len)
+{
+    if (p->client) {
+        wsp_owe(&p->client->owed, opcode, payload, len);
+    }
 }
 
 static void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
@@ -297,11 +479,21 @@ static int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
         }
         cl->want_write = 0;
         if (APR_BRIGADE_EMPTY(cl->out)) {
+            cl->ctrl_out = 0;
+        }
+        /* a pong joins the output while the control frames put there
+         * since it last emptied stay within the allowance: toward a
+         * client that does not read, one waits and newer ones replace it */
+        if (cl->owed.pong_due && cl->ctrl_out < WSP_CTRL_ALLOWANCE) {
+            cl->owed.pong_due = 0;
+            wsp_client_ctrl(p, WSP_OP_PONG, cl->owed.pong,
+                            cl->owed.pong_len);
+        }
+        if (APR_BRIGADE_EMPTY(cl->out)) {
             return progress;
         }
         {
             apr_bucket *e;
-            apr_off_t n;
 
             apr_brigade_partition(cl->out, WSP_PASS_CHUNK, &e);
             while (APR_BRIGADE_FIRST(cl->out) != e) {
@@ -309,9 +501,8 @@ static int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
 
                 APR_BUCKET_REMOVE(b);
                 APR_BRIGADE_INSERT_TAIL(cl->tmp, b);
+                cl->out_bytes -= (apr_off_t)wsp_frame_cost(b->length);
             }
-            apr_brigade_length(cl->tmp, 0, &n);
-            cl->out_bytes -= n;
             rv = ap_pass_brigade(c->output_filters, cl->tmp);
             apr_brigade_cleanup(cl->tmp);
             if (rv != APR_SUCCESS) {
@@ -343,8 +534,11 @@ static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
         apr_status_t rv;
         int nvec;
 
-        if (p->ctrl_off < p->ctrl_len
-            && (p->ctrl_off > 0 || wsp_queue_at_frame_boundary(&p->q))) {
+        if (p->ctrl_off == p->ctrl_len
+            && wsp_queue_at_frame_boundary(&p->q)) {
+            wsp_backend_next_ctrl(p);
+        }
+        if (p->ctrl_off < p->ctrl_len) {
             n = p->ctrl_len - p->ctrl_off;
             rv = wsp_bconn_send(bc, (char *)p->ctrl + p->ctrl_off, &n);
             p->ctrl_off += n;
@@ -423,7 +617,7 @@ static void wsp_backend_drop(wsp_pipe_t *p)
     if (p->client) {
         wsp_hop_drop(&p->bin);
     }
-    p->ctrl_len = p->ctrl_off = 0;
+    wsp_backend_ctrl_reset(p);
     p->b_ended = NULL;
 }
 
@@ -468,11 +662,36 @@ static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
 }
 
 /* A close frame from the backend. */
+/* A peer's text for a log line: printable ASCII as it is, anything else
+ * (and quotes, backslashes) as \xHH, so no peer writes into our log. */
+static void wsp_log_text(char *out, apr_size_t size, const char *in,
+                         apr_size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    apr_size_t i, o = 0;
+
+    for (i = 0; i < len && o + 5 < size; i++) {
+        unsigned char ch = (unsigned char)in[i];
+
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
+            out[o++] = (char)ch;
+        }
+        else {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    out[o] = '\0';
+}
+
 static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
                                const char *reason, apr_size_t rlen)
 {
     unsigned char pl[WSP_CONTROL_MAX];
     wsp_client_t *cl = p->client;
+    char r[4 * WSP_CONTROL_MAX + 1];
 
     p->b_close_rcvd = 1;
     if (p->ending) {
@@ -487,11 +706,10 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
         }
         return;
     }
+    wsp_log_text(r, sizeof(r), reason, rlen);
     if (wsp_conf_is_failover_code(p->conf, code)) {
-        char r[WSP_CONTROL_MAX + 1];
+        char why[sizeof(r) + 32];
 
-        memcpy(r, reason, rlen);
-        r[rlen] = '\0';
         wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                          wsp_close_payload(pl, code, reason, rlen));
         p->b_close_sent = 1;
@@ -499,11 +717,12 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
         if (!p->bc) {
             return;                 /* the flush found it gone already */
         }
-        wsp_backend_lost(p, now, apr_psprintf(p->client->r->pool,
-                         "close %d \"%s\"", code, r));
+        apr_snprintf(why, sizeof(why), "close %d \"%s\"", code, r);
+        wsp_backend_lost(p, now, why);
         return;
     }
-    WSP_LOG(p, APLOG_DEBUG, 0, "backend closed with %d: session over", code);
+    WSP_LOG(p, APLOG_DEBUG, 0, "backend closed with %d \"%s\": session "
+            "over", code, r);
     wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                      wsp_close_payload(pl, code, reason, rlen));
     p->b_close_sent = 1;
@@ -513,10 +732,11 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
 /* ---- input ------------------------------------------------------------- */
 
 /* What both hops do with a control frame: a ping is answered on the hop
- * it came from, a pong ends the hop's ping wait, a close is parsed.
- * Returns WSP_CTL_CLOSE (code and reason set), WSP_CTL_BAD_CLOSE or 0. */
+ * it came from, a pong ends the hop's ping wait, a close is parsed (who
+ * may send which code, and a reason in UTF-8). Returns WSP_CTL_CLOSE
+ * (code and reason set), the close code a bad close frame calls for
+ * (1002, 1007), or 0. */
 #define WSP_CTL_CLOSE      1
-#define WSP_CTL_BAD_CLOSE  2
 
 typedef void wsp_ctrl_fn(wsp_pipe_t *p, int opcode,
                          const unsigned char *payload, apr_size_t len);
@@ -535,19 +755,38 @@ static int wsp_control(wsp_pipe_t *p, const wsp_hop_in_t *in,
         *ping_sent = 0;
         break;
     case WSP_OP_CLOSE:
-        return wsp_close_parse(in->cpay, len, code, reason, rlen)
-               ? WSP_CTL_BAD_CLOSE : WSP_CTL_CLOSE;
+        {
+            int bad = wsp_close_parse_from(in->rd.from, in->cpay, len, code,
+                                           reason, rlen);
+
+            return bad ? bad : WSP_CTL_CLOSE;
+        }
     }
     return 0;
 }
 
+/* The reason we give with a close code of our own. */
+static const char *wsp_close_text(int code)
+{
+    switch (code) {
+    case WSP_CLOSE_TOO_BIG:
+        return "message too big";
+    case WSP_CLOSE_INVALID_DATA:
+        return "invalid close reason";
+    case WSP_CLOSE_POLICY:
+        return "policy violation";
+    default:
+        return "protocol error";
+    }
+}
+
 static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
 {
-    WSP_LOG(p, APLOG_INFO, 0, "client broke the protocol: closing with %d",
-            code);
-    wsp_client_close(p, now, code, code == WSP_CLOSE_TOO_BIG
-                     ? "message too big" : "protocol error",
-                     code == WSP_CLOSE_TOO_BIG ? 15 : 14);
+    const char *why = wsp_close_text(code);
+
+    WSP_LOG(p, APLOG_INFO, 0, "client broke the protocol (%s): closing "
+            "with %d", why, code);
+    wsp_client_close(p, now, code, why, strlen(why));
     /* its stream cannot be parsed any more: read nothing further (no
      * close reply can be found in it) and close once our close is out */
     p->client->close_rcvd = 1;
@@ -567,15 +806,19 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
     apr_size_t rlen;
     int code;
 
-    switch (wsp_control(p, &cl->in, wsp_client_ctrl, &cl->ping_sent, &code,
-                        &reason, &rlen)) {
-    case WSP_CTL_BAD_CLOSE:
-        wsp_client_violation(p, now, WSP_CLOSE_PROTOCOL);
-        break;
+    int res = wsp_control(p, &cl->in, wsp_client_pong, &cl->ping_sent,
+                          &code, &reason, &rlen);
+
+    if (res >= 1000) {
+        wsp_client_violation(p, now, res);
+        return;
+    }
+    switch (res) {
     case WSP_CTL_CLOSE:
         cl->close_rcvd = 1;
         cl->close_code = code;
-        cl->close_reason = apr_pstrmemdup(cl->r->pool, reason, rlen);
+        memcpy(cl->close_reason, reason, rlen);
+        cl->close_reason[rlen] = '\0';
         if (cl->close_sent) {
             return;                 /* the reply to ours */
         }
@@ -607,7 +850,7 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
     wsp_hop_in_t *in = &cl->in;
 
     while ((len > 0 || wsp_hop_pending(in)) && !cl->gone) {
-        int ev = wsp_hop_step(in, &data, &len);
+        int ev = wsp_hop_step(p, in, &data, &len);
 
         if (ev >= 1000) {
             wsp_client_violation(p, now, ev);
@@ -619,7 +862,7 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
                 in->drop = 1;        /* nothing after a close counts */
             }
             else if (!wsp_backpressure(p)
-                     && p->q.bytes + in->msg_bytes
+                     && p->q.cost + in->msg_bytes
                         + (apr_off_t)wsp_hop_total(in)
                         > p->conf->buffer_limit) {
                 WSP_LOG(p, APLOG_ERR, 0, "buffer limit of %" APR_OFF_T_FMT
@@ -631,7 +874,6 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
                 in->drop = 1;        /* its payload has nowhere to go */
                 return 1;
             }
-            wsp_hop_begin(p, in);
             break;
         case WSP_EV_MESSAGE:
             wsp_queue_push(&p->q, in->msg);
@@ -735,20 +977,51 @@ static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
     return progress;
 }
 
+/* The backend broke the protocol (1002, 1007) or sent a message over the
+ * cap (1009): it gets that close code. A message too big ends the session
+ * (the next backend would send it again); a broken protocol is an
+ * interruption. */
+static void wsp_backend_violation(wsp_pipe_t *p, apr_time_t now, int code,
+                                  const char *what)
+{
+    unsigned char pl[WSP_CONTROL_MAX];
+    const char *text = wsp_close_text(code);
+    char why[96];
+
+    wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl, code, text,
+                                                            strlen(text)));
+    p->b_close_sent = 1;
+    if (code == WSP_CLOSE_TOO_BIG) {
+        WSP_LOG(p, APLOG_INFO, 0, "backend message over %" APR_OFF_T_FMT
+                " bytes: closing both hops with 1009",
+                wsp_conf_max_message(p->conf));
+        wsp_client_close(p, now, code, "backend message too big", 23);
+        /* its stream cannot be parsed past the frame: read no more */
+        p->b_close_rcvd = 1;
+        return;
+    }
+    wsp_backend_flush(p, now);
+    if (p->bc) {
+        apr_snprintf(why, sizeof(why), "%s broke the protocol: %d (%s)",
+                     what, code, text);
+        wsp_backend_lost(p, now, why);
+    }
+}
+
 static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
 {
     const char *reason;
     apr_size_t rlen;
     int code;
 
-    switch (wsp_control(p, &p->bin, wsp_backend_ctrl, &p->b_ping_sent,
-                        &code, &reason, &rlen)) {
-    case WSP_CTL_BAD_CLOSE:
-        wsp_backend_lost(p, now, "bad close frame");
-        break;
-    case WSP_CTL_CLOSE:
+    int res = wsp_control(p, &p->bin, wsp_backend_ctrl, &p->b_ping_sent,
+                          &code, &reason, &rlen);
+
+    if (res >= 1000) {
+        wsp_backend_violation(p, now, res, "bad close frame");
+    }
+    else if (res == WSP_CTL_CLOSE) {
         wsp_backend_closed(p, now, code, reason, rlen);
-        break;
     }
 }
 
@@ -762,7 +1035,6 @@ static void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev)
         if (!cl || cl->gone || cl->close_sent) {
             in->drop = 1;
         }
-        wsp_hop_begin(p, in);
     }
     else if (ev == WSP_EV_MESSAGE) {
         APR_BRIGADE_CONCAT(cl->out, in->msg);
@@ -776,24 +1048,15 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
 {
     wsp_bconn_t *bc = p->bc;
     wsp_hop_in_t *in = &p->bin;
-    wsp_client_t *cl = p->client;
 
     while (p->bc == bc && (bc->ipos < bc->ilen || wsp_hop_pending(in))) {
         const unsigned char *d = bc->ibuf + bc->ipos;
         apr_size_t len = bc->ilen - bc->ipos;
-        int ev = wsp_hop_step(in, &d, &len);
+        int ev = wsp_hop_step(p, in, &d, &len);
 
         bc->ipos = bc->ilen - len;
         if (ev >= 1000) {
-            unsigned char pl[WSP_CONTROL_MAX];
-
-            wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
-                             wsp_close_payload(pl, ev, "protocol error", 14));
-            wsp_backend_flush(p, now);
-            if (p->bc) {
-                wsp_backend_lost(p, now, apr_psprintf(cl->r->pool,
-                                 "protocol error %d", ev));
-            }
+            wsp_backend_violation(p, now, ev, "its frames");
             return;
         }
         if (ev == WSP_EV_CONTROL) {
@@ -961,8 +1224,7 @@ static void wsp_connected(wsp_pipe_t *p, apr_time_t now)
 
     wsp_pool_succeeded(p->conf->pool, p->be);
     if (!p->connections) {
-        p->protocol = bc->protocol ? apr_pstrdup(p->pool, bc->protocol)
-                                   : NULL;
+        wsp_registry_pin(p, bc->protocol);
     }
     WSP_LOG(p, APLOG_DEBUG, 0, "connected (resume %d)", p->connections);
     p->connections++;
@@ -971,7 +1233,7 @@ static void wsp_connected(wsp_pipe_t *p, apr_time_t now)
     p->b_last_rx = now;
     p->b_ping_sent = 0;
     p->b_ended = NULL;
-    p->ctrl_len = p->ctrl_off = 0;
+    wsp_backend_ctrl_reset(p);
     p->phase = WSP_PH_LIVE;
 }
 
@@ -1068,6 +1330,10 @@ static void wsp_aux_end(wsp_pipe_t *p)
     }
     if (p->aux_retiring && p->ain.msg) {
         wsp_hop_drop(&p->ain);
+        if (p->client && !p->client->spare) {
+            p->client->spare = p->ain.msg;   /* for the next move */
+        }
+        p->ain.msg = NULL;
     }
     p->aux_retiring = 0;
     p->actrl_len = p->actrl_off = 0;
@@ -1116,7 +1382,7 @@ static int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
 
     if (!p->abc || p->aux_retiring || p->abc->state != WSP_BC_OPEN
         || p->phase != WSP_PH_LIVE || p->ending || !old_bc
-        || old_bc->state != WSP_BC_OPEN || !cl
+        || old_bc->state != WSP_BC_OPEN || !cl || !cl->spare
         || !wsp_queue_at_message_boundary(&p->q)
         || p->ctrl_off < p->ctrl_len || p->b_close_pending
         || p->b_close_sent || p->b_close_rcvd) {
@@ -1124,7 +1390,8 @@ static int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
     }
     /* the old backend becomes the retiring second connection */
     p->ain = p->bin;
-    p->bin.msg = apr_brigade_create(cl->r->pool, cl->c->bucket_alloc);
+    p->bin.msg = cl->spare;
+    cl->spare = NULL;
     p->bc = p->abc;
     p->be = p->abe;
     p->abc = old_bc;
@@ -1181,7 +1448,7 @@ static int wsp_retire_feed(wsp_pipe_t *p)
     while (bc->ipos < bc->ilen || wsp_hop_pending(in)) {
         const unsigned char *d = bc->ibuf + bc->ipos;
         apr_size_t len = bc->ilen - bc->ipos;
-        int ev = wsp_hop_step(in, &d, &len);
+        int ev = wsp_hop_step(p, in, &d, &len);
 
         bc->ipos = bc->ilen - len;
         if (ev >= 1000) {
@@ -1342,7 +1609,8 @@ static int wsp_backend_done(const wsp_pipe_t *p, apr_time_t now)
     if (!p->bc || p->bc->state != WSP_BC_OPEN) {
         return 1;
     }
-    if (p->b_close_sent && p->b_close_rcvd && p->ctrl_off == p->ctrl_len) {
+    if (p->b_close_sent && p->b_close_rcvd && p->ctrl_off == p->ctrl_len
+        && !p->bowed.close_due) {
         return 1;
     }
     return now >= p->close_deadline;
@@ -1358,6 +1626,18 @@ static void wsp_check_done(wsp_pipe_t *p, apr_time_t now)
     }
     if (p->abc && !p->aux_retiring) {
         wsp_aux_end(p);               /* nor a replacement */
+    }
+    if (now >= p->close_deadline && p->client && !p->client->gone
+        && p->client->close_rcvd && !p->client->close_sent) {
+        /* the backend never answered the close the client sent: the
+         * client gets its reply now, and nobody is waited for longer */
+        WSP_LOG(p, APLOG_INFO, 0, "no close reply from the backend in "
+                "time: answering the client and ending");
+        wsp_backend_drop(p);
+        wsp_client_close(p, now, p->client->close_code,
+                         p->client->close_reason,
+                         strlen(p->client->close_reason));
+        wsp_client_flush(p, now);
     }
     if (wsp_client_done(p, now) && wsp_backend_done(p, now)) {
         wsp_backend_drop(p);
@@ -1440,7 +1720,7 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
         if (cl->want_write) {
             *cev |= APR_POLLOUT;
         }
-        if (cl->more_input && !(wsp_backpressure(p)
+        if (cl->more_input && !cl->close_rcvd && !(wsp_backpressure(p)
                                 && p->q.bytes >= p->conf->buffer_limit)) {
             t = apr_time_now();       /* go on reading once the rest ran */
         }
@@ -1482,7 +1762,8 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
     else if (p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER) {
         WSP_SOONER(p->retry_at ? p->retry_at : apr_time_now());
     }
-    if (p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER) {
+    if ((p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER)
+        && !p->ending) {
         WSP_SOONER(p->deadline);
     }
     if (p->ending) {
@@ -1507,7 +1788,11 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
         else if (p->abc->state != WSP_BC_OPEN) {
             *aev = wsp_bconn_handshake_events(p->abc);
         }
-        WSP_SOONER(p->aux_deadline);
+        /* an open replacement waits for a message boundary, which only
+         * the sockets bring: its handshake's deadline is over */
+        if (p->aux_retiring || p->abc->state != WSP_BC_OPEN) {
+            WSP_SOONER(p->aux_deadline);
+        }
     }
     else if (wsp_pipe_should_move(p)) {
         WSP_SOONER(p->move_at ? p->move_at : apr_time_now());
@@ -1568,7 +1853,11 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     p->conf = apr_pmemdup(pool, conf, sizeof(*conf));
     wsp_conf_pool_opts(conf, &p->opts);
     p->phase = WSP_PH_CONNECT;
-    p->fwd = apr_table_make(pool, 8);
+    if ((rv = apr_pool_create(&p->rpool, pool)) != APR_SUCCESS) {
+        apr_pool_destroy(pool);
+        return rv;
+    }
+    p->fwd = apr_table_make(p->rpool, 8);
     p->rest = "";
     wsp_queue_init(&p->q, pool, p->ba);
     apr_generate_random_bytes((unsigned char *)&p->rng, sizeof(p->rng));
@@ -1597,19 +1886,15 @@ void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
     cl->ibb = apr_brigade_create(r->pool, c->bucket_alloc);
     cl->out = apr_brigade_create(r->pool, c->bucket_alloc);
     cl->tmp = apr_brigade_create(r->pool, c->bucket_alloc);
+    cl->spare = apr_brigade_create(r->pool, c->bucket_alloc);
     p->client = cl;
     /* backend frames now go to this connection (a former one cleaned up
      * its brigade when it let go) */
     p->bin.msg = apr_brigade_create(r->pool, c->bucket_alloc);
-    p->bin.msg_bytes = 0;
-    if (p->bin.frame) {
-        apr_bucket_free(p->bin.frame);
-        p->bin.frame = NULL;
-        p->bin.drop = 1;
-    }
-    if (p->bin.rd.msg_opcode) {
+    if (wsp_hop_mid_message(&p->bin)) {
         p->bin.drop = 1;             /* the rest of a half-sent message */
     }
+    wsp_hop_drop(&p->bin);
     p->bin.ba = c->bucket_alloc;
 }
 
@@ -1639,15 +1924,36 @@ void wsp_pipe_detach(wsp_pipe_t *p)
         wsp_client_flush(p, apr_time_now());
     }
     wsp_aux_end(p);
+    /* a backend handshake under way stays with this thread (mod_ssl's
+     * runs on a coroutine of its stack): the next driver starts afresh */
+    if (p->bc && p->bc->state != WSP_BC_OPEN) {
+        wsp_bconn_end(p);
+        wsp_pool_release(p->conf->pool, p->be);
+        p->be = NULL;
+        p->retry_at = 0;
+    }
     /* what this thread allocated stays with it */
     wsp_hop_drop(&cl->in);
-    wsp_hop_drop(&p->bin);
-    if (p->bin.rd.msg_opcode
-        || (p->bin.in_payload && !WSP_OP_IS_CONTROL(p->bin.rd.hdr.opcode))) {
+    if (wsp_hop_mid_message(&p->bin)) {
         p->bin.drop = 1;
     }
+    wsp_hop_drop(&p->bin);
     p->bin.msg = NULL;
     p->client = NULL;
+}
+
+int wsp_pipe_handover_begin(wsp_pipe_t *p)
+{
+    return p->handover == WSP_HANDOVER_ASKED && p->client
+           && p->client->upgraded && !p->ending
+           && wsp_registry_begin_handover(p);
+}
+
+void wsp_pipe_handover_end(wsp_pipe_t *p)
+{
+    wsp_registry_set_wake(p, NULL, NULL);
+    wsp_pipe_detach(p);
+    wsp_registry_handed_over(p);
 }
 
 void wsp_pipe_going_away(wsp_pipe_t *p)

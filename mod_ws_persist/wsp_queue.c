@@ -11,7 +11,24 @@ void wsp_queue_init(wsp_queue_t *q, apr_pool_t *p, apr_bucket_alloc_t *ba)
     q->written = apr_brigade_create(p, ba);
     q->head_off = 0;
     q->bytes = 0;
+    q->cost = 0;
     q->messages = 0;
+}
+
+apr_size_t wsp_frame_cost(apr_size_t len)
+{
+    apr_size_t n = len + 16;          /* the bucket allocator's node header */
+
+    if (n <= 128) {
+        n = 128;
+    }
+    else {
+        n = APR_ALIGN(n + 40, 4096);  /* the allocator's memnode header */
+        if (n < 8192) {
+            n = 8192;
+        }
+    }
+    return n + 2 * 128;
 }
 
 /* Length of a frame bucket; heap buckets know it, others learn it here. */
@@ -48,6 +65,7 @@ void wsp_queue_push(wsp_queue_t *q, apr_bucket_brigade *msg)
     for (b = APR_BRIGADE_FIRST(msg); b != APR_BRIGADE_SENTINEL(msg);
          b = APR_BUCKET_NEXT(b)) {
         q->bytes += (apr_off_t)wsp_frame_len(b);
+        q->cost += (apr_off_t)wsp_frame_cost(b->length);
     }
     APR_BRIGADE_CONCAT(q->pending, msg);
     q->messages++;
@@ -89,10 +107,12 @@ static void wsp_queue_frame_done(wsp_queue_t *q)
         return;
     }
     q->bytes -= (apr_off_t)b->length;
+    q->cost -= (apr_off_t)wsp_frame_cost(b->length);
     apr_bucket_destroy(b);
     while (!APR_BRIGADE_EMPTY(q->written)) {
         b = APR_BRIGADE_FIRST(q->written);
         q->bytes -= (apr_off_t)b->length;
+        q->cost -= (apr_off_t)wsp_frame_cost(b->length);
         apr_bucket_delete(b);
     }
     q->messages--;
@@ -135,5 +155,6 @@ void wsp_queue_clear(wsp_queue_t *q)
     apr_brigade_cleanup(q->written);
     q->head_off = 0;
     q->bytes = 0;
+    q->cost = 0;
     q->messages = 0;
 }

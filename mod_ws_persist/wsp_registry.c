@@ -4,6 +4,9 @@
 #include "apr_thread_mutex.h"
 #include "apr_thread_cond.h"
 
+#include "apr_strings.h"
+
+#include "wsp_parse.h"
 #include "wsp_registry.h"
 
 static apr_hash_t *wsp_pipes;
@@ -26,6 +29,15 @@ apr_status_t wsp_registry_child_init(apr_pool_t *p)
         rv = apr_thread_cond_create(&wsp_reg_cond, p);
     }
     return rv;
+}
+
+/* Whether the new connection may take the old pipe over: it must offer
+ * the subprotocol the session has (RFC 6455 4.1: a 101 naming one it did
+ * not offer fails the connection). */
+static int wsp_registry_offers(const wsp_pipe_t *old, const char *offered)
+{
+    return !old->protocol
+           || (offered && wsp_header_has_token(offered, old->protocol));
 }
 
 apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
@@ -54,21 +66,56 @@ apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
             *taken = old;
             break;
         }
-        if (old->handover == WSP_HANDOVER_NONE) {
+        /* a pipe is handed over once its protocol is settled (its first
+         * backend answered): until then, wait */
+        if (old->pinned && old->handover == WSP_HANDOVER_NONE) {
+            if (!wsp_registry_offers(old, p->offered)) {
+                rv = APR_EINVAL;
+                break;
+            }
             old->handover = WSP_HANDOVER_ASKED;
             if (old->wake) {
                 old->wake(old->wake_baton);
             }
         }
-        if (apr_time_now() >= until) {
+        /* a handover under way finishes in a moment: not given up */
+        if (apr_time_now() >= until
+            && old->handover != WSP_HANDOVER_HANDING) {
+            if (old->handover == WSP_HANDOVER_ASKED) {
+                old->handover = WSP_HANDOVER_NONE;    /* withdrawn */
+            }
             rv = APR_TIMEUP;
             break;
         }
         apr_thread_cond_timedwait(wsp_reg_cond, wsp_reg_lock,
-                                  until - apr_time_now());
+                                  until > apr_time_now()
+                                  ? until - apr_time_now()
+                                  : apr_time_from_msec(10));
     }
     apr_thread_mutex_unlock(wsp_reg_lock);
     return rv;
+}
+
+int wsp_registry_begin_handover(wsp_pipe_t *p)
+{
+    int yes;
+
+    apr_thread_mutex_lock(wsp_reg_lock);
+    yes = p->handover == WSP_HANDOVER_ASKED;
+    if (yes) {
+        p->handover = WSP_HANDOVER_HANDING;
+    }
+    apr_thread_mutex_unlock(wsp_reg_lock);
+    return yes;
+}
+
+void wsp_registry_pin(wsp_pipe_t *p, const char *protocol)
+{
+    apr_thread_mutex_lock(wsp_reg_lock);
+    p->protocol = protocol ? apr_pstrdup(p->pool, protocol) : NULL;
+    p->pinned = 1;
+    apr_thread_cond_broadcast(wsp_reg_cond);
+    apr_thread_mutex_unlock(wsp_reg_lock);
 }
 
 void wsp_registry_remove(wsp_pipe_t *p)

@@ -84,3 +84,53 @@ def test_replace_takes_over_pipe_and_backend(env):
         assert other.opens(cid) == []
         await second.close()
     asyncio.run(run())
+
+
+def test_replace_needs_the_session_subprotocol(env):
+    """A connection that takes a live pipe over must offer the
+    subprotocol the session has: otherwise 400 and the live client keeps
+    its pipe; one that offers it among others gets a 101 naming it."""
+    b1 = env.backend("b1", subprotocols=["chat", "other"])
+    env.start_httpd(env.location("/ws/", [b1],
+                                 "WSPersistDuplicateClient replace"))
+    cid = new_id()
+
+    async def run():
+        first = await connect(env, cid, subprotocols=["chat"])
+        assert first.subprotocol == "chat"
+        e = await rejected(env, cid, subprotocols=["other"])
+        assert e.status_code == 400
+        await echo(first, "first keeps its pipe")
+        second = await connect(env, cid, subprotocols=["other", "chat"])
+        assert second.subprotocol == "chat"
+        code, _ = await closed(first, 20)
+        assert code == 1008
+        await echo(second, "second has it")
+        await second.close()
+    asyncio.run(run())
+
+
+def test_replace_brings_its_own_headers(env):
+    """After a takeover, later backend handshakes carry the new
+    connection's Cookie and Authorization, not the replaced one's."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    env.start_httpd(env.location("/ws/", [b1, b2],
+                                 "WSPersistDuplicateClient replace"))
+    cid = new_id()
+    backends = {"b1": b1, "b2": b2}
+
+    async def run():
+        first = await connect(env, cid, extra_headers={
+            "Cookie": "who=first", "Authorization": "Bearer first"})
+        me = await whoami(first)
+        second = await connect(env, cid, extra_headers={
+            "Cookie": "who=second", "Authorization": "Bearer second"})
+        await closed(first, 20)
+        await echo(second, "taken over")
+        backends[me["name"]].kill()
+        me2 = await whoami(second, 30)
+        assert me2["name"] != me["name"]
+        assert hget(me2["headers"], "Cookie") == "who=second"
+        assert hget(me2["headers"], "Authorization") == "Bearer second"
+        await second.close()
+    asyncio.run(run())

@@ -96,6 +96,12 @@ CASES_1009 = {
 }
 
 
+# an endless message of empty fragments costs no payload, but its frame
+# headers count toward the cap (DESIGN §8)
+CASES_1009["empty-fragments"] = lambda mk: b"".join(
+    [build_frame(T, mk, fin=False)] + [build_frame(C, b"", fin=False)] * 3000)
+
+
 @pytest.mark.parametrize("case", sorted(CASES_1009))
 def test_message_too_big_1009(env, proxy, case):
     provoke(env, proxy, CASES_1009[case], 1009)
@@ -132,3 +138,20 @@ def test_valid_close_codes_accepted(env, proxy, code):
         ws.close()
     closes = wait_until(lambda: proxy.closes(cid), 20, what="backend close")
     assert closes[0]["code"] == code
+
+
+CASES_1007 = {
+    "byte-ff": b"\xff",
+    "overlong-slash": b"\xc0\xaf",
+    "surrogate": b"\xed\xa0\x80",
+    "truncated": b"ok \xe2\x82",
+    "over-10ffff": b"\xf4\x90\x80\x80",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES_1007))
+def test_close_reason_not_utf8_1007(env, proxy, case):
+    """A close frame whose reason is not UTF-8 gets 1007 (RFC 6455
+    5.5.1, 8.1) and is not relayed."""
+    provoke(env, proxy, lambda mk: build_frame(
+        CLOSE, close_payload(1000, CASES_1007[case])), 1007)

@@ -109,6 +109,17 @@ static wsp_queue_t *mkqueue(apr_pool_t *p, apr_bucket_alloc_t **ba)
 
 static const char *const three[] = { "ab", "cd", "ef" };
 
+/* The cost model: small nodes for tiny frames, allocator blocks above. */
+static void test_frame_cost(apr_pool_t *p)
+{
+    (void)p;
+    CHECK_INT(wsp_frame_cost(0), 128 + 256);
+    CHECK_INT(wsp_frame_cost(112), 128 + 256);
+    CHECK_INT(wsp_frame_cost(113), 8192 + 256);
+    CHECK_INT(wsp_frame_cost(8000), 8192 + 256);
+    CHECK_INT(wsp_frame_cost(16392), 20480 + 256);
+}
+
 static void test_empty(apr_pool_t *p)
 {
     apr_bucket_alloc_t *ba;
@@ -133,6 +144,8 @@ static void test_push_counts(apr_pool_t *p)
     CHECK_INT(q->bytes, 19);
     CHECK_INT(q->messages, 2);
     CHECK_INT(held(q), 19);
+    /* four frames: the cap charges each one's bucket too */
+    CHECK_INT(q->cost, wsp_frame_cost(7) + 3 * wsp_frame_cost(4));
 }
 
 static void test_consume_whole_messages(apr_pool_t *p)
@@ -146,8 +159,10 @@ static void test_consume_whole_messages(apr_pool_t *p)
     CHECK_INT(q->bytes, 5);
     CHECK_INT(q->messages, 1);
     CHECK_INT(held(q), 5);
+    CHECK_INT(q->cost, wsp_frame_cost(5));
     wsp_queue_consumed(q, 5);
     CHECK_INT(q->bytes, 0);
+    CHECK_INT(q->cost, 0);
     CHECK_INT(q->messages, 0);
     CHECK(APR_BRIGADE_EMPTY(q->pending));
     CHECK(APR_BRIGADE_EMPTY(q->written));
@@ -426,5 +441,6 @@ WSP_TEST_MAIN(
     RUN(test_rewind_twice);
     RUN(test_iov_spans_buckets);
     RUN(test_clear);
+    RUN(test_frame_cost);
     RUN(test_bytes_exact_throughout);
 )
