@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from wsp_env import connect, echo, recv, rejected, whoami
+from wsp_env import closed, connect, echo, recv, rejected, whoami
 from wsp_hostile import hostile
 
 FAST = ("WSPersistConnectTimeout 3", "WSPersistRetry 100ms 200ms")
@@ -89,11 +89,32 @@ def test_garbage_reason_is_printable_in_log(env):
         assert "\x1b" not in line
 
 
-@pytest.mark.parametrize("mode", ["masked", "oversized", "midframe"])
+def test_oversized_backend_message_ends_session(env):
+    """A backend message over the limit is not an interruption: another
+    backend would be asked the same and answer the same, and every one of
+    them would be counted failed in turn. The session ends with 1009, the
+    client sees nothing of the message and no other backend is tried."""
+    bad = hostile(env, "bad", "oversized")
+    good = env.backend("good")
+    env.start_httpd(env.location("/ws/", [bad.url, good], *FAST,
+                                 "WSPersistMaxMessageSize 1M"))
+
+    async def run():
+        async with connect(env) as ws:
+            await ws.send("probe")
+            code, reason = await closed(ws, 20)
+            assert (code, reason) == (1009, "backend message too big")
+    asyncio.run(run())
+    assert bad.events("frame"), "the oversized backend got the probe"
+    assert not good.opens(), "another backend was tried"
+    assert not env.httpd.log_lines("backend interrupted")
+
+
+@pytest.mark.parametrize("mode", ["masked", "midframe"])
 def test_broken_frames_fail_over(env, mode):
-    """A backend that sends a masked frame, a frame over the message limit,
-    or dies in the middle of a frame: the proxy drops it and moves on; the
-    client sees nothing of what it sent."""
+    """A backend that sends a masked frame or dies in the middle of a
+    frame: the proxy drops it and moves on; the client sees nothing of
+    what it sent."""
     bad = hostile(env, "bad", mode)
     good = env.backend("good")
     env.start_httpd(env.location("/ws/", [bad.url, good], *FAST,
