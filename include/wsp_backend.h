@@ -49,8 +49,9 @@ typedef const char *wsp_request_fn(void *baton, apr_pool_t *p,
                                    const char *key);
 
 /* Start connecting to be, with a fresh key and the request build makes
- * for it. Fails at once when the address does not resolve or the connect
- * is refused synchronously. A wss:// backend gets a conn_rec of its own
+ * for it, never blocking. Fails at once when the resolver has no address
+ * for be's host (WSP_RESOLVE_PENDING: not looked up yet; else the
+ * lookup's error) or the connect is refused synchronously. A wss:// backend gets a conn_rec of its own
  * with mod_ssl's filters once the TCP connect is done; mod_ssl's proxy
  * configuration (SSLProxyEngine, SSLProxyVerify, ...) of s applies. */
 apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,

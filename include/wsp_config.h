@@ -19,7 +19,8 @@ int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
 #define WSP_DEFAULT_SPARE_SLOTS 16
 
 /* Every pool of the configuration (of wsp_pool_t *), NULL when none;
- * wsp_conf_reset() forgets them before the configuration is read again. */
+ * wsp_conf_reset() forgets them, and sets WSPersistResolveInterval back to
+ * its default, before the configuration is read again. */
 apr_array_header_t *wsp_conf_pools(void);
 void wsp_conf_reset(void);
 

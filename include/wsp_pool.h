@@ -94,6 +94,12 @@ typedef struct {
 
 void wsp_pool_set_hooks(const wsp_pool_hooks_t *hooks);
 
+/* Whether this process can try be now; NULL (the unit tests): always.
+ * The resolver's says no while be's host has its first lookup under way,
+ * so that a name not yet looked up in one child is not counted as the
+ * backend's failure in all of them. */
+void wsp_pool_set_ready(int (*ready)(const wsp_backend_t *be));
+
 typedef struct {
     apr_interval_time_t retry_min;
     apr_interval_time_t retry_max;
@@ -115,10 +121,11 @@ void wsp_backend_local_state(apr_pool_t *p, wsp_backend_t *be);
 const char *wsp_backend_state_name(const wsp_be_shared_t *st);
 
 /* Pick a usable backend and count a pipe on it. Usable: not removed, not
- * backing off at now, not drained or disabled, not `avoid`, and idle when
- * exclusive. NULL when none; then
+ * backing off at now, not drained or disabled, not `avoid`, idle when
+ * exclusive, and ready (wsp_pool_set_ready). NULL when none; then
  * *next_try is the earliest time one may become usable by back-off, or 0
- * when only a released pipe (exclusive) or re-enabling can help. */
+ * when only a released pipe (exclusive), re-enabling or a lookup under
+ * way can help. */
 wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
                                 apr_time_t now, const wsp_backend_t *avoid,
                                 apr_time_t *next_try);

@@ -15,6 +15,7 @@
 #include "wsp_pipe.h"
 #include "wsp_pool.h"
 #include "wsp_registry.h"
+#include "wsp_resolve.h"
 #include "wsp_shared.h"
 #include "wsp_status.h"
 
@@ -29,6 +30,11 @@ static void wsp_child_init(apr_pool_t *p, server_rec *s)
                      "ws_persist: cannot set up the child's shared state "
                      "and locks");
         return;
+    }
+    if ((rv = wsp_resolve_child_init(p, s)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
+                     "ws_persist: cannot start the resolver thread; backends "
+                     "named by host name stay unreachable");
     }
     wsp_evloop_child_init(p, s);
 }

@@ -2,14 +2,18 @@
  *
  * ws:// backends are a non-blocking socket used directly. wss://
  * backends go through mod_ssl: the TLS layer is in wsp_tls.c, whose head
- * comment says how, and why mod_ssl's handshake runs on a coroutine. */
+ * comment says how, and why mod_ssl's handshake runs on a coroutine.
+ * Addresses come from the resolver (wsp_resolve.c), which looks names up
+ * in a thread of its own: a connect never waits for DNS. */
 #include <errno.h>
 
 #include <apr_strings.h>
 
 #include "httpd.h"
 
+#include "mod_ws_persist.h"
 #include "wsp_backend.h"
+#include "wsp_resolve.h"
 #include "wsp_tls.h"
 
 const char *wsp_bconn_errtext(apr_pool_t *p, const char *what,
@@ -47,10 +51,14 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
     bc->require_protocol = require_protocol;
     wsp_accept_make(key, bc->accept);
 
-    /* Resolved per attempt: a redeployed backend may have a new address. */
-    rv = apr_sockaddr_info_get(&bc->addr, be->host, APR_UNSPEC, be->port, 0,
-                               p);
-    if (rv == APR_SUCCESS) {
+    rv = wsp_resolve_addr(&bc->addr, be->host, be->port, p);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_DEBUG, rv, s, "ws_persist: backend "
+                     "%s: %s: %s", be->url, be->host,
+                     rv == WSP_RESOLVE_PENDING ? "not resolved yet"
+                                               : "does not resolve");
+    }
+    else {
         rv = apr_socket_create(&bc->sock, bc->addr->family, SOCK_STREAM,
                                APR_PROTO_TCP, p);
     }
@@ -216,6 +224,10 @@ int wsp_bconn_buffers_input(const wsp_bconn_t *bc)
 
 void wsp_bconn_close(wsp_bconn_t *bc)
 {
+    if (bc->addr && bc->state == WSP_BC_CONNECTING) {
+        /* refused, timed out or given up: the name may point elsewhere */
+        wsp_resolve_stale(bc->be->host);
+    }
     if (bc->tls) {
         wsp_tls_close(bc);
     }

@@ -11,6 +11,7 @@
 #include "wsp_parse.h"
 #include "wsp_frame.h"
 #include "wsp_evloop.h"
+#include "wsp_resolve.h"
 
 #define WSP_DEFAULT_BUFFER       (5 * 1024 * 1024)
 #define WSP_DEFAULT_CONNECT      apr_time_from_sec(10)
@@ -148,6 +149,7 @@ void wsp_conf_reset(void)
 {
     wsp_pools = NULL;
     wsp_slots_lines = NULL;
+    wsp_resolve_interval = WSP_RESOLVE_DEFAULT_INTERVAL;
 }
 
 apr_array_header_t *wsp_conf_pools(void)
@@ -478,6 +480,27 @@ static const char *set_event_loop_threads(cmd_parms *cmd, void *dconf,
     return wsp_parse_int(cmd, arg, 1, 64, &wsp_evloop_threads);
 }
 
+static const char *set_resolve_interval(cmd_parms *cmd, void *dconf,
+                                        const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    apr_interval_time_t v;
+
+    (void)dconf;
+    if (err) {
+        return err;
+    }
+    if ((err = wsp_parse_time(arg, &v))) {
+        return wsp_bad(cmd, arg, err);
+    }
+    if (v < WSP_RESOLVE_MIN_INTERVAL) {
+        /* every child looks every name up this often */
+        return wsp_bad(cmd, arg, "must be at least 1s");
+    }
+    wsp_resolve_interval = v;
+    return NULL;
+}
+
 /* Each context's list replaces the enclosing one's ("*" lifts it). */
 static const char *set_allowed_origin(cmd_parms *cmd, void *dconf,
                                       const char *arg)
@@ -544,6 +567,9 @@ const command_rec wsp_cmds[] = {
     AP_INIT_TAKE1("WSPersistEventLoopThreads", set_event_loop_threads, NULL,
                   RSRC_CONF, "loop threads per child (default: one per "
                   "CPU)"),
+    AP_INIT_TAKE1("WSPersistResolveInterval", set_resolve_interval, NULL,
+                  RSRC_CONF, "how often each child looks backend host names "
+                  "up again (30s)"),
     { NULL }
 };
 

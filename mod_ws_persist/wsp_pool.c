@@ -9,6 +9,7 @@
 
 /* Without hooks (unit tests) nothing is locked or shared. */
 static wsp_pool_hooks_t wsp_hooks;
+static int (*wsp_ready)(const wsp_backend_t *be);
 
 void wsp_pool_set_hooks(const wsp_pool_hooks_t *hooks)
 {
@@ -18,6 +19,11 @@ void wsp_pool_set_hooks(const wsp_pool_hooks_t *hooks)
     else {
         memset(&wsp_hooks, 0, sizeof(wsp_hooks));
     }
+}
+
+void wsp_pool_set_ready(int (*ready)(const wsp_backend_t *be))
+{
+    wsp_ready = ready;
 }
 
 static void wsp_pool_lock(void)
@@ -247,6 +253,7 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 {
     wsp_backend_t *best = NULL;
     unsigned int n, i, best_i = 0;
+    int waiting = 0;
 
     wsp_pool_lock();
     if (wsp_hooks.sync) {
@@ -266,6 +273,10 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
             || (o->exclusive && st->pipes > 0)) {
             continue;
         }
+        if (wsp_ready && !wsp_ready(be)) {
+            waiting = 1;
+            continue;
+        }
         if (!best || wsp_less_loaded(be, best)) {
             best = be;
             best_i = k;
@@ -276,7 +287,7 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
         pool->next = n ? (best_i + 1) % n : 0;
     }
     else {
-        *next_try = wsp_pool_next_retry(pool, now);
+        *next_try = waiting ? 0 : wsp_pool_next_retry(pool, now);
     }
     wsp_pool_unlock();
     return best;
