@@ -6,7 +6,7 @@ case "$1" in
     build) pkgs="apache2-dev uuid-dev gcc make" ;;
     bench) pkgs="apache2 apache2-dev uuid-dev gcc make" ;;
     demo)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-websockets" ;;
-    test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets openssl" ;;
+    test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets python3-h2 openssl" ;;
     # libFuzzer and the sanitizer runtimes of clang 14 (Debian 12)
     fuzz)  pkgs="clang libclang-rt-14-dev apache2-dev" ;;
     # gcc's ASan and UBSan runtimes, for SANITIZE=1
