@@ -42,22 +42,39 @@
 static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why);
 static int wsp_retiring(const wsp_pipe_t *p);
 static void wsp_aux_end(wsp_pipe_t *p);
+static void wsp_hop_drop(wsp_hop_in_t *in);
 
-/* Every backend connection ends here, so the driver hears of it first. */
-static void wsp_bconn_end(wsp_pipe_t *p)
+/* Every backend connection ends here, so the driver hears of its socket
+ * first: the hop lets it go, gives its backend back to the pool and
+ * forgets everything about it (its message brigade stays for the next). */
+static void wsp_bhop_end(wsp_pipe_t *p, wsp_hop_t *h)
 {
-    if (p->on_bclose) {
-        p->on_bclose(p->driver_baton, p->bc->sock);
+    apr_bucket_brigade *msg = h->in.msg;
+
+    if (h->bc) {
+        if (p->on_bclose) {
+            p->on_bclose(p->driver_baton, h->bc->sock);
+        }
+        wsp_bconn_close(h->bc);
     }
-    wsp_bconn_close(p->bc);
-    p->bc = NULL;
+    if (h->be) {
+        wsp_pool_release(p->conf->pool, h->be);
+    }
+    if (p->client) {
+        wsp_hop_drop(&h->in);      /* its frames are the client's memory */
+    }
+    memset(h, 0, sizeof(*h));
+    h->kind = WSP_HOP_BACKEND;
+    h->in.msg = msg;
 }
 static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
                              const char *reason, apr_size_t rlen);
+static void wsp_begin_ending(wsp_pipe_t *p, apr_time_t now,
+                             const char *why);
 
 const char *wsp_pipe_backend_url(const wsp_pipe_t *p)
 {
-    return p->be ? p->be->url : "-";
+    return p->b->be ? p->b->be->url : "-";
 }
 
 /* xorshift64*: mask keys need to be unpredictable to a peer, not secret,
@@ -72,6 +89,55 @@ static void wsp_rng_key(wsp_pipe_t *p, unsigned char key[4])
     p->rng = x;
     x *= APR_UINT64_C(2685821657736338717);
     memcpy(key, &x, 4);
+}
+
+/* ---- the state ------------------------------------------------------- */
+
+static const char *const wsp_state_names[] = {
+    "connecting", "live", "failing-over", "moving", "closing", "done",
+    "failed"
+};
+
+/* Every change of state goes through here, and is logged. */
+static void wsp_transit(wsp_pipe_t *p, wsp_state_e to, const char *why)
+{
+    if (p->state == to) {
+        return;
+    }
+    WSP_LOG(p, APLOG_TRACE1, 0, "state %s -> %s (%s)",
+            wsp_state_names[p->state], wsp_state_names[to], why);
+    p->state = to;
+}
+
+static int wsp_closing(const wsp_pipe_t *p)
+{
+    return p->state == WSP_ST_CLOSING || p->state == WSP_ST_DONE;
+}
+
+static int wsp_relaying(const wsp_pipe_t *p)
+{
+    return p->state == WSP_ST_LIVE || p->state == WSP_ST_MOVING;
+}
+
+static int wsp_connecting(const wsp_pipe_t *p)
+{
+    return p->state == WSP_ST_CONNECTING || p->state == WSP_ST_FAILING_OVER;
+}
+
+wsp_state_e wsp_pipe_state(const wsp_pipe_t *p)
+{
+    return p->state;
+}
+
+int wsp_pipe_upgrade_due(const wsp_pipe_t *p)
+{
+    return p->state == WSP_ST_LIVE && !p->client->upgraded;
+}
+
+int wsp_pipe_open(const wsp_pipe_t *p)
+{
+    return !wsp_closing(p) && p->state != WSP_ST_FAILED && p->client
+           && p->client->upgraded;
 }
 
 /* ---- one hop's incoming frames ---------------------------------------- */
@@ -323,7 +389,8 @@ static int wsp_hop_step(wsp_pipe_t *p, wsp_hop_in_t *in,
  * to spare, the cap closes the client with 1013 instead. */
 static int wsp_backpressure(const wsp_pipe_t *p)
 {
-    return !p->ending && (p->phase == WSP_PH_LIVE || p->full_at_outage);
+    return wsp_relaying(p)
+           || (p->state == WSP_ST_FAILING_OVER && p->full_at_outage);
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -352,12 +419,12 @@ static void wsp_owe(wsp_owed_t *o, int opcode, const unsigned char *payload,
     }
 }
 
-/* The next owed frame toward the backend, encoded into p->ctrl (called at
- * a frame boundary with nothing in p->ctrl). Returns 0 when none. */
+/* The next owed frame toward the backend, encoded into p->b->ctrl (called at
+ * a frame boundary with nothing in p->b->ctrl). Returns 0 when none. */
 static int wsp_backend_next_ctrl(wsp_pipe_t *p)
 {
     static const unsigned char beat[] = "wsp";
-    wsp_owed_t *o = &p->bowed;
+    wsp_owed_t *o = &p->b->owed;
     const unsigned char *pl;
     unsigned char key[4];
     apr_size_t len, h;
@@ -378,10 +445,10 @@ static int wsp_backend_next_ctrl(wsp_pipe_t *p)
         return 0;
     }
     wsp_rng_key(p, key);
-    h = wsp_frame_header(p->ctrl, 1, op, len, key);
-    wsp_mask(p->ctrl + h, pl, len, key, 0);
-    p->ctrl_len = h + len;
-    p->ctrl_off = 0;
+    h = wsp_frame_header(p->b->ctrl, 1, op, len, key);
+    wsp_mask(p->b->ctrl + h, pl, len, key, 0);
+    p->b->ctrl_len = h + len;
+    p->b->ctrl_off = 0;
     return 1;
 }
 
@@ -389,14 +456,14 @@ static int wsp_backend_next_ctrl(wsp_pipe_t *p)
 static void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
                              const unsigned char *payload, apr_size_t len)
 {
-    wsp_owe(&p->bowed, opcode, payload, len);
+    wsp_owe(&p->b->owed, opcode, payload, len);
 }
 
 /* Forget what was owed to a backend connection that is gone. */
 static void wsp_backend_ctrl_reset(wsp_pipe_t *p)
 {
-    p->ctrl_len = p->ctrl_off = 0;
-    memset(&p->bowed, 0, sizeof(p->bowed));
+    p->b->ctrl_len = p->b->ctrl_off = 0;
+    memset(&p->b->owed, 0, sizeof(p->b->owed));
 }
 
 /* Frames toward the client join its output at once (whole frames only
@@ -404,7 +471,7 @@ static void wsp_backend_ctrl_reset(wsp_pipe_t *p)
 static void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
                             const unsigned char *payload, apr_size_t len)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     unsigned char *f;
     apr_size_t h;
 
@@ -431,7 +498,7 @@ static void wsp_client_pong(wsp_pipe_t *p, int opcode,
 static void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
                             apr_status_t rv)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
 
     if (cl->gone) {
         return;
@@ -439,15 +506,14 @@ static void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
     cl->gone = 1;
     apr_brigade_cleanup(cl->out);
     cl->out_bytes = 0;
-    if (p->ending) {
+    if (wsp_closing(p)) {
         return;
     }
     WSP_LOG(p, APLOG_INFO, rv, "client went away (%s)", why);
-    p->ending = 1;
-    p->close_deadline = now + WSP_CLOSE_WAIT;
-    if (p->bc && p->bc->state == WSP_BC_OPEN) {
-        p->b_close_pending = WSP_CLOSE_GOING_AWAY;
-        p->b_close_reason = "client went away";
+    wsp_begin_ending(p, now, "client went away");
+    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN) {
+        p->b->close_pending = WSP_CLOSE_GOING_AWAY;
+        p->b->close_pending_reason = "client went away";
     }
 }
 
@@ -455,7 +521,7 @@ static void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
  * chunk the core writes or sets aside, and only when nothing is pending. */
 static int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     conn_rec *c;
     apr_status_t rv;
     int progress = 0;
@@ -524,40 +590,40 @@ static int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
  * then queued messages; a pending close once the queue is empty. */
 static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_bconn_t *bc = p->bc;
+    wsp_bconn_t *bc = p->b->bc;
     int progress = 0;
 
-    p->b_want_write = 0;
-    while (p->bc && bc->state == WSP_BC_OPEN && !p->b_ended) {
+    p->b->want_write = 0;
+    while (p->b->bc && bc->state == WSP_BC_OPEN && !p->b->ended) {
         struct iovec vec[WSP_IOV];
         apr_size_t n;
         apr_status_t rv;
         int nvec;
 
-        if (p->ctrl_off == p->ctrl_len
+        if (p->b->ctrl_off == p->b->ctrl_len
             && wsp_queue_at_frame_boundary(&p->q)) {
             wsp_backend_next_ctrl(p);
         }
-        if (p->ctrl_off < p->ctrl_len) {
-            n = p->ctrl_len - p->ctrl_off;
-            rv = wsp_bconn_send(bc, (char *)p->ctrl + p->ctrl_off, &n);
-            p->ctrl_off += n;
-            apr_atomic_add64(&p->be->st->bytes_out, n);
+        if (p->b->ctrl_off < p->b->ctrl_len) {
+            n = p->b->ctrl_len - p->b->ctrl_off;
+            rv = wsp_bconn_send(bc, (char *)p->b->ctrl + p->b->ctrl_off, &n);
+            p->b->ctrl_off += n;
+            apr_atomic_add64(&p->b->be->st->bytes_out, n);
         }
-        else if (p->q.bytes > 0 && (!p->b_close_sent
+        else if (p->q.bytes > 0 && (!p->b->close_sent
                                     || !wsp_queue_at_frame_boundary(&p->q))) {
             nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
             rv = wsp_bconn_sendv(bc, vec, nvec, &n);
             wsp_queue_consumed(&p->q, n);
-            apr_atomic_add64(&p->be->st->bytes_out, n);
+            apr_atomic_add64(&p->b->be->st->bytes_out, n);
         }
-        else if (p->b_close_pending && !p->b_close_sent) {
+        else if (p->b->close_pending && !p->b->close_sent) {
             unsigned char pl[WSP_CONTROL_MAX];
-            const char *r = p->b_close_reason ? p->b_close_reason : "";
+            const char *r = p->b->close_pending_reason ? p->b->close_pending_reason : "";
 
             wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl,
-                             p->b_close_pending, r, strlen(r)));
-            p->b_close_sent = 1;
+                             p->b->close_pending, r, strlen(r)));
+            p->b->close_sent = 1;
             continue;
         }
         else {
@@ -567,7 +633,7 @@ static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
             progress = 1;
         }
         if (APR_STATUS_IS_EAGAIN(rv)) {
-            p->b_want_write = 1;
+            p->b->want_write = 1;
             return progress;
         }
         if (rv != APR_SUCCESS) {
@@ -580,10 +646,10 @@ static int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
 
 /* ---- closing ----------------------------------------------------------- */
 
-static void wsp_begin_ending(wsp_pipe_t *p, apr_time_t now)
+static void wsp_begin_ending(wsp_pipe_t *p, apr_time_t now, const char *why)
 {
-    if (!p->ending) {
-        p->ending = 1;
+    if (!wsp_closing(p)) {
+        wsp_transit(p, WSP_ST_CLOSING, why);
         p->close_deadline = now + WSP_CLOSE_WAIT;
     }
 }
@@ -592,10 +658,15 @@ static void wsp_begin_ending(wsp_pipe_t *p, apr_time_t now)
 static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
                              const char *reason, apr_size_t rlen)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     unsigned char pl[WSP_CONTROL_MAX];
 
-    wsp_begin_ending(p, now);
+    if (!wsp_closing(p)) {
+        char why[48];
+
+        apr_snprintf(why, sizeof(why), "closing the client with %d", code);
+        wsp_begin_ending(p, now, why);
+    }
     if (!cl || cl->gone || cl->close_sent) {
         return;
     }
@@ -607,33 +678,22 @@ static void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
 /* The backend connection is dropped without a failover (pipe ending). */
 static void wsp_backend_drop(wsp_pipe_t *p)
 {
-    if (p->bc) {
-        wsp_bconn_end(p);
-    }
-    if (p->be) {
-        wsp_pool_release(p->conf->pool, p->be);
-        p->be = NULL;
-    }
-    if (p->client) {
-        wsp_hop_drop(&p->bin);
-    }
-    wsp_backend_ctrl_reset(p);
-    p->b_ended = NULL;
+    wsp_bhop_end(p, p->b);
 }
 
 /* The current backend is interrupted: count the failure, keep what the
  * client sent for the next one and start looking for it. */
 static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
 {
-    if (p->ending) {
-        wsp_client_t *cl = p->client;
+    if (wsp_closing(p)) {
+        wsp_hop_t *cl = p->client;
 
         /* the client closed and waits for our reply: give it */
         if (cl && cl->close_rcvd && !cl->close_sent) {
             wsp_client_close(p, now, cl->close_code, cl->close_reason,
                              strlen(cl->close_reason));
         }
-        if (!p->b_close_sent || !p->b_close_rcvd) {
+        if (!p->b->close_sent || !p->b->close_rcvd) {
             WSP_LOG(p, APLOG_DEBUG, 0, "backend ended while closing (%s)",
                     why);
         }
@@ -643,17 +703,16 @@ static void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
     WSP_LOG(p, APLOG_WARNING, 0, "backend interrupted (%s); failing over "
             "with %" APR_SIZE_T_FMT " message(s), %" APR_OFF_T_FMT
             " byte(s) buffered", why, p->q.messages, p->q.bytes);
-    if (p->be) {
-        wsp_pool_failed(p->conf->pool, &p->opts, p->be, now);
-        wsp_pool_failover(p->be);
+    if (p->b->be) {
+        wsp_pool_failed(p->conf->pool, &p->opts, p->b->be, now);
+        wsp_pool_failover(p->b->be);
     }
-    if (p->abc && !p->aux_retiring) {
+    if (p->b2->bc && !p->b2->retiring) {
         wsp_aux_end(p);             /* the failover picks afresh */
     }
     wsp_backend_drop(p);
     wsp_queue_rewind(&p->q);
-    p->b_close_pending = p->b_close_sent = p->b_close_rcvd = 0;
-    p->phase = WSP_PH_FAILOVER;
+    wsp_transit(p, WSP_ST_FAILING_OVER, why);
     /* a slow backend filled the buffer under backpressure: keep that up
      * until the next backend has it, rather than 1013 at the next byte */
     p->full_at_outage = p->q.bytes >= p->conf->buffer_limit;
@@ -690,16 +749,16 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
                                const char *reason, apr_size_t rlen)
 {
     unsigned char pl[WSP_CONTROL_MAX];
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     char r[4 * WSP_CONTROL_MAX + 1];
 
-    p->b_close_rcvd = 1;
-    if (p->ending) {
+    p->b->close_rcvd = 1;
+    if (wsp_closing(p)) {
         /* the reply to our close (or a crossing close) */
-        if (!p->b_close_sent) {
+        if (!p->b->close_sent) {
             wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                              wsp_close_payload(pl, code, reason, rlen));
-            p->b_close_sent = 1;
+            p->b->close_sent = 1;
         }
         if (cl && cl->close_rcvd && !cl->close_sent) {
             wsp_client_close(p, now, code, reason, rlen);
@@ -712,9 +771,9 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
 
         wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                          wsp_close_payload(pl, code, reason, rlen));
-        p->b_close_sent = 1;
+        p->b->close_sent = 1;
         wsp_backend_flush(p, now);
-        if (!p->bc) {
+        if (!p->b->bc) {
             return;                 /* the flush found it gone already */
         }
         apr_snprintf(why, sizeof(why), "close %d \"%s\"", code, r);
@@ -725,7 +784,7 @@ static void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
             "over", code, r);
     wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                      wsp_close_payload(pl, code, reason, rlen));
-    p->b_close_sent = 1;
+    p->b->close_sent = 1;
     wsp_client_close(p, now, code, reason, rlen);
 }
 
@@ -790,9 +849,9 @@ static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
     /* its stream cannot be parsed any more: read nothing further (no
      * close reply can be found in it) and close once our close is out */
     p->client->close_rcvd = 1;
-    if (p->bc && p->bc->state == WSP_BC_OPEN) {
-        p->b_close_pending = WSP_CLOSE_GOING_AWAY;
-        p->b_close_reason = "client error";
+    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN) {
+        p->b->close_pending = WSP_CLOSE_GOING_AWAY;
+        p->b->close_pending_reason = "client error";
     }
     else {
         wsp_backend_drop(p);
@@ -801,7 +860,7 @@ static void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
 
 static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     const char *reason;
     apr_size_t rlen;
     int code;
@@ -823,11 +882,11 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
             return;                 /* the reply to ours */
         }
         WSP_LOG(p, APLOG_DEBUG, 0, "client closed with %d", code);
-        wsp_begin_ending(p, now);
-        if (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_sent) {
-            p->b_close_pending = code == WSP_CLOSE_NO_STATUS
+        wsp_begin_ending(p, now, "the client closed");
+        if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_sent) {
+            p->b->close_pending = code == WSP_CLOSE_NO_STATUS
                                  ? WSP_CLOSE_NORMAL : code;
-            p->b_close_reason = cl->close_reason;
+            p->b->close_pending_reason = cl->close_reason;
         }
         else {
             if (p->q.messages) {
@@ -846,7 +905,7 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
 static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
                            const unsigned char *data, apr_size_t len)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     wsp_hop_in_t *in = &cl->in;
 
     while ((len > 0 || wsp_hop_pending(in)) && !cl->gone) {
@@ -858,7 +917,7 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
         }
         switch (ev) {
         case WSP_EV_DATA:
-            if (p->ending) {
+            if (wsp_closing(p)) {
                 in->drop = 1;        /* nothing after a close counts */
             }
             else if (!wsp_backpressure(p)
@@ -892,7 +951,7 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
 
 static int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     apr_size_t total = 0;
     int progress = 0;
 
@@ -990,18 +1049,18 @@ static void wsp_backend_violation(wsp_pipe_t *p, apr_time_t now, int code,
 
     wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl, code, text,
                                                             strlen(text)));
-    p->b_close_sent = 1;
+    p->b->close_sent = 1;
     if (code == WSP_CLOSE_TOO_BIG) {
         WSP_LOG(p, APLOG_INFO, 0, "backend message over %" APR_OFF_T_FMT
                 " bytes: closing both hops with 1009",
                 wsp_conf_max_message(p->conf));
         wsp_client_close(p, now, code, "backend message too big", 23);
         /* its stream cannot be parsed past the frame: read no more */
-        p->b_close_rcvd = 1;
+        p->b->close_rcvd = 1;
         return;
     }
     wsp_backend_flush(p, now);
-    if (p->bc) {
+    if (p->b->bc) {
         apr_snprintf(why, sizeof(why), "%s broke the protocol: %d (%s)",
                      what, code, text);
         wsp_backend_lost(p, now, why);
@@ -1014,7 +1073,7 @@ static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
     apr_size_t rlen;
     int code;
 
-    int res = wsp_control(p, &p->bin, wsp_backend_ctrl, &p->b_ping_sent,
+    int res = wsp_control(p, &p->b->in, wsp_backend_ctrl, &p->b->ping_sent,
                           &code, &reason, &rlen);
 
     if (res >= 1000) {
@@ -1029,7 +1088,7 @@ static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
  * whole message goes to its output. */
 static void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
 
     if (ev == WSP_EV_DATA) {
         if (!cl || cl->gone || cl->close_sent) {
@@ -1046,10 +1105,10 @@ static void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev)
 /* Feed bytes from the backend; stops early when the backend is gone. */
 static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_bconn_t *bc = p->bc;
-    wsp_hop_in_t *in = &p->bin;
+    wsp_bconn_t *bc = p->b->bc;
+    wsp_hop_in_t *in = &p->b->in;
 
-    while (p->bc == bc && (bc->ipos < bc->ilen || wsp_hop_pending(in))) {
+    while (p->b->bc == bc && (bc->ipos < bc->ilen || wsp_hop_pending(in))) {
         const unsigned char *d = bc->ibuf + bc->ipos;
         apr_size_t len = bc->ilen - bc->ipos;
         int ev = wsp_hop_step(p, in, &d, &len);
@@ -1075,11 +1134,11 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
  * for the next backend. */
 static int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
 {
-    wsp_bconn_t *bc = p->bc;
+    wsp_bconn_t *bc = p->b->bc;
     apr_size_t before;
     apr_status_t rv;
 
-    if (!ready || p->b_ended || bc->ilen - bc->ipos >= WSP_IBUF_SIZE) {
+    if (!ready || p->b->ended || bc->ilen - bc->ipos >= WSP_IBUF_SIZE) {
         return 0;
     }
     before = bc->ilen - bc->ipos;
@@ -1088,13 +1147,13 @@ static int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
         return 0;
     }
     if (rv != APR_SUCCESS) {
-        p->b_ended = APR_STATUS_IS_EOF(rv) ? "connection closed"
+        p->b->ended = APR_STATUS_IS_EOF(rv) ? "connection closed"
                                            : "read failed";
         return 1;
     }
-    apr_atomic_add64(&p->be->st->bytes_in, bc->ilen - bc->ipos - before);
-    p->b_last_rx = now;
-    p->b_ping_sent = 0;
+    apr_atomic_add64(&p->b->be->st->bytes_in, bc->ilen - bc->ipos - before);
+    p->b->last_rx = now;
+    p->b->ping_sent = 0;
     return 1;
 }
 
@@ -1103,24 +1162,24 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
     apr_size_t total = 0;
     int progress = 0;
 
-    if (p->bc && p->bc->state == WSP_BC_OPEN && wsp_retiring(p)) {
+    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && wsp_retiring(p)) {
         return wsp_backend_hold(p, now, ready);
     }
     /* The socket is read only when poll said so: it is level-triggered, so
      * data left behind (budget, a full client) is reported again. */
-    while (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_rcvd
+    while (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_rcvd
            && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
-        wsp_bconn_t *bc = p->bc;
+        wsp_bconn_t *bc = p->b->bc;
         apr_size_t before;
         apr_status_t rv;
 
-        if (bc->ipos < bc->ilen || wsp_hop_pending(&p->bin)) {
+        if (bc->ipos < bc->ilen || wsp_hop_pending(&p->b->in)) {
             wsp_backend_feed(p, now);
             progress = 1;
             continue;
         }
-        if (p->b_ended) {
-            wsp_backend_lost(p, now, p->b_ended);   /* held until now */
+        if (p->b->ended) {
+            wsp_backend_lost(p, now, p->b->ended);   /* held until now */
             return 1;
         }
         if (!ready || total >= WSP_READ_BUDGET) {
@@ -1138,13 +1197,13 @@ static int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return 1;
         }
         total += bc->ilen - before;
-        apr_atomic_add64(&p->be->st->bytes_in, bc->ilen - before);
+        apr_atomic_add64(&p->b->be->st->bytes_in, bc->ilen - before);
         if (bc->ilen - before < WSP_IBUF_SIZE
             && !wsp_bconn_buffers_input(bc)) {
             ready = 0;              /* a short read drained the socket */
         }
-        p->b_last_rx = now;
-        p->b_ping_sent = 0;
+        p->b->last_rx = now;
+        p->b->ping_sent = 0;
         progress = 1;
     }
     return progress;
@@ -1185,7 +1244,7 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
 {
     int tries = p->conf->pool->backends->nelts;
 
-    while (!p->bc && tries-- > 0) {
+    while (!p->b->bc && tries-- > 0) {
         apr_time_t next = 0;
         wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
                                              NULL, &next);
@@ -1199,9 +1258,9 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
             }
             return;
         }
-        p->be = be;
+        p->b->be = be;
         p->req_be = be;
-        rv = wsp_bconn_open(&p->bc, p->pool, p->s, be, wsp_backend_request,
+        rv = wsp_bconn_open(&p->b->bc, p->pool, p->s, be, wsp_backend_request,
                             p,
                             p->connections ? p->protocol : p->offered,
                             p->connections && p->protocol);
@@ -1209,32 +1268,32 @@ static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
             WSP_LOG(p, APLOG_WARNING, rv, "cannot connect");
             wsp_pool_failed(p->conf->pool, &p->opts, be, now);
             wsp_pool_release(p->conf->pool, be);
-            p->be = NULL;
+            p->b->be = NULL;
             continue;
         }
         per = wsp_attempt_time(p);
-        p->attempt_deadline = now + per < p->deadline ? now + per
+        p->b->deadline = now + per < p->deadline ? now + per
                                                       : p->deadline;
     }
 }
 
 static void wsp_connected(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_bconn_t *bc = p->bc;
+    wsp_bconn_t *bc = p->b->bc;
 
-    wsp_pool_succeeded(p->conf->pool, p->be);
+    wsp_pool_succeeded(p->conf->pool, p->b->be);
     if (!p->connections) {
         wsp_registry_pin(p, bc->protocol);
     }
     WSP_LOG(p, APLOG_DEBUG, 0, "connected (resume %d)", p->connections);
     p->connections++;
-    wsp_hop_init(&p->bin, WSP_FROM_SERVER, wsp_conf_max_message(p->conf),
-                 p->client->c->bucket_alloc, p->bin.msg);
-    p->b_last_rx = now;
-    p->b_ping_sent = 0;
-    p->b_ended = NULL;
+    wsp_hop_init(&p->b->in, WSP_FROM_SERVER, wsp_conf_max_message(p->conf),
+                 p->client->c->bucket_alloc, p->b->in.msg);
+    p->b->last_rx = now;
+    p->b->ping_sent = 0;
+    p->b->ended = NULL;
     wsp_backend_ctrl_reset(p);
-    p->phase = WSP_PH_LIVE;
+    wsp_transit(p, WSP_ST_LIVE, p->b->be->url);
 }
 
 static int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
@@ -1242,21 +1301,20 @@ static int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
     const char *why = NULL;
     int res;
 
-    if ((p->phase != WSP_PH_CONNECT && p->phase != WSP_PH_FAILOVER)
-        || p->ending) {
+    if (!wsp_connecting(p)) {
         return 0;
     }
-    if (!p->bc) {
+    if (!p->b->bc) {
         if (now < p->retry_at) {
             return 0;
         }
         wsp_connect_next(p, now);
-        if (!p->bc) {
+        if (!p->b->bc) {
             return 0;
         }
     }
-    res = wsp_bconn_handshake(p->bc, &why);
-    if (res == WSP_HS_MORE && now >= p->attempt_deadline) {
+    res = wsp_bconn_handshake(p->b->bc, &why);
+    if (res == WSP_HS_MORE && now >= p->b->deadline) {
         res = WSP_HS_FAIL;
         why = "handshake timed out";
     }
@@ -1268,10 +1326,8 @@ static int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
         return 1;
     }
     WSP_LOG(p, APLOG_WARNING, 0, "handshake failed: %s", why);
-    wsp_pool_failed(p->conf->pool, &p->opts, p->be, now);
-    wsp_bconn_end(p);
-    wsp_pool_release(p->conf->pool, p->be);
-    p->be = NULL;
+    wsp_pool_failed(p->conf->pool, &p->opts, p->b->be, now);
+    wsp_bhop_end(p, p->b);
     p->retry_at = 0;
     return 1;
 }
@@ -1279,18 +1335,15 @@ static int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
 /* No backend in time: 503 at connect time, 1014 during a failover. */
 static void wsp_connect_timeout(wsp_pipe_t *p, apr_time_t now)
 {
-    if (p->phase != WSP_PH_CONNECT && p->phase != WSP_PH_FAILOVER) {
-        return;
-    }
-    if (now < p->deadline || p->ending) {
+    if (!wsp_connecting(p) || now < p->deadline) {
         return;
     }
     wsp_backend_drop(p);
-    if (p->phase == WSP_PH_CONNECT) {
+    if (p->state == WSP_ST_CONNECTING) {
         WSP_LOG(p, APLOG_ERR, 0, "no backend completed a handshake within "
                 "%" APR_TIME_T_FMT " ms: answering 503",
                 apr_time_as_msec(p->conf->connect_timeout));
-        p->phase = WSP_PH_FAILED;
+        wsp_transit(p, WSP_ST_FAILED, "no backend in time");
         return;
     }
     WSP_LOG(p, APLOG_ERR, 0, "no backend within %" APR_TIME_T_FMT " ms: "
@@ -1304,40 +1357,27 @@ static void wsp_connect_timeout(wsp_pipe_t *p, apr_time_t now)
 
 static int wsp_retiring(const wsp_pipe_t *p)
 {
-    return p->abc && p->aux_retiring && !p->ending;
+    return p->b2->bc && p->b2->retiring && !wsp_closing(p);
 }
 
 int wsp_pipe_should_move(const wsp_pipe_t *p)
 {
-    return p->phase == WSP_PH_LIVE && !p->ending && p->be && p->bc
-           && p->bc->state == WSP_BC_OPEN && !p->abc && p->client
-           && p->client->upgraded && wsp_pool_leaving(p->be);
+    return p->state == WSP_ST_LIVE && p->b->be && p->b->bc
+           && p->b->bc->state == WSP_BC_OPEN && !p->b2->bc && p->client
+           && p->client->upgraded && wsp_pool_leaving(p->b->be);
 }
 
 /* Let go of the second backend connection, whichever role it had. */
 static void wsp_aux_end(wsp_pipe_t *p)
 {
-    if (p->abc) {
-        if (p->on_bclose) {
-            p->on_bclose(p->driver_baton, p->abc->sock);
-        }
-        wsp_bconn_close(p->abc);
-        p->abc = NULL;
+    if (p->state == WSP_ST_MOVING) {
+        wsp_transit(p, WSP_ST_LIVE, "replacement let go");
     }
-    if (p->abe) {
-        wsp_pool_release(p->conf->pool, p->abe);
-        p->abe = NULL;
+    wsp_bhop_end(p, p->b2);
+    if (p->b2->in.msg && p->client && !p->client->spare) {
+        p->client->spare = p->b2->in.msg;   /* the next move's */
     }
-    if (p->aux_retiring && p->ain.msg) {
-        wsp_hop_drop(&p->ain);
-        if (p->client && !p->client->spare) {
-            p->client->spare = p->ain.msg;   /* for the next move */
-        }
-        p->ain.msg = NULL;
-    }
-    p->aux_retiring = 0;
-    p->actrl_len = p->actrl_off = 0;
-    p->a_want_write = 0;
+    p->b2->in.msg = NULL;
 }
 
 /* Begin a handshake with a replacement for the draining backend. With
@@ -1346,7 +1386,7 @@ static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
 {
     apr_time_t next = 0;
     wsp_backend_t *be = wsp_pool_acquire(p->conf->pool, &p->opts, now,
-                                         p->be, &next);
+                                         p->b->be, &next);
     apr_status_t rv;
 
     p->move_at = now + WSP_MOVE_RETRY;
@@ -1355,7 +1395,7 @@ static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
         return;
     }
     p->req_be = be;
-    rv = wsp_bconn_open(&p->abc, p->pool, p->s, be, wsp_backend_request, p,
+    rv = wsp_bconn_open(&p->b2->bc, p->pool, p->s, be, wsp_backend_request, p,
                         p->protocol, p->protocol != NULL);
     if (rv != APR_SUCCESS) {
         WSP_LOG(p, APLOG_WARNING, rv, "backend draining: cannot connect "
@@ -1364,10 +1404,11 @@ static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
         wsp_pool_release(p->conf->pool, be);
         return;
     }
-    p->abe = be;
-    p->aux_retiring = 0;
-    p->aux_deadline = now + wsp_attempt_time(p);
+    p->b2->be = be;
+    p->b2->retiring = 0;
+    p->b2->deadline = now + wsp_attempt_time(p);
     WSP_LOG(p, APLOG_INFO, 0, "backend draining: moving to %s", be->url);
+    wsp_transit(p, WSP_ST_MOVING, be->url);
 }
 
 /* The replacement is open and nothing is half written to the draining
@@ -1376,35 +1417,29 @@ static void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
  * of the replacement's. */
 static int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_client_t *cl = p->client;
-    wsp_backend_t *old_be = p->be;
-    wsp_bconn_t *old_bc = p->bc;
+    wsp_hop_t *cl = p->client, *old = p->b;
+    wsp_bconn_t *old_bc = p->b->bc;
 
-    if (!p->abc || p->aux_retiring || p->abc->state != WSP_BC_OPEN
-        || p->phase != WSP_PH_LIVE || p->ending || !old_bc
+    if (!p->b2->bc || p->b2->retiring || p->b2->bc->state != WSP_BC_OPEN
+        || p->state != WSP_ST_MOVING || !old_bc
         || old_bc->state != WSP_BC_OPEN || !cl || !cl->spare
         || !wsp_queue_at_message_boundary(&p->q)
-        || p->ctrl_off < p->ctrl_len || p->b_close_pending
-        || p->b_close_sent || p->b_close_rcvd) {
+        || p->b->ctrl_off < p->b->ctrl_len || p->b->close_pending
+        || p->b->close_sent || p->b->close_rcvd) {
         return 0;
     }
-    /* the old backend becomes the retiring second connection */
-    p->ain = p->bin;
-    p->bin.msg = cl->spare;
+    /* the two hops swap: the old backend is the retiring second one */
+    p->b = p->b2;
+    p->b2 = old;
+    p->b->in.msg = cl->spare;
     cl->spare = NULL;
-    p->bc = p->abc;
-    p->be = p->abe;
-    p->abc = old_bc;
-    p->abe = old_be;
-    p->aux_retiring = 1;
-    p->aux_deadline = now + WSP_RETIRE_CAP;
-    p->a_last_rx = now;
-    p->a_close_sent = 0;
-    p->actrl_len = p->actrl_off = 0;
-    p->b_want_write = 0;
+    old->retiring = 1;
+    old->deadline = now + WSP_RETIRE_CAP;
+    old->last_rx = now;
+    old->want_write = 0;
     wsp_connected(p, now);
     WSP_LOG(p, APLOG_INFO, 0, "moved off draining backend %s with %"
-            APR_SIZE_T_FMT " message(s) still to send", old_be->url,
+            APR_SIZE_T_FMT " message(s) still to send", old->be->url,
             p->q.messages);
     return 1;
 }
@@ -1416,11 +1451,11 @@ static int wsp_move_handshake(wsp_pipe_t *p, apr_time_t now)
     const char *why = NULL;
     int res;
 
-    if (p->abc->state == WSP_BC_OPEN) {
+    if (p->b2->bc->state == WSP_BC_OPEN) {
         return 0;
     }
-    res = wsp_bconn_handshake(p->abc, &why);
-    if (res == WSP_HS_MORE && now >= p->aux_deadline) {
+    res = wsp_bconn_handshake(p->b2->bc, &why);
+    if (res == WSP_HS_MORE && now >= p->b2->deadline) {
         res = WSP_HS_FAIL;
         why = "handshake timed out";
     }
@@ -1431,8 +1466,8 @@ static int wsp_move_handshake(wsp_pipe_t *p, apr_time_t now)
         return 1;
     }
     WSP_LOG(p, APLOG_WARNING, 0, "backend draining: replacement %s failed "
-            "(%s); staying for now", p->abe->url, why);
-    wsp_pool_failed(p->conf->pool, &p->opts, p->abe, now);
+            "(%s); staying for now", p->b2->be->url, why);
+    wsp_pool_failed(p->conf->pool, &p->opts, p->b2->be, now);
     wsp_aux_end(p);
     p->move_at = now + WSP_MOVE_RETRY;
     return 1;
@@ -1442,8 +1477,8 @@ static int wsp_move_handshake(wsp_pipe_t *p, apr_time_t now)
  * ends it. Returns 1 when it is done. */
 static int wsp_retire_feed(wsp_pipe_t *p)
 {
-    wsp_bconn_t *bc = p->abc;
-    wsp_hop_in_t *in = &p->ain;
+    wsp_bconn_t *bc = p->b2->bc;
+    wsp_hop_in_t *in = &p->b2->in;
 
     while (bc->ipos < bc->ilen || wsp_hop_pending(in)) {
         const unsigned char *d = bc->ibuf + bc->ipos;
@@ -1470,38 +1505,38 @@ static void wsp_retire_close(wsp_pipe_t *p, apr_time_t now)
     unsigned char pl[WSP_CONTROL_MAX], key[4];
     apr_size_t h, len;
 
-    if (p->a_close_sent || (now < p->a_last_rx + WSP_RETIRE_QUIET
-                            && now < p->aux_deadline)) {
+    if (p->b2->close_sent || (now < p->b2->last_rx + WSP_RETIRE_QUIET
+                            && now < p->b2->deadline)) {
         return;
     }
     len = wsp_close_payload(pl, WSP_CLOSE_GOING_AWAY, "backend draining",
                             16);
     wsp_rng_key(p, key);
-    h = wsp_frame_header(p->actrl, 1, WSP_OP_CLOSE, len, key);
-    wsp_mask(p->actrl + h, pl, len, key, 0);
-    p->actrl_len = h + len;
-    p->actrl_off = 0;
-    p->a_close_sent = 1;
-    p->aux_deadline = now + WSP_CLOSE_WAIT;
+    h = wsp_frame_header(p->b2->ctrl, 1, WSP_OP_CLOSE, len, key);
+    wsp_mask(p->b2->ctrl + h, pl, len, key, 0);
+    p->b2->ctrl_len = h + len;
+    p->b2->ctrl_off = 0;
+    p->b2->close_sent = 1;
+    p->b2->deadline = now + WSP_CLOSE_WAIT;
 }
 
 static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
 {
-    wsp_bconn_t *bc = p->abc;
-    wsp_client_t *cl = p->client;
+    wsp_bconn_t *bc = p->b2->bc;
+    wsp_hop_t *cl = p->client;
     const char *done = NULL;
     apr_status_t rv;
     int progress = 0;
 
     wsp_retire_close(p, now);
-    p->a_want_write = 0;
-    while (p->actrl_off < p->actrl_len) {
-        apr_size_t n = p->actrl_len - p->actrl_off;
+    p->b2->want_write = 0;
+    while (p->b2->ctrl_off < p->b2->ctrl_len) {
+        apr_size_t n = p->b2->ctrl_len - p->b2->ctrl_off;
 
-        rv = wsp_bconn_send(bc, (char *)p->actrl + p->actrl_off, &n);
-        p->actrl_off += n;
+        rv = wsp_bconn_send(bc, (char *)p->b2->ctrl + p->b2->ctrl_off, &n);
+        p->b2->ctrl_off += n;
         if (APR_STATUS_IS_EAGAIN(rv)) {
-            p->a_want_write = 1;
+            p->b2->want_write = 1;
             break;
         }
         if (rv != APR_SUCCESS) {
@@ -1527,19 +1562,19 @@ static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
             done = "connection ended";
             break;
         }
-        apr_atomic_add64(&p->abe->st->bytes_in, bc->ilen);
-        p->a_last_rx = now;
+        apr_atomic_add64(&p->b2->be->st->bytes_in, bc->ilen);
+        p->b2->last_rx = now;
         if (bc->ilen < WSP_IBUF_SIZE && !wsp_bconn_buffers_input(bc)) {
             ready = 0;
         }
         progress = 1;
     }
-    if (!done && p->a_close_sent && now >= p->aux_deadline) {
+    if (!done && p->b2->close_sent && now >= p->b2->deadline) {
         done = "no close reply in time";
     }
     if (done) {
         WSP_LOG(p, APLOG_DEBUG, 0, "draining backend %s let go (%s)",
-                p->abe->url, done);
+                p->b2->be->url, done);
         wsp_aux_end(p);
         return 1;
     }
@@ -1548,10 +1583,10 @@ static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
 
 static int wsp_aux_step(wsp_pipe_t *p, apr_time_t now, int ready)
 {
-    if (!p->abc) {
+    if (!p->b2->bc) {
         return 0;
     }
-    return p->aux_retiring ? wsp_retire_step(p, now, ready)
+    return p->b2->retiring ? wsp_retire_step(p, now, ready)
                            : wsp_move_handshake(p, now);
 }
 
@@ -1560,10 +1595,10 @@ static int wsp_aux_step(wsp_pipe_t *p, apr_time_t now, int ready)
 static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
 {
     apr_interval_time_t iv = p->conf->ping_interval;
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     static const unsigned char beat[] = "wsp";
 
-    if (iv <= 0 || p->ending) {
+    if (iv <= 0 || wsp_closing(p)) {
         return;
     }
     if (cl && cl->upgraded && !cl->gone) {
@@ -1576,21 +1611,21 @@ static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
             cl->ping_sent = now;
         }
     }
-    if (p->phase == WSP_PH_LIVE && p->bc && !wsp_retiring(p)) {
-        if (p->b_ping_sent && now - p->b_ping_sent >= iv) {
+    if (wsp_relaying(p) && p->b->bc && !wsp_retiring(p)) {
+        if (p->b->ping_sent && now - p->b->ping_sent >= iv) {
             wsp_backend_lost(p, now, "no pong");
             return;
         }
-        if (!p->b_ping_sent && now - p->b_last_rx >= iv) {
+        if (!p->b->ping_sent && now - p->b->last_rx >= iv) {
             wsp_backend_ctrl(p, WSP_OP_PING, beat, 3);
-            p->b_ping_sent = now;
+            p->b->ping_sent = now;
         }
     }
 }
 
 static int wsp_client_done(const wsp_pipe_t *p, apr_time_t now)
 {
-    const wsp_client_t *cl = p->client;
+    const wsp_hop_t *cl = p->client;
 
     if (!cl || cl->gone) {
         return 1;
@@ -1606,11 +1641,11 @@ static int wsp_client_done(const wsp_pipe_t *p, apr_time_t now)
 
 static int wsp_backend_done(const wsp_pipe_t *p, apr_time_t now)
 {
-    if (!p->bc || p->bc->state != WSP_BC_OPEN) {
+    if (!p->b->bc || p->b->bc->state != WSP_BC_OPEN) {
         return 1;
     }
-    if (p->b_close_sent && p->b_close_rcvd && p->ctrl_off == p->ctrl_len
-        && !p->bowed.close_due) {
+    if (p->b->close_sent && p->b->close_rcvd && p->b->ctrl_off == p->b->ctrl_len
+        && !p->b->owed.close_due) {
         return 1;
     }
     return now >= p->close_deadline;
@@ -1618,13 +1653,13 @@ static int wsp_backend_done(const wsp_pipe_t *p, apr_time_t now)
 
 static void wsp_check_done(wsp_pipe_t *p, apr_time_t now)
 {
-    if (!p->ending || p->phase == WSP_PH_DONE) {
+    if (p->state != WSP_ST_CLOSING) {
         return;
     }
-    if (p->bc && p->bc->state != WSP_BC_OPEN) {
+    if (p->b->bc && p->b->bc->state != WSP_BC_OPEN) {
         wsp_backend_drop(p);          /* a handshake is of no use now */
     }
-    if (p->abc && !p->aux_retiring) {
+    if (p->b2->bc && !p->b2->retiring) {
         wsp_aux_end(p);               /* nor a replacement */
     }
     if (now >= p->close_deadline && p->client && !p->client->gone
@@ -1642,28 +1677,37 @@ static void wsp_check_done(wsp_pipe_t *p, apr_time_t now)
     if (wsp_client_done(p, now) && wsp_backend_done(p, now)) {
         wsp_backend_drop(p);
         wsp_aux_end(p);
-        p->phase = WSP_PH_DONE;
+        wsp_transit(p, WSP_ST_DONE, "both hops closed");
     }
 }
 
 /* ---- the driver interface --------------------------------------------- */
 
-void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
-                  apr_int16_t arev)
+#define WSP_READY(ev) (((ev) & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0)
+
+void wsp_pipe_set_driver(wsp_pipe_t *p,
+                         void (*fn)(void *baton, apr_socket_t *sock),
+                         void *baton)
+{
+    p->on_bclose = fn;
+    p->driver_baton = baton;
+}
+
+void wsp_pipe_run(wsp_pipe_t *p, const apr_int16_t rev[WSP_SOCKS])
 {
     apr_time_t now = apr_time_now();
     int rounds = 0, progress;
-    int cready = (crev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
-    int bready = (brev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
-    int aready = (arev & (APR_POLLIN | APR_POLLHUP | APR_POLLERR)) != 0;
+    int cready = WSP_READY(rev[WSP_SOCK_CLIENT]);
+    int bready = WSP_READY(rev[WSP_SOCK_BACKEND]);
+    int aready = WSP_READY(rev[WSP_SOCK_SECOND]);
 
     /* over TLS, input may wait where poll does not see it */
-    if (p->bc && p->bc->state == WSP_BC_OPEN
-        && wsp_bconn_buffers_input(p->bc)) {
+    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN
+        && wsp_bconn_buffers_input(p->b->bc)) {
         bready = 1;
     }
-    if (p->abc && p->abc->state == WSP_BC_OPEN
-        && wsp_bconn_buffers_input(p->abc)) {
+    if (p->b2->bc && p->b2->bc->state == WSP_BC_OPEN
+        && wsp_bconn_buffers_input(p->b2->bc)) {
         aready = 1;
     }
     if (wsp_pipe_should_move(p) && now >= p->move_at) {
@@ -1680,14 +1724,13 @@ void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
         progress |= wsp_move_switch(p, now);
         progress |= wsp_client_flush(p, now);
         cready = bready = aready = 0;
-        if (p->phase == WSP_PH_CONNECT && p->bc == NULL
+        if (p->state == WSP_ST_CONNECTING && p->b->bc == NULL
             && now >= p->retry_at) {
             progress = 1;
         }
-    } while (progress && ++rounds < 8 && p->phase != WSP_PH_FAILED
-             && p->phase != WSP_PH_DONE
-             && !(p->phase == WSP_PH_LIVE && !p->client->upgraded));
-    if (p->phase == WSP_PH_LIVE && !p->client->upgraded) {
+    } while (progress && ++rounds < 8 && p->state != WSP_ST_FAILED
+             && p->state != WSP_ST_DONE && !wsp_pipe_upgrade_due(p));
+    if (wsp_pipe_upgrade_due(p)) {
         return;                       /* the driver sends the 101 first */
     }
     wsp_connect_timeout(p, now);
@@ -1697,17 +1740,22 @@ void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
     wsp_check_done(p, now);
 }
 
-void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
-                   apr_int16_t *bev, apr_socket_t **asock, apr_int16_t *aev,
-                   apr_time_t *wake_at)
+void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
 {
-    wsp_client_t *cl = p->client;
+    apr_int16_t *cev = &want->events[WSP_SOCK_CLIENT];
+    apr_int16_t *bev = &want->events[WSP_SOCK_BACKEND];
+    apr_int16_t *aev = &want->events[WSP_SOCK_SECOND];
+    apr_socket_t **bsock = &want->sock[WSP_SOCK_BACKEND];
+    apr_socket_t **asock = &want->sock[WSP_SOCK_SECOND];
+    wsp_hop_t *cl = p->client;
     apr_time_t t = 0;
     apr_interval_time_t iv = p->conf->ping_interval;
 
 #define WSP_SOONER(x) do { apr_time_t x_ = (x); \
     if (x_ && (!t || x_ < t)) t = x_; } while (0)
 
+    want->sock[WSP_SOCK_CLIENT] = cl && cl->upgraded && !cl->gone ? cl->sock
+                                                                  : NULL;
     *cev = 0;
     *bsock = NULL;
     *bev = 0;
@@ -1724,81 +1772,80 @@ void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
                                 && p->q.bytes >= p->conf->buffer_limit)) {
             t = apr_time_now();       /* go on reading once the rest ran */
         }
-        if (iv > 0 && !p->ending) {
+        if (iv > 0 && !wsp_closing(p)) {
             WSP_SOONER(cl->ping_sent ? cl->ping_sent + iv
                                      : cl->last_rx + iv);
         }
     }
-    if (p->bc) {
-        *bsock = p->bc->sock;
-        if (p->bc->state != WSP_BC_OPEN) {
-            *bev = wsp_bconn_handshake_events(p->bc);
-            WSP_SOONER(p->attempt_deadline);
+    if (p->b->bc) {
+        *bsock = p->b->bc->sock;
+        if (p->b->bc->state != WSP_BC_OPEN) {
+            *bev = wsp_bconn_handshake_events(p->b->bc);
+            WSP_SOONER(p->b->deadline);
         }
         else {
             if (wsp_retiring(p)) {
-                if (!p->b_ended
-                    && p->bc->ilen - p->bc->ipos < WSP_IBUF_SIZE) {
+                if (!p->b->ended
+                    && p->b->bc->ilen - p->b->bc->ipos < WSP_IBUF_SIZE) {
                     *bev |= APR_POLLIN;     /* to see it end, see
                                              * wsp_backend_hold() */
                 }
             }
-            else if (!p->b_close_rcvd
+            else if (!p->b->close_rcvd
                 && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
                 *bev |= APR_POLLIN;
-                if (wsp_bconn_buffers_input(p->bc)) {
+                if (wsp_bconn_buffers_input(p->b->bc)) {
                     WSP_SOONER(apr_time_now());
                 }
             }
-            if (p->b_want_write) {
+            if (p->b->want_write) {
                 *bev |= APR_POLLOUT;
             }
-            if (iv > 0 && !p->ending) {
-                WSP_SOONER(p->b_ping_sent ? p->b_ping_sent + iv
-                                          : p->b_last_rx + iv);
+            if (iv > 0 && !wsp_closing(p)) {
+                WSP_SOONER(p->b->ping_sent ? p->b->ping_sent + iv
+                                          : p->b->last_rx + iv);
             }
         }
     }
-    else if (p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER) {
+    else if (wsp_connecting(p)) {
         WSP_SOONER(p->retry_at ? p->retry_at : apr_time_now());
     }
-    if ((p->phase == WSP_PH_CONNECT || p->phase == WSP_PH_FAILOVER)
-        && !p->ending) {
+    if (wsp_connecting(p)) {
         WSP_SOONER(p->deadline);
     }
-    if (p->ending) {
+    if (wsp_closing(p)) {
         WSP_SOONER(p->close_deadline);
     }
-    if (p->abc) {
-        *asock = p->abc->sock;
-        if (p->aux_retiring) {
+    if (p->b2->bc) {
+        *asock = p->b2->bc->sock;
+        if (p->b2->retiring) {
             if (!cl || cl->out_bytes < WSP_OUT_HIGH) {
                 *aev |= APR_POLLIN;
-                if (wsp_bconn_buffers_input(p->abc)) {
+                if (wsp_bconn_buffers_input(p->b2->bc)) {
                     WSP_SOONER(apr_time_now());
                 }
             }
-            if (p->a_want_write) {
+            if (p->b2->want_write) {
                 *aev |= APR_POLLOUT;
             }
-            if (!p->a_close_sent) {
-                WSP_SOONER(p->a_last_rx + WSP_RETIRE_QUIET);
+            if (!p->b2->close_sent) {
+                WSP_SOONER(p->b2->last_rx + WSP_RETIRE_QUIET);
             }
         }
-        else if (p->abc->state != WSP_BC_OPEN) {
-            *aev = wsp_bconn_handshake_events(p->abc);
+        else if (p->b2->bc->state != WSP_BC_OPEN) {
+            *aev = wsp_bconn_handshake_events(p->b2->bc);
         }
         /* an open replacement waits for a message boundary, which only
          * the sockets bring: its handshake's deadline is over */
-        if (p->aux_retiring || p->abc->state != WSP_BC_OPEN) {
-            WSP_SOONER(p->aux_deadline);
+        if (p->b2->retiring || p->b2->bc->state != WSP_BC_OPEN) {
+            WSP_SOONER(p->b2->deadline);
         }
     }
     else if (wsp_pipe_should_move(p)) {
         WSP_SOONER(p->move_at ? p->move_at : apr_time_now());
     }
 #undef WSP_SOONER
-    *wake_at = t;
+    want->wake_at = t;
 }
 
 /* Every pipe of the process allocates from one locked allocator: the
@@ -1852,7 +1899,7 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     /* a merged per-dir config lives in the request's pool */
     p->conf = apr_pmemdup(pool, conf, sizeof(*conf));
     wsp_conf_pool_opts(conf, &p->opts);
-    p->phase = WSP_PH_CONNECT;
+    p->state = WSP_ST_CONNECTING;
     if ((rv = apr_pool_create(&p->rpool, pool)) != APR_SUCCESS) {
         apr_pool_destroy(pool);
         return rv;
@@ -1862,7 +1909,10 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     wsp_queue_init(&p->q, pool, p->ba);
     apr_generate_random_bytes((unsigned char *)&p->rng, sizeof(p->rng));
     p->rng |= 1;
-    p->bin.msg = apr_brigade_create(pool, p->ba);
+    p->hops[0].kind = p->hops[1].kind = WSP_HOP_BACKEND;
+    p->b = &p->hops[0];
+    p->b2 = &p->hops[1];
+    p->b->in.msg = apr_brigade_create(pool, p->ba);
     p->deadline = apr_time_now() + conf->connect_timeout;
     *out = p;
     return APR_SUCCESS;
@@ -1870,7 +1920,7 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
 
 void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
 {
-    wsp_client_t *cl = apr_pcalloc(r->pool, sizeof(*cl));
+    wsp_hop_t *cl = apr_pcalloc(r->pool, sizeof(*cl));
     conn_rec *c = r->connection;
     ap_filter_t *f;
 
@@ -1890,17 +1940,17 @@ void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
     p->client = cl;
     /* backend frames now go to this connection (a former one cleaned up
      * its brigade when it let go) */
-    p->bin.msg = apr_brigade_create(r->pool, c->bucket_alloc);
-    if (wsp_hop_mid_message(&p->bin)) {
-        p->bin.drop = 1;             /* the rest of a half-sent message */
+    p->b->in.msg = apr_brigade_create(r->pool, c->bucket_alloc);
+    if (wsp_hop_mid_message(&p->b->in)) {
+        p->b->in.drop = 1;             /* the rest of a half-sent message */
     }
-    wsp_hop_drop(&p->bin);
-    p->bin.ba = c->bucket_alloc;
+    wsp_hop_drop(&p->b->in);
+    p->b->in.ba = c->bucket_alloc;
 }
 
 void wsp_pipe_upgraded(wsp_pipe_t *p)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
 
     cl->upgraded = 1;
     cl->last_rx = apr_time_now();
@@ -1910,7 +1960,7 @@ void wsp_pipe_upgraded(wsp_pipe_t *p)
 
 void wsp_pipe_detach(wsp_pipe_t *p)
 {
-    wsp_client_t *cl = p->client;
+    wsp_hop_t *cl = p->client;
     unsigned char pl[WSP_CONTROL_MAX];
     apr_size_t n;
 
@@ -1926,27 +1976,30 @@ void wsp_pipe_detach(wsp_pipe_t *p)
     wsp_aux_end(p);
     /* a backend handshake under way stays with this thread (mod_ssl's
      * runs on a coroutine of its stack): the next driver starts afresh */
-    if (p->bc && p->bc->state != WSP_BC_OPEN) {
-        wsp_bconn_end(p);
-        wsp_pool_release(p->conf->pool, p->be);
-        p->be = NULL;
+    if (p->b->bc && p->b->bc->state != WSP_BC_OPEN) {
+        wsp_bhop_end(p, p->b);
         p->retry_at = 0;
     }
     /* what this thread allocated stays with it */
     wsp_hop_drop(&cl->in);
-    if (wsp_hop_mid_message(&p->bin)) {
-        p->bin.drop = 1;
+    if (wsp_hop_mid_message(&p->b->in)) {
+        p->b->in.drop = 1;
     }
-    wsp_hop_drop(&p->bin);
-    p->bin.msg = NULL;
+    wsp_hop_drop(&p->b->in);
+    p->b->in.msg = NULL;
     p->client = NULL;
 }
 
 int wsp_pipe_handover_begin(wsp_pipe_t *p)
 {
     return p->handover == WSP_HANDOVER_ASKED && p->client
-           && p->client->upgraded && !p->ending
+           && p->client->upgraded && !wsp_closing(p)
            && wsp_registry_begin_handover(p);
+}
+
+int wsp_pipe_handover_asked(const wsp_pipe_t *p)
+{
+    return p->handover == WSP_HANDOVER_ASKED;
 }
 
 void wsp_pipe_handover_end(wsp_pipe_t *p)
@@ -1963,10 +2016,10 @@ void wsp_pipe_going_away(wsp_pipe_t *p)
 
     WSP_LOG(p, APLOG_INFO, 0, "server stopping: closing with 1001");
     wsp_client_close(p, now, WSP_CLOSE_GOING_AWAY, "server stopping", 15);
-    if (p->bc && p->bc->state == WSP_BC_OPEN && !p->b_close_sent) {
+    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_sent) {
         wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl,
                          WSP_CLOSE_GOING_AWAY, "client went away", 16));
-        p->b_close_sent = 1;
+        p->b->close_sent = 1;
     }
     wsp_client_flush(p, now);
     wsp_backend_flush(p, now);
@@ -1976,16 +2029,9 @@ void wsp_pipe_going_away(wsp_pipe_t *p)
 void wsp_pipe_destroy(wsp_pipe_t *p)
 {
     wsp_aux_end(p);
-    if (p->bc) {
-        wsp_bconn_end(p);
-    }
-    if (p->be) {
-        wsp_pool_release(p->conf->pool, p->be);
-        p->be = NULL;
-    }
+    wsp_bhop_end(p, p->b);
     if (p->client) {
         wsp_hop_drop(&p->client->in);
-        wsp_hop_drop(&p->bin);
     }
     wsp_queue_clear(&p->q);
     apr_bucket_alloc_destroy(p->ba);
