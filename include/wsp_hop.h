@@ -8,6 +8,7 @@
 
 #include "httpd.h"
 #include "apr_buckets.h"
+#include "util_filter.h"
 
 #include "wsp_frame.h"
 #include "wsp_queue.h"
@@ -107,5 +108,31 @@ typedef struct {
     int more_input;                        /* stopped reading early */
     int gone;
 } wsp_hop_t;
+
+/* Events of the hop reader. */
+#define WSP_EV_NONE     0      /* input used up */
+#define WSP_EV_DATA     1      /* a data frame header: decide, then fill */
+#define WSP_EV_FRAME    2      /* a data frame done, its message is not */
+#define WSP_EV_MESSAGE  3      /* in->msg holds a whole message */
+#define WSP_EV_CONTROL  4      /* a control frame in in->cpay */
+
+/* A mask key from the pipe's generator. */
+void wsp_rng_key(apr_uint64_t *rng, unsigned char key[4]);
+
+void wsp_hop_init(wsp_hop_in_t *in, wsp_from_e from, apr_off_t max,
+                  apr_bucket_alloc_t *ba, apr_bucket_brigade *msg,
+                  apr_uint64_t *rng);
+void wsp_hop_drop(wsp_hop_in_t *in);
+int wsp_hop_mid_message(const wsp_hop_in_t *in);
+int wsp_hop_pending(const wsp_hop_in_t *in);
+apr_size_t wsp_hop_total(const wsp_hop_in_t *in);
+int wsp_hop_step(wsp_hop_in_t *in,
+                 const unsigned char **data, apr_size_t *len);
+void wsp_owe(wsp_owed_t *o, int opcode, const unsigned char *payload,
+             apr_size_t len);
+int wsp_hop_next_ctrl(wsp_hop_t *hop, apr_uint64_t *rng);
+void wsp_log_text(char *out, apr_size_t size, const char *in,
+                  apr_size_t len);
+const char *wsp_close_text(int code);
 
 #endif /* WSP_HOP_H */

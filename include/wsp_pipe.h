@@ -169,10 +169,19 @@ void wsp_pipe_destroy(wsp_pipe_t *p);
 /* For log lines. */
 const char *wsp_pipe_backend_url(const wsp_pipe_t *p);
 
-/* Every line names the client id, its address and the backend. */
-#define WSP_LOG(p, level, rv, fmt, ...) \
-    ap_log_error(APLOG_MARK, level, rv, (p)->s, \
-                 "ws_persist: client %s (%s) backend %s: " fmt, (p)->id, \
-                 (p)->client_ip, wsp_pipe_backend_url(p), ##__VA_ARGS__)
+/* Every line names the client id, its address and the backend, and goes
+ * through the client's request while there is one, so that a LogLevel in
+ * its <VirtualHost> or <Location> applies. */
+#define WSP_LOG_FMT "ws_persist: client %s (%s) backend %s: "
+#define WSP_LOG(p, level, rv, fmt, ...) do { \
+    if ((p)->client && (p)->client->r) \
+        ap_log_rerror(APLOG_MARK, level, rv, (p)->client->r, \
+                      WSP_LOG_FMT fmt, (p)->id, (p)->client_ip, \
+                      wsp_pipe_backend_url(p), ##__VA_ARGS__); \
+    else \
+        ap_log_error(APLOG_MARK, level, rv, (p)->s, WSP_LOG_FMT fmt, \
+                     (p)->id, (p)->client_ip, wsp_pipe_backend_url(p), \
+                     ##__VA_ARGS__); \
+} while (0)
 
 #endif /* WSP_PIPE_H */
