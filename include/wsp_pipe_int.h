@@ -42,13 +42,23 @@ int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready);
 int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready);
 
 /* wsp_failover.c: connecting, failing over */
+
+/* How a backend ended, for the one function that decides what it means:
+ * an interruption (fail over), the end of the session, or, while the
+ * session closes, the end of its closing handshake. */
+typedef enum {
+    WSP_END_IO,                /* its connection closed or failed */
+    WSP_END_NO_PONG,           /* no answer to a ping in time */
+    WSP_END_CLOSE,             /* a close frame: code, reason */
+    WSP_END_PROTOCOL,          /* it broke the protocol: code 1002, 1007 */
+    WSP_END_TOO_BIG            /* a message over the cap */
+} wsp_end_e;
+
+void wsp_backend_ended(wsp_pipe_t *p, apr_time_t now, wsp_end_e how,
+                       int code, const char *reason, apr_size_t rlen,
+                       const char *why);
 void wsp_bhop_end(wsp_pipe_t *p, wsp_hop_t *h);
 void wsp_backend_drop(wsp_pipe_t *p);
-void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why);
-void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
-                        const char *reason, apr_size_t rlen);
-void wsp_backend_violation(wsp_pipe_t *p, apr_time_t now, int code,
-                           const char *what);
 const char *wsp_backend_request(void *baton, apr_pool_t *tp,
                                 const char *key);
 apr_interval_time_t wsp_attempt_time(const wsp_pipe_t *p);

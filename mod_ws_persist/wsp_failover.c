@@ -39,23 +39,8 @@ void wsp_backend_drop(wsp_pipe_t *p)
 
 /* The current backend is interrupted: count the failure, keep what the
  * client sent for the next one and start looking for it. */
-void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
+static void wsp_failover(wsp_pipe_t *p, apr_time_t now, const char *why)
 {
-    if (wsp_closing(p)) {
-        wsp_hop_t *cl = p->client;
-
-        /* the client closed and waits for our reply: give it */
-        if (cl && cl->close_rcvd && !cl->close_sent) {
-            wsp_client_close(p, now, cl->close_code, cl->close_reason,
-                             strlen(cl->close_reason));
-        }
-        if (!p->b->close_sent || !p->b->close_rcvd) {
-            WSP_LOG(p, APLOG_DEBUG, 0, "backend ended while closing (%s)",
-                    why);
-        }
-        wsp_backend_drop(p);
-        return;
-    }
     WSP_LOG(p, APLOG_WARNING, 0, "backend interrupted (%s); failing over "
             "with %" APR_SIZE_T_FMT " message(s), %" APR_OFF_T_FMT
             " byte(s) buffered", why, p->q.messages, p->q.bytes);
@@ -76,17 +61,18 @@ void wsp_backend_lost(wsp_pipe_t *p, apr_time_t now, const char *why)
     p->retry_at = 0;
 }
 
-/* A close frame from the backend. */
-void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
-                        const char *reason, apr_size_t rlen)
+/* The session is closing and the backend ended: a close frame is the
+ * reply to ours (or crossed it) and is answered; any other end drops the
+ * backend. A client that waits for our reply to its close gets it. */
+static void wsp_backend_ended_closing(wsp_pipe_t *p, apr_time_t now,
+                                      wsp_end_e how, int code,
+                                      const char *reason, apr_size_t rlen,
+                                      const char *why)
 {
     unsigned char pl[WSP_CONTROL_MAX];
     wsp_hop_t *cl = p->client;
-    char r[4 * WSP_CONTROL_MAX + 1];
 
-    p->b->close_rcvd = 1;
-    if (wsp_closing(p)) {
-        /* the reply to our close (or a crossing close) */
+    if (how == WSP_END_CLOSE) {
         if (!p->b->close_sent) {
             wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
                              wsp_close_payload(pl, code, reason, rlen));
@@ -97,58 +83,82 @@ void wsp_backend_closed(wsp_pipe_t *p, apr_time_t now, int code,
         }
         return;
     }
-    wsp_log_text(r, sizeof(r), reason, rlen);
-    if (wsp_conf_is_failover_code(p->conf, code)) {
-        char why[sizeof(r) + 32];
-
-        wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
-                         wsp_close_payload(pl, code, reason, rlen));
-        p->b->close_sent = 1;
-        wsp_backend_flush(p, now);
-        if (!p->b->bc) {
-            return;                 /* the flush found it gone already */
-        }
-        apr_snprintf(why, sizeof(why), "close %d \"%s\"", code, r);
-        wsp_backend_lost(p, now, why);
-        return;
+    if (cl && cl->close_rcvd && !cl->close_sent) {
+        wsp_client_close(p, now, cl->close_code, cl->close_reason,
+                         strlen(cl->close_reason));
     }
-    WSP_LOG(p, APLOG_DEBUG, 0, "backend closed with %d \"%s\": session "
-            "over", code, r);
-    wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
-                     wsp_close_payload(pl, code, reason, rlen));
-    p->b->close_sent = 1;
-    wsp_client_close(p, now, code, reason, rlen);
+    if (!p->b->close_sent || !p->b->close_rcvd) {
+        WSP_LOG(p, APLOG_DEBUG, 0, "backend ended while closing (%s)", why);
+    }
+    wsp_backend_drop(p);
 }
 
-/* The backend broke the protocol (1002, 1007) or sent a message over the
- * cap (1009): it gets that close code. A message too big ends the session
- * (the next backend would send it again); a broken protocol is an
- * interruption. */
-void wsp_backend_violation(wsp_pipe_t *p, apr_time_t now, int code,
-                           const char *what)
+void wsp_backend_ended(wsp_pipe_t *p, apr_time_t now, wsp_end_e how,
+                       int code, const char *reason, apr_size_t rlen,
+                       const char *why)
 {
     unsigned char pl[WSP_CONTROL_MAX];
-    const char *text = wsp_close_text(code);
-    char why[96];
+    char r[4 * WSP_CONTROL_MAX + 1], line[sizeof(r) + 64];
+    const char *text;
 
-    wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl, code, text,
-                                                            strlen(text)));
-    p->b->close_sent = 1;
-    if (code == WSP_CLOSE_TOO_BIG) {
+    if (how == WSP_END_CLOSE) {
+        p->b->close_rcvd = 1;
+    }
+    if (wsp_closing(p)) {
+        wsp_backend_ended_closing(p, now, how, code, reason, rlen, why);
+        return;
+    }
+    switch (how) {
+    case WSP_END_TOO_BIG:
+        /* not an interruption: the next backend would be asked the same
+         * and answer the same, and every one be counted failed in turn */
+        text = wsp_close_text(WSP_CLOSE_TOO_BIG);
+        wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl,
+                         WSP_CLOSE_TOO_BIG, text, strlen(text)));
+        p->b->close_sent = 1;
         WSP_LOG(p, APLOG_INFO, 0, "backend message over %" APR_OFF_T_FMT
                 " bytes: closing both hops with 1009",
                 wsp_conf_max_message(p->conf));
-        wsp_client_close(p, now, code, "backend message too big", 23);
+        wsp_client_close(p, now, WSP_CLOSE_TOO_BIG,
+                         "backend message too big", 23);
         /* its stream cannot be parsed past the frame: read no more */
         p->b->close_rcvd = 1;
         return;
+    case WSP_END_CLOSE:
+        wsp_backend_ctrl(p, WSP_OP_CLOSE, pl,
+                         wsp_close_payload(pl, code, reason, rlen));
+        p->b->close_sent = 1;
+        wsp_log_text(r, sizeof(r), reason, rlen);
+        if (!wsp_conf_is_failover_code(p->conf, code)) {
+            WSP_LOG(p, APLOG_DEBUG, 0, "backend closed with %d \"%s\": "
+                    "session over", code, r);
+            wsp_client_close(p, now, code, reason, rlen);
+            return;
+        }
+        apr_snprintf(line, sizeof(line), "close %d \"%s\"", code, r);
+        why = line;
+        break;
+    case WSP_END_PROTOCOL:
+        text = wsp_close_text(code);
+        wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl, code,
+                         text, strlen(text)));
+        p->b->close_sent = 1;
+        apr_snprintf(line, sizeof(line), "%s broke the protocol: %d (%s)",
+                     why, code, text);
+        why = line;
+        break;
+    default:
+        break;
     }
-    wsp_backend_flush(p, now);
-    if (p->b->bc) {
-        apr_snprintf(why, sizeof(why), "%s broke the protocol: %d (%s)",
-                     what, code, text);
-        wsp_backend_lost(p, now, why);
+    if (p->b->close_sent) {
+        /* our close goes out first, if the socket takes it now; a flush
+         * that finds the backend gone has failed over already */
+        wsp_backend_flush(p, now);
+        if (!p->b->bc) {
+            return;
+        }
     }
+    wsp_failover(p, now, why);
 }
 
 /* The handshake request for the backend the pipe is connecting to. */

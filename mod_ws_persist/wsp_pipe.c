@@ -98,7 +98,7 @@ static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
     }
     if (wsp_relaying(p) && p->b->bc && !wsp_retiring(p)) {
         if (p->b->ping_sent && now - p->b->ping_sent >= iv) {
-            wsp_backend_lost(p, now, "no pong");
+            wsp_backend_ended(p, now, WSP_END_NO_PONG, 0, NULL, 0, "no pong");
             return;
         }
         if (!p->b->ping_sent && now - p->b->last_rx >= iv) {

@@ -171,7 +171,7 @@ int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
             return progress;
         }
         if (rv != APR_SUCCESS) {
-            wsp_backend_lost(p, now, "write failed");
+            wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0, "write failed");
             return 1;
         }
     }
@@ -218,7 +218,6 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
     const char *reason;
     apr_size_t rlen;
     int code;
-
     int res = wsp_control(p, &cl->in, wsp_client_pong, &cl->ping_sent,
                           &code, &reason, &rlen);
 
@@ -395,15 +394,15 @@ static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
     const char *reason;
     apr_size_t rlen;
     int code;
-
     int res = wsp_control(p, &p->b->in, wsp_backend_ctrl, &p->b->ping_sent,
                           &code, &reason, &rlen);
 
     if (res >= 1000) {
-        wsp_backend_violation(p, now, res, "bad close frame");
+        wsp_backend_ended(p, now, WSP_END_PROTOCOL, res, NULL, 0,
+                          "its close frame");
     }
     else if (res == WSP_CTL_CLOSE) {
-        wsp_backend_closed(p, now, code, reason, rlen);
+        wsp_backend_ended(p, now, WSP_END_CLOSE, code, reason, rlen, NULL);
     }
 }
 
@@ -438,7 +437,9 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
 
         bc->ipos = bc->ilen - len;
         if (ev >= 1000) {
-            wsp_backend_violation(p, now, ev, "its frames");
+            wsp_backend_ended(p, now, ev == WSP_CLOSE_TOO_BIG ? WSP_END_TOO_BIG
+                              : WSP_END_PROTOCOL, ev, NULL, 0,
+                              "its frames");
             return;
         }
         if (ev == WSP_EV_CONTROL) {
@@ -502,7 +503,8 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             continue;
         }
         if (p->b->ended) {
-            wsp_backend_lost(p, now, p->b->ended);   /* held until now */
+            /* held until now */
+            wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0, p->b->ended);
             return 1;
         }
         if (!ready || total >= WSP_READ_BUDGET) {
@@ -515,8 +517,9 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return progress;
         }
         if (rv != APR_SUCCESS) {
-            wsp_backend_lost(p, now, APR_STATUS_IS_EOF(rv)
-                             ? "connection closed" : "read failed");
+            wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0,
+                              APR_STATUS_IS_EOF(rv) ? "connection closed"
+                                                    : "read failed");
             return 1;
         }
         total += bc->ilen - before;
