@@ -163,6 +163,10 @@ int wsp_pipe_should_move(const wsp_pipe_t *p);
  * it without waiting. */
 void wsp_pipe_going_away(wsp_pipe_t *p);
 
+/* A registered pipe is over: its id is free, its driver forgotten, and
+ * it is freed. */
+void wsp_pipe_end(wsp_pipe_t *p);
+
 /* Free the pipe (backend connection, buffers, pool). */
 void wsp_pipe_destroy(wsp_pipe_t *p);
 

@@ -279,12 +279,9 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
     wsp_pipe_run(p, ep->rev);
     memset(ep->rev, 0, sizeof(ep->rev));
     if (wsp_pipe_state(p) == WSP_ST_DONE) {
-        wsp_registry_set_wake(p, NULL, NULL);
         wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
         wsp_ev_forget_pipe(L, ep);
-        wsp_registry_remove(p);
-        WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");
-        wsp_pipe_destroy(p);
+        wsp_pipe_end(p);
         wsp_ev_finish(L, ep, now);
         return;
     }
@@ -570,8 +567,7 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
     if (!c->cs || c->cs->state != CONN_STATE_SUSPENDED) {
         WSP_LOG(p, APLOG_INFO, 0, "client connection closed by the MPM "
                 "before the pipe started");
-        wsp_registry_remove(p);
-        wsp_pipe_destroy(p);
+        wsp_pipe_end(p);
         return;
     }
     for (L = wsp_evs[0], i = 1; i < wsp_nev; i++) {

@@ -434,6 +434,14 @@ void wsp_pipe_handover_end(wsp_pipe_t *p)
     wsp_registry_handed_over(p);
 }
 
+void wsp_pipe_end(wsp_pipe_t *p)
+{
+    wsp_registry_set_wake(p, NULL, NULL);
+    wsp_registry_remove(p);
+    WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");
+    wsp_pipe_destroy(p);
+}
+
 void wsp_pipe_destroy(wsp_pipe_t *p)
 {
     wsp_aux_end(p);
