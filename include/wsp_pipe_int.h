@@ -58,6 +58,7 @@ void wsp_backend_ended(wsp_pipe_t *p, apr_time_t now, wsp_end_e how,
                        int code, const char *reason, apr_size_t rlen,
                        const char *why);
 void wsp_bhop_end(wsp_pipe_t *p, wsp_hop_t *h);
+int wsp_bhop_handshake(wsp_hop_t *h, apr_time_t now, const char **why);
 void wsp_backend_drop(wsp_pipe_t *p);
 const char *wsp_backend_request(void *baton, apr_pool_t *tp,
                                 const char *key);

@@ -31,6 +31,19 @@ void wsp_bhop_end(wsp_pipe_t *p, wsp_hop_t *h)
     h->in.msg = msg;
 }
 
+/* A backend hop's handshake, as far as the socket allows, within its
+ * deadline. */
+int wsp_bhop_handshake(wsp_hop_t *h, apr_time_t now, const char **why)
+{
+    int res = wsp_bconn_handshake(h->bc, why);
+
+    if (res == WSP_HS_MORE && now >= h->deadline) {
+        res = WSP_HS_FAIL;
+        *why = "handshake timed out";
+    }
+    return res;
+}
+
 /* The backend connection is dropped without a failover (pipe ending). */
 void wsp_backend_drop(wsp_pipe_t *p)
 {
@@ -263,11 +276,7 @@ int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
             return 0;
         }
     }
-    res = wsp_bconn_handshake(p->b->bc, &why);
-    if (res == WSP_HS_MORE && now >= p->b->deadline) {
-        res = WSP_HS_FAIL;
-        why = "handshake timed out";
-    }
+    res = wsp_bhop_handshake(p->b, now, &why);
     if (res == WSP_HS_MORE) {
         return 0;
     }

@@ -104,11 +104,7 @@ static int wsp_move_handshake(wsp_pipe_t *p, apr_time_t now)
     if (p->b2->bc->state == WSP_BC_OPEN) {
         return 0;
     }
-    res = wsp_bconn_handshake(p->b2->bc, &why);
-    if (res == WSP_HS_MORE && now >= p->b2->deadline) {
-        res = WSP_HS_FAIL;
-        why = "handshake timed out";
-    }
+    res = wsp_bhop_handshake(p->b2, now, &why);
     if (res == WSP_HS_MORE) {
         return 0;
     }
