@@ -14,85 +14,20 @@
 #include "wsp_frame.h"
 #include "wsp_queue.h"
 #include "wsp_backend.h"
+#include "wsp_hop.h"
 
+/* The pipe's state, read from one field; every change goes through one
+ * function that logs it (LogLevel ws_persist:trace1). */
 typedef enum {
-    WSP_PH_CONNECT,        /* first backend, client not upgraded yet */
-    WSP_PH_LIVE,           /* relaying */
-    WSP_PH_FAILOVER,       /* between backends, buffering the client */
-    WSP_PH_DONE,           /* over: the driver ends the request */
-    WSP_PH_FAILED          /* no backend at connect time: 503 */
-} wsp_phase_e;
-
-/* Frames arriving on one hop, gathered into whole messages. Payload is
- * copied into frames of our own as it arrives, never allocated for a
- * length a header claims, and small fragments share one frame: what a
- * message holds in memory is about its payload, however it was cut. */
-typedef struct {
-    wsp_reader_t rd;
-    int in_payload;
-    unsigned char cpay[WSP_CONTROL_MAX];   /* control frame payload */
-    apr_bucket_alloc_t *ba;                /* data frames are built here */
-    int remask;                            /* toward a backend: mask */
-    unsigned char *chunk;                  /* frame being filled: header
-                                            * room, then payload */
-    apr_size_t chunk_cap;                  /* its payload room */
-    apr_size_t chunk_len;                  /* payload in it so far */
-    unsigned char key[4];                  /* its mask key */
-    int msg_op;                            /* opcode of this message */
-    int emitted;                           /* frames of it built already */
-    apr_bucket_brigade *msg;               /* frames of this message */
-    apr_off_t msg_bytes;                   /* their wsp_frame_cost() */
-    apr_off_t msg_wire;                    /* wire bytes of it, headers
-                                            * too: an endless run of empty
-                                            * fragments hits the cap */
-    apr_off_t wire_max;                    /* 0: no cap */
-    int drop;                              /* discard this message */
-} wsp_hop_in_t;
-
-/* Control frames owed to a peer. At most one of each kind waits, a newer
- * ping's pong replacing an older one (RFC 6455 5.5.3): what a peer that
- * pings and never reads can make us hold is this, however long it goes
- * on. A close, once owed, is never dropped and nothing follows it. */
-typedef struct {
-    unsigned char pong[WSP_CONTROL_MAX];
-    apr_size_t pong_len;
-    int pong_due;
-    int ping_due;
-    unsigned char close[WSP_CONTROL_MAX];
-    apr_size_t close_len;
-    int close_due;
-    int close_out;                         /* the close was handed on */
-} wsp_owed_t;
-
-/* The client connection of a pipe; replaced on a duplicate in replace
- * mode. Lives in the request's pool. */
-typedef struct {
-    request_rec *r;
-    conn_rec *c;
-    apr_socket_t *sock;
-    ap_filter_t *core_out;
-    wsp_hop_in_t in;                       /* client frames */
-    apr_bucket_brigade *ibb;
-    apr_bucket_brigade *out;               /* frames not yet passed on */
-    apr_bucket_brigade *tmp;
-    apr_bucket_brigade *spare;             /* the next backend's messages
-                                            * are built here after a move */
-    apr_off_t out_bytes;                   /* wsp_frame_cost() of out */
-    apr_off_t ctrl_out;                    /* control bytes put in out since
-                                            * it was last empty */
-    wsp_owed_t owed;                       /* its pong */
-    int upgraded;
-    int plain;                             /* no TLS on the connection */
-    int more_input;                        /* stopped reading early */
-    int want_write;
-    int gone;
-    int close_sent;
-    int close_rcvd;
-    int close_code;                        /* what the client sent */
-    char close_reason[WSP_CONTROL_MAX + 1];
-    apr_time_t last_rx;
-    apr_time_t ping_sent;
-} wsp_client_t;
+    WSP_ST_CONNECTING,     /* first backend, client not upgraded yet */
+    WSP_ST_LIVE,           /* relaying */
+    WSP_ST_FAILING_OVER,   /* between backends, buffering the client */
+    WSP_ST_MOVING,         /* relaying while a replacement for a draining
+                            * backend connects beside it */
+    WSP_ST_CLOSING,        /* session over: the closing handshakes */
+    WSP_ST_DONE,           /* over: the driver ends the request */
+    WSP_ST_FAILED          /* no backend at connect time: 503 */
+} wsp_state_e;
 
 typedef enum {
     WSP_HANDOVER_NONE = 0,
@@ -112,7 +47,7 @@ struct wsp_pipe_t {
     const char *client_ip;
     const wsp_dir_conf_t *conf;
     wsp_pool_opts_t opts;
-    wsp_phase_e phase;
+    wsp_state_e state;
 
     /* what every backend handshake carries */
     const char *rest;                  /* path rest and query */
@@ -125,54 +60,24 @@ struct wsp_pipe_t {
     apr_table_t *fwd;                  /* forwarded headers */
     int connections;                   /* backend handshakes completed */
 
-    wsp_client_t *client;
+    wsp_hop_t *client;
     wsp_queue_t q;                     /* client messages toward backends */
 
-    /* the current backend */
-    wsp_backend_t *be;
-    wsp_bconn_t *bc;
-    wsp_hop_in_t bin;                  /* backend frames */
-    unsigned char ctrl[WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX];
-    apr_size_t ctrl_len;               /* the control frame being written */
-    apr_size_t ctrl_off;
-    wsp_owed_t bowed;                  /* what waits for a frame boundary */
-    int b_want_write;
-    int b_close_pending;               /* code to send after the queue */
-    const char *b_close_reason;
-    int b_close_sent;
-    int b_close_rcvd;
-    const char *b_ended;               /* its end, seen while the old
-                                        * backend retired: held */
-    apr_time_t b_last_rx;
-    apr_time_t b_ping_sent;
-
-    /* moving off a draining backend: the replacement ("aux") connects
-     * beside the current backend; at a message boundary they swap and the
-     * old one, now aux and retiring, is closed with 1001 while what it
-     * still sends is relayed */
-    wsp_backend_t *abe;
-    wsp_bconn_t *abc;
-    int aux_retiring;
-    wsp_hop_in_t ain;                  /* the retiring backend's frames */
-    unsigned char actrl[WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX];
-    apr_size_t actrl_len;
-    apr_size_t actrl_off;
-    int a_want_write;
-    int a_close_sent;
-    apr_time_t a_last_rx;
-    apr_time_t aux_deadline;           /* connecting: the handshake's;
-                                        * retiring: the 1001's, then the
-                                        * close reply's */
+    /* the current backend, and the second one of a move: the replacement
+     * connects beside the draining backend; at a message boundary the two
+     * swap and the old one retires (1001) while what it still sends is
+     * relayed */
+    wsp_hop_t hops[2];
+    wsp_hop_t *b;
+    wsp_hop_t *b2;                     /* b2->bc NULL: no move */
     apr_time_t move_at;                /* no replacement: try again then */
     wsp_backend_t *req_be;             /* whom a handshake is built for */
 
     /* timers */
     apr_time_t deadline;               /* for a usable backend */
-    apr_time_t attempt_deadline;       /* for the current handshake */
     apr_time_t retry_at;               /* no backend before this */
     int full_at_outage;                /* the failover began with a full
                                         * buffer: backpressure, not 1013 */
-    int ending;                        /* session over, closing both hops */
     apr_time_t close_deadline;
 
     apr_uint64_t rng;                  /* mask keys */
@@ -211,18 +116,44 @@ void wsp_pipe_detach(wsp_pipe_t *p);
  * and hands the pipe to the claimer. The pipe is not the driver's after
  * that. */
 int wsp_pipe_handover_begin(wsp_pipe_t *p);
+int wsp_pipe_handover_asked(const wsp_pipe_t *p);
 void wsp_pipe_handover_end(wsp_pipe_t *p);
 
-/* What to poll: events on the client socket, the backend socket (NULL
- * when none) and its events, a second backend socket while the pipe moves
- * off a draining backend, and when to call again regardless. */
-void wsp_pipe_want(wsp_pipe_t *p, apr_int16_t *cev, apr_socket_t **bsock,
-                   apr_int16_t *bev, apr_socket_t **asock, apr_int16_t *aev,
-                   apr_time_t *wake_at);
+/* The sockets of a pipe a driver polls. */
+#define WSP_SOCK_CLIENT  0
+#define WSP_SOCK_BACKEND 1
+#define WSP_SOCK_SECOND  2         /* the second backend of a move */
+#define WSP_SOCKS        3
 
-/* Do everything the sockets and timers allow. */
-void wsp_pipe_run(wsp_pipe_t *p, apr_int16_t crev, apr_int16_t brev,
-                  apr_int16_t arev);
+/* What to poll: each socket (NULL: none) with its events (0: none), and
+ * when to call wsp_pipe_run() regardless (0: only on events). */
+typedef struct {
+    apr_socket_t *sock[WSP_SOCKS];
+    apr_int16_t events[WSP_SOCKS];
+    apr_time_t wake_at;
+} wsp_want_t;
+
+void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want);
+
+/* Do everything the sockets (rev: the events poll returned for each) and
+ * timers allow. */
+void wsp_pipe_run(wsp_pipe_t *p, const apr_int16_t rev[WSP_SOCKS]);
+
+/* The driver that polls the pipe hears of a backend socket before it is
+ * closed (fn NULL: none). */
+void wsp_pipe_set_driver(wsp_pipe_t *p,
+                         void (*fn)(void *baton, apr_socket_t *sock),
+                         void *baton);
+
+/* The pipe's state, for its driver: WSP_ST_DONE and WSP_ST_FAILED end
+ * it. */
+wsp_state_e wsp_pipe_state(const wsp_pipe_t *p);
+
+/* The first backend answered: the driver sends the client its 101. */
+int wsp_pipe_upgrade_due(const wsp_pipe_t *p);
+
+/* The client is upgraded and the session not over. */
+int wsp_pipe_open(const wsp_pipe_t *p);
 
 /* Whether the pipe's backend is being drained and the pipe has not begun
  * to move (a driver wakes such pipes after an administrator's action). */
@@ -232,16 +163,29 @@ int wsp_pipe_should_move(const wsp_pipe_t *p);
  * it without waiting. */
 void wsp_pipe_going_away(wsp_pipe_t *p);
 
+/* A registered pipe is over: its id is free, its driver forgotten, and
+ * it is freed. */
+void wsp_pipe_end(wsp_pipe_t *p);
+
 /* Free the pipe (backend connection, buffers, pool). */
 void wsp_pipe_destroy(wsp_pipe_t *p);
 
 /* For log lines. */
 const char *wsp_pipe_backend_url(const wsp_pipe_t *p);
 
-/* Every line names the client id, its address and the backend. */
-#define WSP_LOG(p, level, rv, fmt, ...) \
-    ap_log_error(APLOG_MARK, level, rv, (p)->s, \
-                 "ws_persist: client %s (%s) backend %s: " fmt, (p)->id, \
-                 (p)->client_ip, wsp_pipe_backend_url(p), ##__VA_ARGS__)
+/* Every line names the client id, its address and the backend, and goes
+ * through the client's request while there is one, so that a LogLevel in
+ * its <VirtualHost> or <Location> applies. */
+#define WSP_LOG_FMT "ws_persist: client %s (%s) backend %s: "
+#define WSP_LOG(p, level, rv, fmt, ...) do { \
+    if ((p)->client && (p)->client->r) \
+        ap_log_rerror(APLOG_MARK, level, rv, (p)->client->r, \
+                      WSP_LOG_FMT fmt, (p)->id, (p)->client_ip, \
+                      wsp_pipe_backend_url(p), ##__VA_ARGS__); \
+    else \
+        ap_log_error(APLOG_MARK, level, rv, (p)->s, WSP_LOG_FMT fmt, \
+                     (p)->id, (p)->client_ip, wsp_pipe_backend_url(p), \
+                     ##__VA_ARGS__); \
+} while (0)
 
 #endif /* WSP_PIPE_H */

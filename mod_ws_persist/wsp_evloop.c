@@ -40,16 +40,10 @@ int wsp_evloop_threads = 0;
 
 typedef struct wsp_ev_t wsp_ev_t;
 
-/* Which socket of a pipe a poll result is about. */
-typedef enum {
-    WSP_EV_CLIENT,
-    WSP_EV_BACKEND,
-    WSP_EV_AUX                     /* the second backend of a move */
-} wsp_ev_which_e;
-
+/* One socket of a pipe (WSP_SOCK_*), as a poll result names it. */
 typedef struct {
     wsp_ev_t *ep;
-    wsp_ev_which_e which;
+    int which;
 } wsp_ev_side_t;
 
 struct wsp_ev_t {
@@ -58,18 +52,10 @@ struct wsp_ev_t {
     wsp_pipe_t *p;                 /* NULL once the pipe is gone */
     request_rec *r;                /* NULL once the request is finished */
     conn_rec *c;
-    apr_pollfd_t cpfd;
-    apr_pollfd_t bpfd;
-    apr_pollfd_t apfd;
-    apr_int16_t creg;              /* events registered, 0: none */
-    apr_int16_t breg;
-    apr_int16_t areg;
-    apr_int16_t crev;              /* events seen this round */
-    apr_int16_t brev;
-    apr_int16_t arev;
-    wsp_ev_side_t cside;
-    wsp_ev_side_t bside;
-    wsp_ev_side_t aside;
+    apr_pollfd_t pfd[WSP_SOCKS];
+    apr_int16_t reg[WSP_SOCKS];    /* events registered, 0: none */
+    apr_int16_t rev[WSP_SOCKS];    /* events seen this round */
+    wsp_ev_side_t side[WSP_SOCKS];
     int active;
     wsp_ev_t *next_active;
     apr_time_t wake_at;            /* the timer registered, 0: none */
@@ -144,10 +130,12 @@ static void wsp_ev_timer(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t at)
 }
 
 /* Keep one socket's registration in step with what the pipe wants. */
-static void wsp_ev_watch(wsp_evloop_t *L, apr_pollfd_t *pfd,
-                         apr_int16_t *reg, apr_socket_t *sock,
-                         apr_int16_t want, wsp_ev_side_t *side)
+static void wsp_ev_watch(wsp_evloop_t *L, wsp_ev_t *ep, int which,
+                         apr_socket_t *sock, apr_int16_t want)
 {
+    apr_pollfd_t *pfd = &ep->pfd[which];
+    apr_int16_t *reg = &ep->reg[which];
+
     if (*reg && (pfd->desc.s != sock || *reg != want)) {
         apr_pollset_remove(L->ps, pfd);
         *reg = 0;
@@ -157,7 +145,7 @@ static void wsp_ev_watch(wsp_evloop_t *L, apr_pollfd_t *pfd,
         pfd->desc.s = sock;
         pfd->reqevents = want;
         pfd->rtnevents = 0;
-        pfd->client_data = side;
+        pfd->client_data = &ep->side[which];
         pfd->p = NULL;
         if (apr_pollset_add(L->ps, pfd) == APR_SUCCESS) {
             *reg = want;
@@ -169,14 +157,12 @@ static void wsp_ev_watch(wsp_evloop_t *L, apr_pollfd_t *pfd,
 static void wsp_ev_bclose(void *baton, apr_socket_t *sock)
 {
     wsp_ev_t *ep = baton;
+    int i;
 
-    if (ep->breg && ep->bpfd.desc.s == sock) {
-        apr_pollset_remove(ep->loop->ps, &ep->bpfd);
-        ep->breg = 0;
-    }
-    if (ep->areg && ep->apfd.desc.s == sock) {
-        apr_pollset_remove(ep->loop->ps, &ep->apfd);
-        ep->areg = 0;
+    for (i = WSP_SOCK_BACKEND; i < WSP_SOCKS; i++) {
+        if (ep->reg[i] && ep->pfd[i].desc.s == sock) {
+            wsp_ev_watch(ep->loop, ep, i, NULL, 0);
+        }
     }
 }
 
@@ -191,11 +177,10 @@ static void wsp_ev_poke(void *baton)
 /* The pipe left this loop (ended or handed over). */
 static void wsp_ev_forget_pipe(wsp_evloop_t *L, wsp_ev_t *ep)
 {
-    wsp_ev_watch(L, &ep->bpfd, &ep->breg, NULL, 0, &ep->bside);
-    wsp_ev_watch(L, &ep->apfd, &ep->areg, NULL, 0, &ep->aside);
+    wsp_ev_watch(L, ep, WSP_SOCK_BACKEND, NULL, 0);
+    wsp_ev_watch(L, ep, WSP_SOCK_SECOND, NULL, 0);
     if (ep->p) {
-        ep->p->on_bclose = NULL;
-        ep->p->driver_baton = NULL;
+        wsp_pipe_set_driver(ep->p, NULL, NULL);
     }
     ep->p = NULL;
 }
@@ -206,7 +191,7 @@ static void wsp_ev_release(wsp_evloop_t *L, wsp_ev_t *ep)
 {
     conn_rec *c = ep->c;
 
-    wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
+    wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
     wsp_ev_timer(L, ep, 0);
     APR_RING_REMOVE(ep, link);
     apr_thread_mutex_lock(L->lock);
@@ -239,8 +224,8 @@ static void wsp_ev_finish(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
     }
     ep->lingering = 1;
     ep->linger_until = now + WSP_EV_LINGER;
-    wsp_ev_watch(L, &ep->cpfd, &ep->creg, ap_get_conn_socket(ep->c),
-                 APR_POLLIN, &ep->cside);
+    wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, ap_get_conn_socket(ep->c),
+                 APR_POLLIN);
     wsp_ev_timer(L, ep, ep->linger_until);
 }
 
@@ -274,9 +259,7 @@ static void wsp_ev_linger(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
 static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
 {
     wsp_pipe_t *p = ep->p;
-    apr_int16_t cev, bev, aev;
-    apr_socket_t *bsock, *asock;
-    apr_time_t wake_at;
+    wsp_want_t w;
 
     if (ep->lingering) {
         wsp_ev_linger(L, ep, now);
@@ -287,36 +270,38 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         return;
     }
     if (wsp_pipe_handover_begin(p)) {
-        wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
+        wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
         wsp_ev_forget_pipe(L, ep);
         wsp_pipe_handover_end(p);
         wsp_ev_finish(L, ep, now);
         return;
     }
-    wsp_pipe_run(p, ep->crev, ep->brev, ep->arev);
-    ep->crev = ep->brev = ep->arev = 0;
-    if (p->phase == WSP_PH_DONE) {
-        wsp_registry_set_wake(p, NULL, NULL);
-        wsp_ev_watch(L, &ep->cpfd, &ep->creg, NULL, 0, &ep->cside);
+    wsp_pipe_run(p, ep->rev);
+    memset(ep->rev, 0, sizeof(ep->rev));
+    if (wsp_pipe_state(p) == WSP_ST_DONE) {
+        wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
         wsp_ev_forget_pipe(L, ep);
-        wsp_registry_remove(p);
-        WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");
-        wsp_pipe_destroy(p);
+        wsp_pipe_end(p);
         wsp_ev_finish(L, ep, now);
         return;
     }
-    wsp_pipe_want(p, &cev, &bsock, &bev, &asock, &aev, &wake_at);
-    wsp_ev_watch(L, &ep->cpfd, &ep->creg, p->client->sock, cev, &ep->cside);
-    if ((ep->breg && ep->bpfd.desc.s != bsock)
-        || (ep->areg && ep->apfd.desc.s != asock)) {
+    wsp_pipe_want(p, &w);
+    wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, w.sock[WSP_SOCK_CLIENT],
+                 w.events[WSP_SOCK_CLIENT]);
+    if ((ep->reg[WSP_SOCK_BACKEND]
+         && ep->pfd[WSP_SOCK_BACKEND].desc.s != w.sock[WSP_SOCK_BACKEND])
+        || (ep->reg[WSP_SOCK_SECOND]
+            && ep->pfd[WSP_SOCK_SECOND].desc.s != w.sock[WSP_SOCK_SECOND])) {
         /* a move swapped the two backend sockets: a socket cannot be in
          * the pollset twice, so both leave before either comes back */
-        wsp_ev_watch(L, &ep->bpfd, &ep->breg, NULL, 0, &ep->bside);
-        wsp_ev_watch(L, &ep->apfd, &ep->areg, NULL, 0, &ep->aside);
+        wsp_ev_watch(L, ep, WSP_SOCK_BACKEND, NULL, 0);
+        wsp_ev_watch(L, ep, WSP_SOCK_SECOND, NULL, 0);
     }
-    wsp_ev_watch(L, &ep->bpfd, &ep->breg, bsock, bev, &ep->bside);
-    wsp_ev_watch(L, &ep->apfd, &ep->areg, asock, aev, &ep->aside);
-    wsp_ev_timer(L, ep, wake_at);
+    wsp_ev_watch(L, ep, WSP_SOCK_BACKEND, w.sock[WSP_SOCK_BACKEND],
+                 w.events[WSP_SOCK_BACKEND]);
+    wsp_ev_watch(L, ep, WSP_SOCK_SECOND, w.sock[WSP_SOCK_SECOND],
+                 w.events[WSP_SOCK_SECOND]);
+    wsp_ev_timer(L, ep, w.wake_at);
 }
 
 /* Child exit: tell both peers of every live pipe that we go away. */
@@ -373,8 +358,7 @@ static void wsp_ev_close_all(wsp_evloop_t *L)
     L->closing_all = 1;
     for (ep = APR_RING_FIRST(&L->live); ep != APR_RING_SENTINEL(&L->live,
          wsp_ev_t, link); ep = APR_RING_NEXT(ep, link)) {
-        if (ep->p && !ep->p->ending && ep->p->client
-            && ep->p->client->upgraded) {
+        if (ep->p && wsp_pipe_open(ep->p)) {
             wsp_pipe_going_away(ep->p);
             wsp_ev_activate(L, ep);
         }
@@ -408,15 +392,7 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
         for (i = 0; rv == APR_SUCCESS && i < n; i++) {
             wsp_ev_side_t *side = res[i].client_data;
 
-            if (side->which == WSP_EV_CLIENT) {
-                side->ep->crev |= res[i].rtnevents;
-            }
-            else if (side->which == WSP_EV_BACKEND) {
-                side->ep->brev |= res[i].rtnevents;
-            }
-            else {
-                side->ep->arev |= res[i].rtnevents;
-            }
+            side->ep->rev[side->which] |= res[i].rtnevents;
             wsp_ev_activate(L, side->ep);
         }
         apr_thread_mutex_lock(L->lock);
@@ -458,7 +434,7 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
             for (ep = APR_RING_FIRST(&L->live);
                  ep != APR_RING_SENTINEL(&L->live, wsp_ev_t, link);
                  ep = APR_RING_NEXT(ep, link)) {
-                if (ep->p && ep->p->handover == WSP_HANDOVER_ASKED) {
+                if (ep->p && wsp_pipe_handover_asked(ep->p)) {
                     wsp_ev_activate(L, ep);
                 }
             }
@@ -591,8 +567,7 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
     if (!c->cs || c->cs->state != CONN_STATE_SUSPENDED) {
         WSP_LOG(p, APLOG_INFO, 0, "client connection closed by the MPM "
                 "before the pipe started");
-        wsp_registry_remove(p);
-        wsp_pipe_destroy(p);
+        wsp_pipe_end(p);
         return;
     }
     for (L = wsp_evs[0], i = 1; i < wsp_nev; i++) {
@@ -605,16 +580,13 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
     ep->p = p;
     ep->r = r;
     ep->c = c;
-    ep->cside.ep = ep;
-    ep->cside.which = WSP_EV_CLIENT;
-    ep->bside.ep = ep;
-    ep->bside.which = WSP_EV_BACKEND;
-    ep->aside.ep = ep;
-    ep->aside.which = WSP_EV_AUX;
+    for (i = 0; i < WSP_SOCKS; i++) {
+        ep->side[i].ep = ep;
+        ep->side[i].which = i;
+    }
     ep->settle_at = apr_time_now() + WSP_EV_SETTLE;
     APR_RING_ELEM_INIT(ep, link);
-    p->on_bclose = wsp_ev_bclose;
-    p->driver_baton = ep;
+    wsp_pipe_set_driver(p, wsp_ev_bclose, ep);
     apr_thread_mutex_lock(L->lock);
     APR_ARRAY_PUSH(L->incoming, wsp_ev_t *) = ep;
     L->count++;

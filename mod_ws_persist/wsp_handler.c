@@ -233,17 +233,14 @@ static int wsp_run(request_rec *r, wsp_pipe_t *p)
         if (r->connection->aborted) {
             WSP_LOG(p, APLOG_INFO, 0, "client went away during the "
                     "upgrade");
-            wsp_registry_remove(p);
-            wsp_pipe_destroy(p);
+            wsp_pipe_end(p);
             return DONE;
         }
         wsp_evloop_mark(r, p);
         return SUSPENDED;
     }
     if (wsp_loop_run(p, r) != WSP_LOOP_HANDED_OVER) {
-        wsp_registry_remove(p);
-        WSP_LOG(p, APLOG_DEBUG, 0, "pipe ended");
-        wsp_pipe_destroy(p);
+        wsp_pipe_end(p);
     }
     return DONE;
 }
@@ -323,8 +320,7 @@ int wsp_handler(request_rec *r)
     if (wsp_loop_run(p, r) != WSP_LOOP_LIVE) {
         int after = wsp_pool_retry_after(conf->pool, apr_time_now());
 
-        wsp_registry_remove(p);
-        wsp_pipe_destroy(p);
+        wsp_pipe_end(p);
         apr_table_setn(r->err_headers_out, "Retry-After",
                        apr_itoa(r->pool, after));
         return HTTP_SERVICE_UNAVAILABLE;

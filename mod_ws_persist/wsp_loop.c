@@ -56,9 +56,9 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
     /* a handover waits for the 101, so the waker (two descriptors, held
      * as long as the request) is made only once the client is upgraded:
      * a pipe that goes to the event loop never needs it */
-    wsp_waker_t *w = p->client->upgraded ? wsp_loop_waker(r) : NULL;
+    wsp_waker_t *w = wsp_pipe_open(p) ? wsp_loop_waker(r) : NULL;
     wsp_loop_result_e res;
-    apr_pollfd_t pfd[4];
+    apr_pollfd_t pfd[WSP_SOCKS + 1];
     apr_uint32_t epoch = wsp_shared_admin_epoch();
 
     if (w) {
@@ -66,21 +66,20 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
     }
     memset(pfd, 0, sizeof(pfd));
     for (;;) {
-        apr_int16_t cev, bev, aev, crev = 0, brev = 0, arev = 0;
-        apr_socket_t *bsock, *asock;
-        apr_time_t wake_at;
+        apr_int16_t rev[WSP_SOCKS];
         apr_interval_time_t timeout = -1;
         apr_int32_t n = 0, nsig = 0, i;
+        wsp_want_t want;
 
-        if (p->phase == WSP_PH_DONE) {
+        if (wsp_pipe_state(p) == WSP_ST_DONE) {
             res = WSP_LOOP_DONE;
             break;
         }
-        if (p->phase == WSP_PH_FAILED) {
+        if (wsp_pipe_state(p) == WSP_ST_FAILED) {
             res = WSP_LOOP_FAILED;
             break;
         }
-        if (p->phase == WSP_PH_LIVE && !p->client->upgraded) {
+        if (wsp_pipe_upgrade_due(p)) {
             res = WSP_LOOP_LIVE;
             break;
         }
@@ -88,27 +87,16 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             wsp_pipe_handover_end(p);
             return WSP_LOOP_HANDED_OVER;
         }
-        wsp_pipe_want(p, &cev, &bsock, &bev, &asock, &aev, &wake_at);
-        if (cev) {
-            pfd[n].desc_type = APR_POLL_SOCKET;
-            pfd[n].desc.s = p->client->sock;
-            pfd[n].reqevents = cev;
-            pfd[n].client_data = &crev;
-            pfd[n++].p = r->pool;
-        }
-        if (bsock && bev) {
-            pfd[n].desc_type = APR_POLL_SOCKET;
-            pfd[n].desc.s = bsock;
-            pfd[n].reqevents = bev;
-            pfd[n].client_data = &brev;
-            pfd[n++].p = r->pool;
-        }
-        if (asock && aev) {
-            pfd[n].desc_type = APR_POLL_SOCKET;
-            pfd[n].desc.s = asock;
-            pfd[n].reqevents = aev;
-            pfd[n].client_data = &arev;
-            pfd[n++].p = r->pool;
+        wsp_pipe_want(p, &want);
+        memset(rev, 0, sizeof(rev));
+        for (i = 0; i < WSP_SOCKS; i++) {
+            if (want.sock[i] && want.events[i]) {
+                pfd[n].desc_type = APR_POLL_SOCKET;
+                pfd[n].desc.s = want.sock[i];
+                pfd[n].reqevents = want.events[i];
+                pfd[n].client_data = &rev[i];
+                pfd[n++].p = r->pool;
+            }
         }
         if (w) {
             pfd[n].desc_type = APR_POLL_FILE;
@@ -117,8 +105,8 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             pfd[n].client_data = NULL;
             pfd[n++].p = r->pool;
         }
-        if (wake_at) {
-            timeout = wake_at - apr_time_now();
+        if (want.wake_at) {
+            timeout = want.wake_at - apr_time_now();
             if (timeout < 0) {
                 timeout = 0;
             }
@@ -128,7 +116,7 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             timeout = WSP_LOOP_RECHECK;
         }
         if (apr_poll(pfd, n, &nsig, timeout) != APR_SUCCESS
-            && (!wake_at || apr_time_now() < wake_at)
+            && (!want.wake_at || apr_time_now() < want.wake_at)
             && epoch == wsp_shared_admin_epoch()) {
             continue;               /* the recheck found no administrator's
                                      * action: nothing to run */
@@ -148,7 +136,7 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
                 pfd[i].rtnevents = 0;
             }
         }
-        wsp_pipe_run(p, crev, brev, arev);
+        wsp_pipe_run(p, rev);
     }
     wsp_registry_set_wake(p, NULL, NULL);
     return res;

@@ -1,0 +1,536 @@
+/* Hop I/O: frames in from the client and the current backend, messages
+ * on to the other side, control frames answered, output written as far
+ * as each socket takes it without waiting. */
+#include "apr_atomic.h"
+#include "apr_strings.h"
+#include "util_filter.h"
+
+#include "wsp_pipe_int.h"
+#include "wsp_config.h"
+
+/* A control frame toward the backend, sent at the next frame boundary. */
+void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
+                      const unsigned char *payload, apr_size_t len)
+{
+    wsp_owe(&p->b->owed, opcode, payload, len);
+}
+
+/* Forget what was owed to a backend connection that is gone. */
+void wsp_backend_ctrl_reset(wsp_pipe_t *p)
+{
+    p->b->ctrl_len = p->b->ctrl_off = 0;
+    memset(&p->b->owed, 0, sizeof(p->b->owed));
+}
+
+/* Frames toward the client join its output at once (whole frames only
+ * go there); its pongs wait in a slot, see wsp_client_flush. */
+void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
+                     const unsigned char *payload, apr_size_t len)
+{
+    wsp_hop_t *cl = p->client;
+    unsigned char *f;
+    apr_size_t h;
+
+    if (!cl || cl->gone || cl->close_sent) {
+        return;
+    }
+    f = apr_bucket_alloc(len + WSP_FRAME_HDR_MAX, cl->c->bucket_alloc);
+    h = wsp_frame_header(f, 1, opcode, len, NULL);
+    memcpy(f + h, payload, len);
+    APR_BRIGADE_INSERT_TAIL(cl->out, apr_bucket_heap_create(
+        (const char *)f, h + len, apr_bucket_free, cl->c->bucket_alloc));
+    cl->out_bytes += (apr_off_t)wsp_frame_cost(h + len);
+    cl->ctrl_out += (apr_off_t)wsp_frame_cost(h + len);
+}
+
+static void wsp_client_pong(wsp_pipe_t *p, int opcode,
+                            const unsigned char *payload, apr_size_t len)
+{
+    if (p->client) {
+        wsp_owe(&p->client->owed, opcode, payload, len);
+    }
+}
+
+/* Pass frames to the client's filters without ever blocking: at most a
+ * chunk the core writes or sets aside, and only when nothing is pending. */
+int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_hop_t *cl = p->client;
+    conn_rec *c;
+    apr_status_t rv;
+    int progress = 0;
+
+    if (!cl || cl->gone || !cl->upgraded) {
+        return 0;
+    }
+    c = cl->c;
+    for (;;) {
+        if (c->data_in_output_filters) {
+            rv = cl->core_out->frec->filter_func.out_func(cl->core_out,
+                                                          NULL);
+            if (rv != APR_SUCCESS) {
+                wsp_client_gone(p, now, "write failed", rv);
+                return 1;
+            }
+            if (c->data_in_output_filters) {
+                cl->want_write = 1;
+                return progress;
+            }
+        }
+        cl->want_write = 0;
+        if (APR_BRIGADE_EMPTY(cl->out)) {
+            cl->ctrl_out = 0;
+        }
+        /* a pong joins the output while the control frames put there
+         * since it last emptied stay within the allowance: toward a
+         * client that does not read, one waits and newer ones replace it */
+        if (cl->owed.pong_due && cl->ctrl_out < WSP_CTRL_ALLOWANCE) {
+            cl->owed.pong_due = 0;
+            wsp_client_ctrl(p, WSP_OP_PONG, cl->owed.pong,
+                            cl->owed.pong_len);
+        }
+        if (APR_BRIGADE_EMPTY(cl->out)) {
+            return progress;
+        }
+        {
+            apr_bucket *e;
+
+            apr_brigade_partition(cl->out, WSP_PASS_CHUNK, &e);
+            while (APR_BRIGADE_FIRST(cl->out) != e) {
+                apr_bucket *b = APR_BRIGADE_FIRST(cl->out);
+
+                APR_BUCKET_REMOVE(b);
+                APR_BRIGADE_INSERT_TAIL(cl->tmp, b);
+                cl->out_bytes -= (apr_off_t)wsp_frame_cost(b->length);
+            }
+            rv = ap_pass_brigade(c->output_filters, cl->tmp);
+            apr_brigade_cleanup(cl->tmp);
+            if (rv != APR_SUCCESS) {
+                wsp_client_gone(p, now, "write failed", rv);
+                return 1;
+            }
+            progress = 1;
+        }
+        /* the core only writes at once above its minimum: nudge it */
+        rv = cl->core_out->frec->filter_func.out_func(cl->core_out, NULL);
+        if (rv != APR_SUCCESS) {
+            wsp_client_gone(p, now, "write failed", rv);
+            return 1;
+        }
+    }
+}
+
+/* Write what the backend may take: control frames at frame boundaries,
+ * then queued messages; a pending close once the queue is empty. */
+int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_bconn_t *bc = p->b->bc;
+    int progress = 0;
+
+    p->b->want_write = 0;
+    while (p->b->bc && bc->state == WSP_BC_OPEN && !p->b->ended) {
+        struct iovec vec[WSP_IOV];
+        apr_size_t n;
+        apr_status_t rv;
+        int nvec;
+
+        if (p->b->ctrl_off == p->b->ctrl_len
+            && wsp_queue_at_frame_boundary(&p->q)) {
+            wsp_hop_next_ctrl(p->b, &p->rng);
+        }
+        if (p->b->ctrl_off < p->b->ctrl_len) {
+            n = p->b->ctrl_len - p->b->ctrl_off;
+            rv = wsp_bconn_send(bc, (char *)p->b->ctrl + p->b->ctrl_off, &n);
+            p->b->ctrl_off += n;
+            apr_atomic_add64(&p->b->be->st->bytes_out, n);
+        }
+        else if (p->q.bytes > 0 && (!p->b->close_sent
+                                    || !wsp_queue_at_frame_boundary(&p->q))) {
+            nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
+            rv = wsp_bconn_sendv(bc, vec, nvec, &n);
+            wsp_queue_consumed(&p->q, n);
+            apr_atomic_add64(&p->b->be->st->bytes_out, n);
+        }
+        else if (p->b->close_pending && !p->b->close_sent) {
+            unsigned char pl[WSP_CONTROL_MAX];
+            const char *r = p->b->close_pending_reason ? p->b->close_pending_reason : "";
+
+            wsp_backend_ctrl(p, WSP_OP_CLOSE, pl, wsp_close_payload(pl,
+                             p->b->close_pending, r, strlen(r)));
+            p->b->close_sent = 1;
+            continue;
+        }
+        else {
+            return progress;
+        }
+        if (n > 0) {
+            progress = 1;
+        }
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            p->b->want_write = 1;
+            return progress;
+        }
+        if (rv != APR_SUCCESS) {
+            wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0, "write failed");
+            return 1;
+        }
+    }
+    return progress;
+}
+
+/* What both hops do with a control frame: a ping is answered on the hop
+ * it came from, a pong ends the hop's ping wait, a close is parsed (who
+ * may send which code, and a reason in UTF-8). Returns WSP_CTL_CLOSE
+ * (code and reason set), the close code a bad close frame calls for
+ * (1002, 1007), or 0. */
+#define WSP_CTL_CLOSE      1
+
+typedef void wsp_ctrl_fn(wsp_pipe_t *p, int opcode,
+                         const unsigned char *payload, apr_size_t len);
+
+static int wsp_control(wsp_pipe_t *p, const wsp_hop_in_t *in,
+                       wsp_ctrl_fn *reply, apr_time_t *ping_sent, int *code,
+                       const char **reason, apr_size_t *rlen)
+{
+    apr_size_t len = (apr_size_t)in->rd.hdr.len;
+
+    switch (in->rd.hdr.opcode) {
+    case WSP_OP_PING:
+        reply(p, WSP_OP_PONG, in->cpay, len);
+        break;
+    case WSP_OP_PONG:
+        *ping_sent = 0;
+        break;
+    case WSP_OP_CLOSE:
+        {
+            int bad = wsp_close_parse_from(in->rd.from, in->cpay, len, code,
+                                           reason, rlen);
+
+            return bad ? bad : WSP_CTL_CLOSE;
+        }
+    }
+    return 0;
+}
+
+static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_hop_t *cl = p->client;
+    const char *reason;
+    apr_size_t rlen;
+    int code;
+    int res = wsp_control(p, &cl->in, wsp_client_pong, &cl->ping_sent,
+                          &code, &reason, &rlen);
+
+    if (res >= 1000) {
+        wsp_client_violation(p, now, res);
+        return;
+    }
+    switch (res) {
+    case WSP_CTL_CLOSE:
+        cl->close_rcvd = 1;
+        cl->close_code = code;
+        memcpy(cl->close_reason, reason, rlen);
+        cl->close_reason[rlen] = '\0';
+        if (cl->close_sent) {
+            return;                 /* the reply to ours */
+        }
+        WSP_LOG(p, APLOG_DEBUG, 0, "client closed with %d", code);
+        wsp_begin_ending(p, now, "the client closed");
+        if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_sent) {
+            p->b->close_pending = code == WSP_CLOSE_NO_STATUS
+                                 ? WSP_CLOSE_NORMAL : code;
+            p->b->close_pending_reason = cl->close_reason;
+        }
+        else {
+            if (p->q.messages) {
+                WSP_LOG(p, APLOG_INFO, 0, "client closed between backends; "
+                        "%" APR_SIZE_T_FMT " buffered message(s) dropped",
+                        p->q.messages);
+            }
+            wsp_backend_drop(p);
+            wsp_client_close(p, now, code, reason, rlen);
+        }
+        break;
+    }
+}
+
+/* Feed bytes from the client; returns 0, or 1 when reading must stop. */
+static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
+                           const unsigned char *data, apr_size_t len)
+{
+    wsp_hop_t *cl = p->client;
+    wsp_hop_in_t *in = &cl->in;
+
+    while ((len > 0 || wsp_hop_pending(in)) && !cl->gone) {
+        int ev = wsp_hop_step(in, &data, &len);
+
+        if (ev >= 1000) {
+            wsp_client_violation(p, now, ev);
+            return 1;
+        }
+        switch (ev) {
+        case WSP_EV_DATA:
+            if (wsp_closing(p)) {
+                in->drop = 1;        /* nothing after a close counts */
+            }
+            else if (!wsp_backpressure(p)
+                     && p->q.cost + in->msg_bytes
+                        + (apr_off_t)wsp_hop_total(in)
+                        > p->conf->buffer_limit) {
+                WSP_LOG(p, APLOG_ERR, 0, "buffer limit of %" APR_OFF_T_FMT
+                        " bytes reached with no backend: closing with 1013",
+                        p->conf->buffer_limit);
+                wsp_client_close(p, now, WSP_CLOSE_TRY_AGAIN,
+                                 "buffer full", 11);
+                wsp_backend_drop(p);
+                in->drop = 1;        /* its payload has nowhere to go */
+                return 1;
+            }
+            break;
+        case WSP_EV_MESSAGE:
+            wsp_queue_push(&p->q, in->msg);
+            in->msg_bytes = 0;
+            break;
+        case WSP_EV_CONTROL:
+            wsp_client_control(p, now);
+            if (cl->close_rcvd) {
+                return 1;
+            }
+            break;
+        }
+    }
+    return 0;
+}
+
+int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    wsp_hop_t *cl = p->client;
+    apr_size_t total = 0;
+    int progress = 0;
+
+    int drained_early;
+
+    if (!cl || !cl->upgraded || cl->gone || cl->close_rcvd
+        || (!ready && !cl->more_input)) {
+        return 0;
+    }
+    /* On a plain connection the core holds nothing back: a read shorter
+     * than its socket read leaves the rest in the kernel, where poll sees
+     * it. mod_ssl may hold decrypted records, and right after the 101 the
+     * core may hold pipelined bytes: read those until EAGAIN. */
+    drained_early = cl->plain && !cl->more_input;
+    cl->more_input = 0;
+    while (total < WSP_READ_BUDGET) {
+        apr_status_t rv;
+        apr_bucket *e;
+        apr_size_t got = 0;
+        apr_off_t want = WSP_READ_CHUNK;
+        int stop = 0;
+
+        if (wsp_backpressure(p)) {
+            apr_off_t room = p->conf->buffer_limit - p->q.bytes;
+
+            if (room <= 0) {
+                cl->more_input = 1;  /* the backend is slow: wait */
+                return progress;
+            }
+            if (room < want) {
+                /* no more than the limit (and the message in flight);
+                 * the rest may wait in the core's buffer, so no early
+                 * stop below */
+                want = room;
+                drained_early = 0;
+            }
+        }
+        rv = ap_get_brigade(cl->c->input_filters, cl->ibb, AP_MODE_READBYTES,
+                            APR_NONBLOCK_READ, want);
+        /* the core answers a non-blocking read with nothing to read by an
+         * empty brigade, mod_ssl by EAGAIN */
+        if (APR_STATUS_IS_EAGAIN(rv)
+            || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(cl->ibb))) {
+            return progress;
+        }
+        if (rv != APR_SUCCESS) {
+            wsp_client_gone(p, now, APR_STATUS_IS_EOF(rv) ? "connection "
+                            "closed" : "read failed", rv);
+            return 1;
+        }
+        for (e = APR_BRIGADE_FIRST(cl->ibb);
+             e != APR_BRIGADE_SENTINEL(cl->ibb) && !stop;
+             e = APR_BUCKET_NEXT(e)) {
+            const char *d;
+            apr_size_t n;
+
+            if (APR_BUCKET_IS_EOS(e)) {
+                wsp_client_gone(p, now, "connection closed", APR_EOF);
+                stop = 1;
+                break;
+            }
+            if (apr_bucket_read(e, &d, &n, APR_NONBLOCK_READ) != APR_SUCCESS
+                || n == 0) {
+                continue;
+            }
+            total += n;
+            got += n;
+            cl->last_rx = now;
+            cl->ping_sent = 0;
+            stop = wsp_client_feed(p, now, (const unsigned char *)d, n);
+        }
+        apr_brigade_cleanup(cl->ibb);
+        progress = 1;
+        if (stop) {
+            return 1;
+        }
+        if (drained_early && got < APR_BUCKET_BUFF_SIZE) {
+            return progress;
+        }
+    }
+    cl->more_input = 1;
+    return progress;
+}
+
+static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
+{
+    const char *reason;
+    apr_size_t rlen;
+    int code;
+    int res = wsp_control(p, &p->b->in, wsp_backend_ctrl, &p->b->ping_sent,
+                          &code, &reason, &rlen);
+
+    if (res >= 1000) {
+        wsp_backend_ended(p, now, WSP_END_PROTOCOL, res, NULL, 0,
+                          "its close frame");
+    }
+    else if (res == WSP_CTL_CLOSE) {
+        wsp_backend_ended(p, now, WSP_END_CLOSE, code, reason, rlen, NULL);
+    }
+}
+
+/* A data event from a backend hop: a frame is built for the client, a
+ * whole message goes to its output. */
+void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev)
+{
+    wsp_hop_t *cl = p->client;
+
+    if (ev == WSP_EV_DATA) {
+        if (!cl || cl->gone || cl->close_sent) {
+            in->drop = 1;
+        }
+    }
+    else if (ev == WSP_EV_MESSAGE) {
+        APR_BRIGADE_CONCAT(cl->out, in->msg);
+        cl->out_bytes += in->msg_bytes;
+        in->msg_bytes = 0;
+    }
+}
+
+/* Feed bytes from the backend; stops early when the backend is gone. */
+static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_bconn_t *bc = p->b->bc;
+    wsp_hop_in_t *in = &p->b->in;
+
+    while (p->b->bc == bc && (bc->ipos < bc->ilen || wsp_hop_pending(in))) {
+        const unsigned char *d = bc->ibuf + bc->ipos;
+        apr_size_t len = bc->ilen - bc->ipos;
+        int ev = wsp_hop_step(in, &d, &len);
+
+        bc->ipos = bc->ilen - len;
+        if (ev >= 1000) {
+            wsp_backend_ended(p, now, ev == WSP_CLOSE_TOO_BIG ? WSP_END_TOO_BIG
+                              : WSP_END_PROTOCOL, ev, NULL, 0,
+                              "its frames");
+            return;
+        }
+        if (ev == WSP_EV_CONTROL) {
+            wsp_backend_control(p, now);
+        }
+        else {
+            wsp_backend_data(p, in, ev);
+        }
+    }
+}
+
+/* While the old backend retires, the new one is read but not fed: its
+ * replies must not overtake the old one's. What it sends waits in its
+ * buffer, and the end of its connection waits too, but no more client
+ * messages are written into it once that end is seen: they stay queued
+ * for the next backend. */
+int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    wsp_bconn_t *bc = p->b->bc;
+    apr_size_t before;
+    apr_status_t rv;
+
+    if (!ready || p->b->ended || bc->ilen - bc->ipos >= WSP_IBUF_SIZE) {
+        return 0;
+    }
+    before = bc->ilen - bc->ipos;
+    rv = wsp_bconn_fill(bc);
+    if (APR_STATUS_IS_EAGAIN(rv)) {
+        return 0;
+    }
+    if (rv != APR_SUCCESS) {
+        p->b->ended = APR_STATUS_IS_EOF(rv) ? "connection closed"
+                                           : "read failed";
+        return 1;
+    }
+    apr_atomic_add64(&p->b->be->st->bytes_in, bc->ilen - bc->ipos - before);
+    p->b->last_rx = now;
+    p->b->ping_sent = 0;
+    return 1;
+}
+
+int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
+{
+    apr_size_t total = 0;
+    int progress = 0;
+
+    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && wsp_retiring(p)) {
+        return wsp_backend_hold(p, now, ready);
+    }
+    /* The socket is read only when poll said so: it is level-triggered, so
+     * data left behind (budget, a full client) is reported again. */
+    while (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_rcvd
+           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
+        wsp_bconn_t *bc = p->b->bc;
+        apr_size_t before;
+        apr_status_t rv;
+
+        if (bc->ipos < bc->ilen || wsp_hop_pending(&p->b->in)) {
+            wsp_backend_feed(p, now);
+            progress = 1;
+            continue;
+        }
+        if (p->b->ended) {
+            /* held until now */
+            wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0, p->b->ended);
+            return 1;
+        }
+        if (!ready || total >= WSP_READ_BUDGET) {
+            break;
+        }
+        bc->ipos = bc->ilen = 0;    /* all of it was fed above */
+        before = 0;
+        rv = wsp_bconn_fill(bc);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            return progress;
+        }
+        if (rv != APR_SUCCESS) {
+            wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0,
+                              APR_STATUS_IS_EOF(rv) ? "connection closed"
+                                                    : "read failed");
+            return 1;
+        }
+        total += bc->ilen - before;
+        apr_atomic_add64(&p->b->be->st->bytes_in, bc->ilen - before);
+        if (bc->ilen - before < WSP_IBUF_SIZE
+            && !wsp_bconn_buffers_input(bc)) {
+            ready = 0;              /* a short read drained the socket */
+        }
+        p->b->last_rx = now;
+        p->b->ping_sent = 0;
+        progress = 1;
+    }
+    return progress;
+}
