@@ -103,6 +103,39 @@ def fds(env):
     return n
 
 
+def settled_fds(env, samples=6, interval=0.1):
+    """The children's descriptors at rest: the fewest over a moment (a
+    connection just closed may linger for an instant)."""
+    n = fds(env)
+    for _ in range(samples - 1):
+        time.sleep(interval)
+        n = min(n, fds(env))
+    return n
+
+
+def fd_targets(env):
+    """What the children's descriptors point to: {"pid/fd": target}."""
+    out = {}
+    for pid in children(env):
+        try:
+            names = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                out["%d/%s" % (pid, fd)] = os.readlink(
+                    "/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                pass
+    return out
+
+
+def fd_extra(before, after):
+    """Descriptors in after that were not in before, as "fd -> target"."""
+    return sorted("%s -> %s" % (k, v) for k, v in after.items()
+                  if before.get(k) != v)
+
+
 class Sampler:
     """Samples the children's RSS and VmData every 50 ms from start() to
     stop() and keeps the peak growth over the values at start(). Past
@@ -704,11 +737,12 @@ _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 def run_sessions(port, count, concurrency=48, location="/ws/",
-                 timeout=15, first=0, budget=None):
+                 timeout=15, first=0, budget=None, give_up=None):
     """count sessions of the kinds above in turn (starting at kind
     first % 6), concurrency at a time; a Counter of how they ended:
     "ok <kind>" or what went wrong. No session starts after budget
-    seconds: the rest count as "not started (time budget)"."""
+    seconds, nor once give_up() says so (checked twice a second): the
+    rest count as "not started (...)"."""
     import collections
     import selectors
     import uuid
@@ -816,10 +850,10 @@ def run_sessions(port, count, concurrency=48, location="/ws/",
 
     last_sweep = time.monotonic()
     stop_at = last_sweep + budget if budget else None
+    why = None
     while state["done"] < count:
-        if stop_at and time.monotonic() > stop_at and count > \
-                state["started"]:
-            stats["not started (time budget)"] += count - state["started"]
+        if why and count > state["started"]:
+            stats["not started (%s)" % why] += count - state["started"]
             count = state["started"]
             continue
         while (state["started"] < count
@@ -837,6 +871,10 @@ def run_sessions(port, count, concurrency=48, location="/ws/",
             state["done"] += 1
         if now - last_sweep > 0.5:
             last_sweep = now
+            if stop_at and now > stop_at:
+                why = "time budget"
+            elif give_up:
+                why = give_up()
             for key in list(sel.get_map().values()):
                 if key.data["deadline"] < now:
                     finish(key.fileobj, key.data,
@@ -849,4 +887,5 @@ __all__ = ["MB", "KB", "STATUS", "Sampler", "CpuWindow", "Flooder", "Probe",
            "Raw", "raw_client", "abuse_backend", "status_pipes", "rss",
            "vmdata", "cpu", "fds", "frame", "close_payload", "save",
            "Checks", "probe_problems", "mb", "parse_frames", "close_code",
-           "MEMORY_CHECKED", "run_sessions", "SESSION_KINDS"]
+           "MEMORY_CHECKED", "run_sessions", "SESSION_KINDS", "fd_targets",
+           "fd_extra", "settled_fds"]
