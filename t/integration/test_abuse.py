@@ -14,8 +14,10 @@ a few seconds against the real server and asserts bounds, not timings:
 - the answer DESIGN gives the abuser (1009 size, 1007 bad UTF-8 in a close
   reason, 1008 abuse), or, for backpressure, that it is not read further.
 
-Every figure goes to build/abuse.json (per driver) and to the test's
-properties before any check fails, so a run is a report. An abuse that
+Every figure goes to build/abuse.json (WSP_ABUSE_RESULTS), in a section
+per driver and module ("event /path/to/mod_ws_persist.so"), and to the
+test's properties (--junitxml keeps them), pass or fail, so a run is a
+report. An abuse that
 grows the children past WSP_ABUSE_SAFETY_MB (512) is cut short: the
 machine is shared, and the test has failed by then anyway.
 

@@ -7,6 +7,7 @@ build/abuse.json.
 
 Only 127.0.0.1 is ever a target."""
 
+import hashlib
 import http.client
 import json
 import os
@@ -16,7 +17,9 @@ import struct
 import subprocess
 import threading
 import time
+from pathlib import Path
 
+import wsp_env
 import wsp_sanitize
 from wsp_env import (DRIVER, HOST, MODDIR, PYTHON, REPO, Backend, RawWS,
                      build_frame, close_payload, wait_until)
@@ -38,7 +41,13 @@ MEMORY_CHECKED = not wsp_sanitize.ENABLED
 SAFETY = int(os.environ.get("WSP_ABUSE_SAFETY_MB", "512")) * MB
 
 ABUSE_BACKEND = REPO / "t" / "abuse_backend.py"
-RESULTS = REPO / "build" / "abuse.json"
+# where the figures go; one section per driver and module built, since
+# several runs (of this worktree's build, of another one's through
+# WSP_MODULE) may share the file
+RESULTS = Path(os.environ.get("WSP_ABUSE_RESULTS",
+                              REPO / "build" / "abuse.json"))
+MODULE_PATH = os.environ.get("WSP_MODULE",
+                             str(REPO / ".libs" / "mod_ws_persist.so"))
 
 STATUS = """\
 LoadModule status_module {moddir}/mod_status.so
@@ -674,9 +683,21 @@ def abuse_backend(env, name, mode, start=True, **kw):
 # Figures
 
 
+def module_sha1():
+    """Of the module this run loaded (the session's snapshot of it)."""
+    try:
+        with open(wsp_env.MODULE, "rb") as f:
+            return hashlib.sha1(f.read()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
 def save(name, fig):
-    """Merge one test's figures into build/abuse.json under the driver."""
-    RESULTS.parent.mkdir(exist_ok=True)
+    """Merge one test's figures into RESULTS (build/abuse.json) under
+    "<driver> <module path>", with the module's sha1 and the time."""
+    fig["module_sha1"] = module_sha1()
+    fig["at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     lock = RESULTS.with_suffix(".lock")
     with open(lock, "w") as lf:
         import fcntl
@@ -685,7 +706,7 @@ def save(name, fig):
             data = json.loads(RESULTS.read_text())
         except (OSError, ValueError):
             data = {}
-        data.setdefault(DRIVER, {})[name] = fig
+        data.setdefault("%s %s" % (DRIVER, MODULE_PATH), {})[name] = fig
         tmp = RESULTS.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, RESULTS)
