@@ -1041,8 +1041,8 @@ def test_50_replacements_at_once(env, fig):
     try:
         wait_until(lambda: status_pipes(env) == 0, 15,
                    what="every pipe let go")
-        wait_until(lambda: fds(env) <= before_fds, 10, interval=0.2,
-                   what="every descriptor let go")
+        wait_until(lambda: fds(env) <= before_fds + LINGER_FDS, 10,
+                   interval=0.2, what="every descriptor let go")
     except AssertionError:
         pass
     fig["pipes_end"], fig["fds_before"], fig["fds_end"] = \
@@ -1051,8 +1051,11 @@ def test_50_replacements_at_once(env, fig):
         fig["fds_extra"] = fd_extra(before_t, fd_targets(env))
     c.check(fig["pipes_end"] == 0, "%d pipes after the last close"
             % fig["pipes_end"])
-    c.check(fig["fds_end"] <= before_fds, "%d descriptors, %d before"
-            % (fig["fds_end"], before_fds))
+    # under the thread driver a replaced client's connection may still be
+    # in httpd's own lingering close (LINGER_FDS)
+    c.check(fig["fds_end"] <= before_fds + LINGER_FDS, "%d descriptors, "
+            "%d before (+%d allowed)" % (fig["fds_end"], before_fds,
+                                         LINGER_FDS))
     c.done()
 
 
