@@ -29,6 +29,7 @@ int wsp_connecting(const wsp_pipe_t *p);
 int wsp_backpressure(const wsp_pipe_t *p);
 
 /* wsp_relay.c: hop I/O */
+int wsp_client_stalled(const wsp_hop_t *cl);
 void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
                       const unsigned char *payload, apr_size_t len);
 void wsp_backend_ctrl_reset(wsp_pipe_t *p);

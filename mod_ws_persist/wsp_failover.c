@@ -69,7 +69,7 @@ static void wsp_failover(wsp_pipe_t *p, apr_time_t now, const char *why)
     wsp_transit(p, WSP_ST_FAILING_OVER, why);
     /* a slow backend filled the buffer under backpressure: keep that up
      * until the next backend has it, rather than 1013 at the next byte */
-    p->full_at_outage = p->q.bytes >= p->conf->buffer_limit;
+    p->full_at_outage = p->q.cost >= p->conf->buffer_limit;
     p->deadline = now + p->conf->connect_timeout;
     p->retry_at = 0;
 }

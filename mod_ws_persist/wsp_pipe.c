@@ -187,14 +187,15 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
     *asock = NULL;
     *aev = 0;
     if (cl && cl->upgraded && !cl->gone) {
-        if (!cl->close_rcvd && !cl->more_input) {
+        if (!cl->close_rcvd && !cl->more_input && !wsp_client_stalled(cl)) {
             *cev |= APR_POLLIN;
         }
         if (cl->want_write) {
             *cev |= APR_POLLOUT;
         }
-        if (cl->more_input && !cl->close_rcvd && !(wsp_backpressure(p)
-                                && p->q.bytes >= p->conf->buffer_limit)) {
+        if (cl->more_input && !cl->close_rcvd && !wsp_client_stalled(cl)
+            && !(wsp_backpressure(p)
+                 && p->q.cost >= p->conf->buffer_limit)) {
             t = apr_time_now();       /* go on reading once the rest ran */
         }
         if (iv > 0 && !wsp_closing(p)) {
@@ -216,11 +217,13 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
                                              * wsp_backend_hold() */
                 }
             }
-            else if (!p->b->close_rcvd
+            else if (!p->b->close_rcvd && !p->b->owed.pong_due
                 && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
+                /* while it is owed a pong it is not read (DESIGN 8) */
                 *bev |= APR_POLLIN;
-                if (wsp_bconn_buffers_input(p->b->bc)) {
-                    WSP_SOONER(apr_time_now());
+                if (wsp_bconn_buffers_input(p->b->bc)
+                    || p->b->bc->ipos < p->b->bc->ilen) {
+                    WSP_SOONER(apr_time_now());  /* input already here */
                 }
             }
             if (p->b->want_write) {

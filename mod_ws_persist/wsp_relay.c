@@ -22,6 +22,14 @@ void wsp_backend_ctrl_reset(wsp_pipe_t *p)
     memset(&p->b->owed, 0, sizeof(p->b->owed));
 }
 
+/* A client that pings and does not read its pongs is not read until the
+ * pong it is owed can join its output (DESIGN 8): what it asks for past
+ * the allowance costs it its own input, not our CPU. */
+int wsp_client_stalled(const wsp_hop_t *cl)
+{
+    return cl->owed.pong_due && cl->ctrl_out >= WSP_CTRL_ALLOWANCE;
+}
+
 /* Frames toward the client join its output at once (whole frames only
  * go there); its pongs wait in a slot, see wsp_client_flush. */
 void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
@@ -255,11 +263,21 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
 }
 
 /* Feed bytes from the client; returns 0, or 1 when reading must stop. */
+#define WSP_FEED_ALL   0       /* all of it taken */
+#define WSP_FEED_STOP  1       /* read no more: the client is done */
+#define WSP_FEED_PAUSE 2       /* a pong is owed: the rest waits */
+
+/* Feed bytes from the client; *used says how many were taken. A ping
+ * pauses the feed until its pong is out, so that a client reading
+ * nothing gets no more of its pings read than its pongs fill the
+ * connection's buffers (DESIGN 8). */
 static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
-                           const unsigned char *data, apr_size_t len)
+                           const unsigned char *data, apr_size_t len,
+                           apr_size_t *used)
 {
     wsp_hop_t *cl = p->client;
     wsp_hop_in_t *in = &cl->in;
+    apr_size_t all = len;
 
     while ((len > 0 || wsp_hop_pending(in)) && !cl->gone) {
         int ev = wsp_hop_step(in, &data, &len);
@@ -294,12 +312,59 @@ static int wsp_client_feed(wsp_pipe_t *p, apr_time_t now,
         case WSP_EV_CONTROL:
             wsp_client_control(p, now);
             if (cl->close_rcvd) {
-                return 1;
+                return WSP_FEED_STOP;
+            }
+            if (cl->owed.pong_due) {
+                *used = all - len;
+                return WSP_FEED_PAUSE;
             }
             break;
         }
     }
-    return 0;
+    *used = all - len;
+    return WSP_FEED_ALL;
+}
+
+/* Feed what the client's brigade holds; a paused feed leaves the rest at
+ * its head for the next run. */
+static int wsp_client_feed_brigade(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_hop_t *cl = p->client;
+
+    while (!APR_BRIGADE_EMPTY(cl->ibb)) {
+        apr_bucket *e = APR_BRIGADE_FIRST(cl->ibb);
+        const char *d;
+        apr_size_t n, used = 0;
+        int res;
+
+        if (APR_BUCKET_IS_EOS(e)) {
+            wsp_client_gone(p, now, "connection closed", APR_EOF);
+            apr_brigade_cleanup(cl->ibb);
+            return WSP_FEED_STOP;
+        }
+        if (apr_bucket_read(e, &d, &n, APR_NONBLOCK_READ) != APR_SUCCESS
+            || n == 0) {
+            apr_bucket_delete(e);
+            continue;
+        }
+        res = wsp_client_feed(p, now, (const unsigned char *)d, n, &used);
+        if (res == WSP_FEED_STOP || cl->gone) {
+            apr_brigade_cleanup(cl->ibb);
+            return WSP_FEED_STOP;
+        }
+        if (used < n) {
+            if (used > 0) {
+                apr_bucket_split(e, used);
+                apr_bucket_delete(e);
+            }
+            return WSP_FEED_PAUSE;
+        }
+        apr_bucket_delete(e);
+        if (res == WSP_FEED_PAUSE) {
+            return WSP_FEED_PAUSE;
+        }
+    }
+    return WSP_FEED_ALL;
 }
 
 int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
@@ -325,10 +390,27 @@ int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
         apr_bucket *e;
         apr_size_t got = 0;
         apr_off_t want = WSP_READ_CHUNK;
-        int stop = 0;
+        int res;
 
+        if (wsp_client_stalled(cl)) {
+            cl->more_input = 1;      /* once its pong is out */
+            return progress;
+        }
+        if (!APR_BRIGADE_EMPTY(cl->ibb)) {
+            /* what a paused feed left */
+            res = wsp_client_feed_brigade(p, now);
+            if (res == WSP_FEED_STOP) {
+                return 1;
+            }
+            if (res == WSP_FEED_PAUSE) {
+                cl->more_input = 1;
+                return 1;
+            }
+            progress = 1;
+            continue;
+        }
         if (wsp_backpressure(p)) {
-            apr_off_t room = p->conf->buffer_limit - p->q.bytes;
+            apr_off_t room = p->conf->buffer_limit - p->q.cost;
 
             if (room <= 0) {
                 cl->more_input = 1;  /* the backend is slow: wait */
@@ -356,29 +438,21 @@ int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return 1;
         }
         for (e = APR_BRIGADE_FIRST(cl->ibb);
-             e != APR_BRIGADE_SENTINEL(cl->ibb) && !stop;
-             e = APR_BUCKET_NEXT(e)) {
-            const char *d;
-            apr_size_t n;
-
-            if (APR_BUCKET_IS_EOS(e)) {
-                wsp_client_gone(p, now, "connection closed", APR_EOF);
-                stop = 1;
-                break;
+             e != APR_BRIGADE_SENTINEL(cl->ibb); e = APR_BUCKET_NEXT(e)) {
+            if (e->length != (apr_size_t)-1) {
+                got += e->length;
             }
-            if (apr_bucket_read(e, &d, &n, APR_NONBLOCK_READ) != APR_SUCCESS
-                || n == 0) {
-                continue;
-            }
-            total += n;
-            got += n;
-            cl->last_rx = now;
-            cl->ping_sent = 0;
-            stop = wsp_client_feed(p, now, (const unsigned char *)d, n);
         }
-        apr_brigade_cleanup(cl->ibb);
+        total += got;
+        cl->last_rx = now;
+        cl->ping_sent = 0;
         progress = 1;
-        if (stop) {
+        res = wsp_client_feed_brigade(p, now);
+        if (res == WSP_FEED_STOP) {
+            return 1;
+        }
+        if (res == WSP_FEED_PAUSE) {
+            cl->more_input = 1;
             return 1;
         }
         if (drained_early && got < APR_BUCKET_BUFF_SIZE) {
@@ -444,6 +518,9 @@ static void wsp_backend_feed(wsp_pipe_t *p, apr_time_t now)
         }
         if (ev == WSP_EV_CONTROL) {
             wsp_backend_control(p, now);
+            if (p->b->owed.pong_due) {
+                break;               /* the rest after the pong is out */
+            }
         }
         else {
             wsp_backend_data(p, in, ev);
@@ -492,6 +569,7 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
     /* The socket is read only when poll said so: it is level-triggered, so
      * data left behind (budget, a full client) is reported again. */
     while (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_rcvd
+           && !p->b->owed.pong_due
            && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
         wsp_bconn_t *bc = p->b->bc;
         apr_size_t before;
