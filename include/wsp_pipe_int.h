@@ -32,7 +32,6 @@ int wsp_backpressure(const wsp_pipe_t *p);
 int wsp_client_stalled(const wsp_hop_t *cl);
 void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
                       const unsigned char *payload, apr_size_t len);
-void wsp_backend_ctrl_reset(wsp_pipe_t *p);
 void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
                      const unsigned char *payload, apr_size_t len);
 int wsp_client_flush(wsp_pipe_t *p, apr_time_t now);

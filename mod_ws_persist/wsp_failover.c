@@ -255,7 +255,6 @@ void wsp_connected(wsp_pipe_t *p, apr_time_t now)
     p->b->last_rx = now;
     p->b->ping_sent = 0;
     p->b->ended = NULL;
-    wsp_backend_ctrl_reset(p);
     wsp_transit(p, WSP_ST_LIVE, p->b->be->url);
 }
 

@@ -15,13 +15,6 @@ void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
     wsp_owe(&p->b->owed, opcode, payload, len);
 }
 
-/* Forget what was owed to a backend connection that is gone. */
-void wsp_backend_ctrl_reset(wsp_pipe_t *p)
-{
-    p->b->ctrl_len = p->b->ctrl_off = 0;
-    memset(&p->b->owed, 0, sizeof(p->b->owed));
-}
-
 /* A client that pings and does not read its pongs is not read until the
  * pong it is owed can join its output (DESIGN 8): what it asks for past
  * the allowance costs it its own input, not our CPU. */
