@@ -389,63 +389,52 @@ int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
             cl->more_input = 1;      /* once its pong is out */
             return progress;
         }
-        if (!APR_BRIGADE_EMPTY(cl->ibb)) {
-            /* what a paused feed left */
-            res = wsp_client_feed_brigade(p, now);
-            if (res == WSP_FEED_STOP) {
-                return 1;
-            }
-            if (res == WSP_FEED_PAUSE) {
-                cl->more_input = 1;
-                return 1;
-            }
-            progress = 1;
-            continue;
-        }
-        if (wsp_backpressure(p)) {
-            apr_off_t room = p->conf->buffer_limit - p->q.cost;
+        /* what a paused feed left goes first */
+        if (APR_BRIGADE_EMPTY(cl->ibb)) {
+            if (wsp_backpressure(p)) {
+                apr_off_t room = p->conf->buffer_limit - p->q.cost;
 
-            if (room <= 0) {
-                cl->more_input = 1;  /* the backend is slow: wait */
+                if (room <= 0) {
+                    cl->more_input = 1;  /* the backend is slow: wait */
+                    return progress;
+                }
+                if (room < want) {
+                    /* no more than the limit (and the message in
+                     * flight); the rest may wait in the core's buffer,
+                     * so no early stop below */
+                    want = room;
+                    drained_early = 0;
+                }
+            }
+            rv = ap_get_brigade(cl->c->input_filters, cl->ibb,
+                                AP_MODE_READBYTES, APR_NONBLOCK_READ, want);
+            /* the core answers a non-blocking read with nothing to read
+             * by an empty brigade, mod_ssl by EAGAIN */
+            if (APR_STATUS_IS_EAGAIN(rv)
+                || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(cl->ibb))) {
                 return progress;
             }
-            if (room < want) {
-                /* no more than the limit (and the message in flight);
-                 * the rest may wait in the core's buffer, so no early
-                 * stop below */
-                want = room;
-                drained_early = 0;
+            if (rv != APR_SUCCESS) {
+                wsp_client_gone(p, now, APR_STATUS_IS_EOF(rv) ? "connection "
+                                "closed" : "read failed", rv);
+                return 1;
             }
-        }
-        rv = ap_get_brigade(cl->c->input_filters, cl->ibb, AP_MODE_READBYTES,
-                            APR_NONBLOCK_READ, want);
-        /* the core answers a non-blocking read with nothing to read by an
-         * empty brigade, mod_ssl by EAGAIN */
-        if (APR_STATUS_IS_EAGAIN(rv)
-            || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(cl->ibb))) {
-            return progress;
-        }
-        if (rv != APR_SUCCESS) {
-            wsp_client_gone(p, now, APR_STATUS_IS_EOF(rv) ? "connection "
-                            "closed" : "read failed", rv);
-            return 1;
-        }
-        for (e = APR_BRIGADE_FIRST(cl->ibb);
-             e != APR_BRIGADE_SENTINEL(cl->ibb); e = APR_BUCKET_NEXT(e)) {
-            if (e->length != (apr_size_t)-1) {
-                got += e->length;
+            for (e = APR_BRIGADE_FIRST(cl->ibb);
+                 e != APR_BRIGADE_SENTINEL(cl->ibb); e = APR_BUCKET_NEXT(e)) {
+                if (e->length != (apr_size_t)-1) {
+                    got += e->length;
+                }
             }
+            total += got;
+            cl->last_rx = now;
+            cl->ping_sent = 0;
         }
-        total += got;
-        cl->last_rx = now;
-        cl->ping_sent = 0;
         progress = 1;
         res = wsp_client_feed_brigade(p, now);
-        if (res == WSP_FEED_STOP) {
-            return 1;
-        }
-        if (res == WSP_FEED_PAUSE) {
-            cl->more_input = 1;
+        if (res != WSP_FEED_ALL) {
+            if (res == WSP_FEED_PAUSE) {
+                cl->more_input = 1;
+            }
             return 1;
         }
         if (drained_early && got < APR_BUCKET_BUFF_SIZE) {
