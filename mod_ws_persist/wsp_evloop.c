@@ -242,16 +242,17 @@ static void wsp_ev_linger(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         apr_size_t n = sizeof(buf);
         apr_status_t rv = apr_socket_recv(sock, buf, &n);
 
-        if (APR_STATUS_IS_EAGAIN(rv)) {
+        if (rv == APR_SUCCESS && n > 0
+            && (total += n) < WSP_EV_LINGER_BUDGET) {
+            continue;
+        }
+        if (APR_STATUS_IS_EAGAIN(rv) || (rv == APR_SUCCESS && n > 0)) {
+            /* poll says when there is more; the timer (which an earlier
+             * wake-up may have taken the place of) ends the wait */
+            wsp_ev_timer(L, ep, ep->linger_until);
             return;
         }
-        if (rv != APR_SUCCESS || n == 0) {
-            break;
-        }
-        if ((total += n) >= WSP_EV_LINGER_BUDGET) {
-            wsp_ev_activate(L, ep);   /* more next round, after others */
-            return;
-        }
+        break;
     }
     wsp_ev_release(L, ep);
 }

@@ -115,11 +115,14 @@ def fds(env):
 def settled_fds(env, samples=6, interval=0.1):
     """The children's descriptors at rest: the fewest over a moment (a
     connection just closed may linger for an instant)."""
-    n = fds(env)
-    for _ in range(samples - 1):
-        time.sleep(interval)
-        n = min(n, fds(env))
-    return n
+    n = None
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        if children(env):    # a sample that found no child says nothing
+            k = fds(env)
+            n = k if n is None else min(n, k)
+    return n or 0
 
 
 def fd_targets(env):
