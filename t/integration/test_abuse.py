@@ -88,6 +88,10 @@ def start(env, *locations, manager=False, extra=""):
     for path, backends, *lines in locations:
         body += env.location(path, backends, *CAPS, *lines)
     env.start_httpd(body + extra)
+    # A child lists as soon as it forks, before its child_init has opened
+    # the loops' pollsets: a served request proves it finished, so
+    # descriptors counted from here on are the child's at rest.
+    status_pipes(env)
 
 
 def abuser_logged(env, cid):
