@@ -32,6 +32,8 @@
 #define WSP_EV_LINGER_BUDGET (64 * 1024)
 #define WSP_EV_BATCH   256
 #define WSP_EV_RECHECK apr_time_from_msec(500)
+/* Events older than this may no longer tell the truth about a backend */
+#define WSP_EV_STALE 200
 
 int wsp_evloop_wanted = 1;
 int wsp_evloop_threads = 0;
@@ -84,6 +86,7 @@ typedef struct wsp_evloop_t {
     volatile int count;
     apr_uint32_t admin_epoch;      /* of the last look at drains */
     apr_time_t stop_seen;          /* the MPM began a graceful stop */
+    apr_time_t polled_at;          /* when the last poll returned */
     int closing_all;               /* its pipes were told 1001 */
     wsp_ev_t *active;
 } wsp_evloop_t;
@@ -277,6 +280,17 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         wsp_ev_finish(L, ep, now);
         return;
     }
+    /* Client bytes are about to go to the backend, and other pipes ran
+     * since poll spoke: the backend may have closed meanwhile (a killed
+     * backend ends thousands of connections at once), and what is
+     * written after its FIN is lost. A look (one recv that usually finds
+     * nothing) is paid only when the news is old. */
+    if ((ep->rev[WSP_SOCK_CLIENT] & APR_POLLIN)
+        && (ep->reg[WSP_SOCK_BACKEND] & APR_POLLIN)
+        && !(ep->rev[WSP_SOCK_BACKEND] & APR_POLLIN)
+        && apr_time_now() - L->polled_at > WSP_EV_STALE) {
+        ep->rev[WSP_SOCK_BACKEND] |= APR_POLLIN;
+    }
     wsp_pipe_run(p, ep->rev);
     memset(ep->rev, 0, sizeof(ep->rev));
     if (wsp_pipe_state(p) == WSP_ST_DONE) {
@@ -389,7 +403,7 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
             timeout = WSP_EV_RECHECK;
         }
         rv = apr_pollset_poll(L->ps, timeout, &n, &res);
-        now = apr_time_now();
+        now = L->polled_at = apr_time_now();
         for (i = 0; rv == APR_SUCCESS && i < n; i++) {
             wsp_ev_side_t *side = res[i].client_data;
 
