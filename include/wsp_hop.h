@@ -105,6 +105,8 @@ typedef struct {
                                             * it was last empty */
     int upgraded;
     int plain;                             /* no TLS on the connection */
+    int direct;                            /* plain, and the core holds no
+                                            * input: read the socket */
     int more_input;                        /* stopped reading early */
     int gone;
 } wsp_hop_t;

@@ -360,6 +360,42 @@ static int wsp_client_feed_brigade(wsp_pipe_t *p, apr_time_t now)
     return WSP_FEED_ALL;
 }
 
+/* A plain client once the core holds none of its input: one recv into a
+ * buffer of this thread's stack, fed at once. The core's own read would
+ * try the socket again after a short read ("be greedy") and find EAGAIN:
+ * a syscall in every round trip. What a paused feed leaves is kept in the
+ * client's brigade, where the next run takes it first. */
+#define WSP_DIRECT_CHUNK (16 * 1024)
+
+static apr_status_t wsp_client_recv(wsp_pipe_t *p, apr_time_t now,
+                                    apr_size_t want, apr_size_t *got,
+                                    int *res)
+{
+    wsp_hop_t *cl = p->client;
+    unsigned char buf[WSP_DIRECT_CHUNK];
+    apr_size_t n = want < sizeof(buf) ? want : sizeof(buf), used = 0;
+    apr_status_t rv = apr_socket_recv(cl->sock, (char *)buf, &n);
+
+    *got = 0;
+    *res = WSP_FEED_ALL;
+    if (rv == APR_SUCCESS && n == 0) {
+        rv = APR_EOF;
+    }
+    if (rv != APR_SUCCESS) {
+        return rv;
+    }
+    *got = n;
+    *res = wsp_client_feed(p, now, buf, n, &used);
+    if (*res == WSP_FEED_PAUSE && !cl->gone && used < n) {
+        apr_bucket *e = apr_bucket_heap_create((const char *)buf + used,
+                                               n - used, NULL,
+                                               cl->c->bucket_alloc);
+
+        APR_BRIGADE_INSERT_TAIL(cl->ibb, e);
+    }
+    return APR_SUCCESS;
+}
+
 int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
 {
     wsp_hop_t *cl = p->client;
@@ -406,12 +442,39 @@ int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
                     drained_early = 0;
                 }
             }
+            if (cl->direct) {
+                rv = wsp_client_recv(p, now, (apr_size_t)want, &got, &res);
+                if (APR_STATUS_IS_EAGAIN(rv)) {
+                    return progress;
+                }
+                if (rv != APR_SUCCESS) {
+                    wsp_client_gone(p, now, APR_STATUS_IS_EOF(rv)
+                                    ? "connection closed" : "read failed",
+                                    rv);
+                    return 1;
+                }
+                total += got;
+                cl->last_rx = now;
+                cl->ping_sent = 0;
+                progress = 1;
+                if (res != WSP_FEED_ALL || cl->gone) {
+                    if (res == WSP_FEED_PAUSE) {
+                        cl->more_input = 1;
+                    }
+                    return 1;
+                }
+                if (got < (apr_size_t)want && got < WSP_DIRECT_CHUNK) {
+                    return progress;  /* the kernel had no more */
+                }
+                continue;
+            }
             rv = ap_get_brigade(cl->c->input_filters, cl->ibb,
                                 AP_MODE_READBYTES, APR_NONBLOCK_READ, want);
             /* the core answers a non-blocking read with nothing to read
              * by an empty brigade, mod_ssl by EAGAIN */
             if (APR_STATUS_IS_EAGAIN(rv)
                 || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(cl->ibb))) {
+                cl->direct = cl->plain;   /* the core holds nothing */
                 return progress;
             }
             if (rv != APR_SUCCESS) {
@@ -428,6 +491,9 @@ int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
             total += got;
             cl->last_rx = now;
             cl->ping_sent = 0;
+            /* the core's greedy read stopped short of want: it found the
+             * socket empty and holds nothing more */
+            cl->direct = cl->plain && got < (apr_size_t)want;
         }
         progress = 1;
         res = wsp_client_feed_brigade(p, now);
