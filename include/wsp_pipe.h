@@ -55,8 +55,8 @@ struct wsp_pipe_t {
     const char *protocol;              /* pinned by the first backend */
     int pinned;                        /* protocol is settled (under the
                                         * registry's lock) */
-    apr_pool_t *rpool;                 /* what the current client's
-                                        * request gives every backend */
+    apr_pool_t *rpool;                 /* a newer client's fields, made
+                                        * at the first takeover */
     apr_table_t *fwd;                  /* forwarded headers */
     int connections;                   /* backend handshakes completed */
 

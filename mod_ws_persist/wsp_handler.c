@@ -146,6 +146,7 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
     const char *host = apr_table_get(r->headers_in, "Host");
     const char *conn = apr_table_get(r->headers_in, "Connection");
     const char *v;
+    apr_pool_t *pool = p->pool;
     int i;
 
     if (conf->location) {
@@ -155,13 +156,21 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
             path += n;
         }
     }
-    /* a connection that takes the pipe over brings its own */
-    apr_pool_clear(p->rpool);
-    p->fwd = apr_table_make(p->rpool, 8);
-    p->rest = apr_pstrcat(p->rpool, path, r->args ? "?" : "",
+    /* The first client's fields live in the pipe's pool (a subpool costs
+     * an idle pipe a block); a connection that takes the pipe over brings
+     * its own, into a pool cleared at each takeover. */
+    if (p->fwd) {
+        if (!p->rpool) {
+            apr_pool_create(&p->rpool, p->pool);
+        }
+        apr_pool_clear(p->rpool);
+        pool = p->rpool;
+    }
+    p->fwd = apr_table_make(pool, 8);
+    p->rest = apr_pstrcat(pool, path, r->args ? "?" : "",
                           r->args ? r->args : "", NULL);
     v = apr_table_get(r->headers_in, "Sec-WebSocket-Protocol");
-    p->offered = v ? apr_pstrdup(p->rpool, v) : NULL;
+    p->offered = v ? apr_pstrdup(pool, v) : NULL;
     for (i = 0; pass[i]; i++) {
         /* a header the client's Connection names is hop-by-hop */
         if (conn && wsp_header_has_token(conn, pass[i])) {

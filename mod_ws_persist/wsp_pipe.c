@@ -328,11 +328,6 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     p->conf = apr_pmemdup(pool, conf, sizeof(*conf));
     wsp_conf_pool_opts(conf, &p->opts);
     p->state = WSP_ST_CONNECTING;
-    if ((rv = apr_pool_create(&p->rpool, pool)) != APR_SUCCESS) {
-        apr_pool_destroy(pool);
-        return rv;
-    }
-    p->fwd = apr_table_make(p->rpool, 8);
     p->rest = "";
     wsp_queue_init(&p->q, pool, p->ba);
     apr_generate_random_bytes((unsigned char *)&p->rng, sizeof(p->rng));
