@@ -38,7 +38,10 @@ typedef struct {
     const char *offered;           /* Sec-WebSocket-Protocol we sent */
     int require_protocol;
     const char *protocol;          /* what the backend chose */
-    unsigned char *ibuf;           /* bytes read, ibuf[ipos..ilen) unused */
+    unsigned char *ibuf;           /* bytes read, ibuf[ipos..ilen) unused:
+                                    * NULL, this thread's buffer during a
+                                    * run, or own */
+    unsigned char *own;            /* made when a run left input unused */
     apr_size_t ipos;
     apr_size_t ilen;
     wsp_tls_t *tls;                /* wss:// once connected, else NULL */
@@ -73,6 +76,11 @@ apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc);
  * APR_EAGAIN, APR_EOF or an error. Over TLS it reads until ibuf is full
  * or the TLS layer would block. */
 apr_status_t wsp_bconn_fill(wsp_bconn_t *bc);
+
+/* At the end of a pipe's run: input left unused moves from the thread's
+ * read buffer to the connection's own. An idle connection holds no read
+ * buffer; the thread's is the next pipe's. */
+void wsp_bconn_settle(wsp_bconn_t *bc);
 
 /* Write to an open connection: as much as the socket takes now, *n says
  * how much; APR_EAGAIN: poll for POLLOUT before writing again. Over TLS

@@ -5,6 +5,8 @@
  * comment says how, and why mod_ssl's handshake runs on a coroutine.
  * Addresses come from the resolver (wsp_resolve.c), which looks names up
  * in a thread of its own: a connect never waits for DNS. */
+#include <pthread.h>
+#include <stdlib.h>
 #include <errno.h>
 
 #include <apr_strings.h>
@@ -79,7 +81,6 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
         wsp_bconn_close(bc);
         return rv;
     }
-    bc->ibuf = apr_palloc(p, WSP_IBUF_SIZE);
     *out = bc;
     return APR_SUCCESS;
 }
@@ -168,11 +169,59 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
     }
 }
 
+/* One read buffer per thread that runs pipes (a loop's thread, or a
+ * worker with its pipe), freed when the thread ends. Only the pages a
+ * read touched count. */
+static pthread_key_t wsp_rbuf_key;
+static pthread_once_t wsp_rbuf_once = PTHREAD_ONCE_INIT;
+
+static void wsp_rbuf_key_make(void)
+{
+    pthread_key_create(&wsp_rbuf_key, free);
+}
+
+static unsigned char *wsp_rbuf(void)
+{
+    unsigned char *b;
+
+    pthread_once(&wsp_rbuf_once, wsp_rbuf_key_make);
+    if (!(b = pthread_getspecific(wsp_rbuf_key))) {
+        if (!(b = malloc(WSP_IBUF_SIZE))) {
+            abort();                  /* as APR's pools do */
+        }
+        pthread_setspecific(wsp_rbuf_key, b);
+    }
+    return b;
+}
+
+void wsp_bconn_settle(wsp_bconn_t *bc)
+{
+    if (!bc->ibuf || bc->ibuf == bc->own) {
+        return;
+    }
+    if (bc->ipos == bc->ilen) {
+        bc->ibuf = NULL;
+        bc->ipos = bc->ilen = 0;
+        return;
+    }
+    if (!bc->own) {
+        bc->own = apr_palloc(bc->pool, WSP_IBUF_SIZE);
+    }
+    memcpy(bc->own, bc->ibuf + bc->ipos, bc->ilen - bc->ipos);
+    bc->ilen -= bc->ipos;
+    bc->ipos = 0;
+    bc->ibuf = bc->own;
+}
+
 apr_status_t wsp_bconn_fill(wsp_bconn_t *bc)
 {
     apr_size_t n;
     apr_status_t rv;
 
+    if (!bc->ibuf) {
+        bc->ibuf = wsp_rbuf();       /* settled: nothing unused in it */
+        bc->ipos = bc->ilen = 0;
+    }
     if (bc->ipos == bc->ilen) {
         bc->ipos = bc->ilen = 0;
     }

@@ -118,7 +118,23 @@ void wsp_pipe_set_driver(wsp_pipe_t *p,
     p->driver_baton = baton;
 }
 
+static void wsp_pipe_run_once(wsp_pipe_t *p,
+                              const apr_int16_t rev[WSP_SOCKS]);
+
 void wsp_pipe_run(wsp_pipe_t *p, const apr_int16_t rev[WSP_SOCKS])
+{
+    wsp_pipe_run_once(p, rev);
+    /* the thread's read buffer is the next pipe's */
+    if (p->b->bc) {
+        wsp_bconn_settle(p->b->bc);
+    }
+    if (p->b2->bc) {
+        wsp_bconn_settle(p->b2->bc);
+    }
+}
+
+static void wsp_pipe_run_once(wsp_pipe_t *p,
+                              const apr_int16_t rev[WSP_SOCKS])
 {
     apr_time_t now = apr_time_now();
     int rounds = 0, progress;
