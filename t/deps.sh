@@ -4,7 +4,8 @@
 set -e
 case "$1" in
     build) pkgs="apache2-dev uuid-dev gcc make" ;;
-    bench) pkgs="apache2 apache2-dev uuid-dev gcc make" ;;
+    # the peer columns: nginx, HAProxy and Caddy, each started by the bench
+    bench) pkgs="apache2 apache2-dev uuid-dev gcc make nginx haproxy caddy" ;;
     demo)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-websockets" ;;
     test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets python3-h2 openssl" ;;
     # libFuzzer and the sanitizer runtimes of clang 14 (Debian 12)
@@ -34,6 +35,17 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             service apache2 stop >/dev/null 2>&1 || true
             ;;
     esac
+    # so do nginx's and Caddy's (haproxy's enables itself): the bench runs
+    # its own instances on loopback
+    for svc in nginx haproxy caddy; do
+        case "$missing " in
+            *" $svc "*)
+                echo "stopping and disabling the $svc service the install set up"
+                systemctl disable --now "$svc" >/dev/null 2>&1 \
+                    || service "$svc" stop >/dev/null 2>&1 || true
+                ;;
+        esac
+    done
 else
     echo "missing Debian packages:$missing" >&2
     echo "install them with: sudo apt-get install$missing" >&2

@@ -29,9 +29,19 @@
  *               lost, duplicated, reordered or truncated echoes. With
  *               --on-port P a connection is only measured if the backend
  *               answers "whoami" with "port P" (others stay open, idle).
+ *               The gap percentiles are over every measured pipe: one
+ *               that was dropped or never echoed after the kill counts as
+ *               a gap of the whole window (--timeout); gap_recovered_*
+ *               are over the recovered pipes only.
  *   idle        opens the connections, prints {"event":"established",...}
  *               and waits for a line on stdin; then every connection
  *               sends one message and the echoes are checked.
+ *
+ * Exit status: 0 when the figures are clean; 3 when they are not (fewer
+ * connections opened than asked, a connection failed, dropped while
+ * measured (rtt, throughput, idle), a truncated or oversized echo, an idle
+ * echo missing, or in failover mode no kill); the JSON line is printed
+ * either way. 1 or 2: could not run at all.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -1424,8 +1434,10 @@ static void report_failover(const totals_t *t)
     uint64_t *quiet = calloc((size_t)t->counted + 1, sizeof(uint64_t));
     uint64_t *drops = calloc((size_t)t->counted + 1, sizeof(uint64_t));
     uint64_t lost = 0, lost_post = 0, dups = 0, reord = 0, sent = 0;
+    uint64_t *all = calloc((size_t)t->counted + 1, sizeof(uint64_t));
     uint64_t kill_ns = atomic_load(&g_kill_ns);
-    size_t ng = 0, nq = 0, nd = 0;
+    uint64_t window = (uint64_t)(O.timeout * NS_PER_S);
+    size_t ng = 0, nq = 0, nd = 0, na = 0;
     int i, j, stalled = 0, k, codes[8][2], ncodes = 0;
 
     for (i = 0; i < O.threads; i++) {
@@ -1441,6 +1453,9 @@ static void report_failover(const totals_t *t)
             dups += c->dups;
             reord += c->reordered;
             quiet[nq++] = c->max_quiet;
+            /* a pipe that never echoed after the kill waited the whole
+             * window: it counts as that, not as nothing */
+            all[na++] = c->gap_ns != UINT64_MAX ? c->gap_ns : window;
             if (c->gap_ns != UINT64_MAX) {
                 gaps[ng++] = c->gap_ns;
             }
@@ -1462,6 +1477,7 @@ static void report_failover(const totals_t *t)
             }
         }
     }
+    qsort(all, na, sizeof(*all), cmp_u64);
     qsort(gaps, ng, sizeof(*gaps), cmp_u64);
     qsort(quiet, nq, sizeof(*quiet), cmp_u64);
     qsort(drops, nd, sizeof(*drops), cmp_u64);
@@ -1479,19 +1495,24 @@ static void report_failover(const totals_t *t)
     }
     printf("},\"killed\":%s,\"interval_ms\":%g,\"recovered\":%zu,"
            "\"dropped_after_kill\":%zu,\"stalled\":%d,"
+           "\"gap_window_ms\":%.3f,"
            "\"gap_p50_ms\":%.3f,\"gap_p99_ms\":%.3f,\"gap_max_ms\":%.3f,"
+           "\"gap_recovered_p50_ms\":%.3f,\"gap_recovered_p99_ms\":%.3f,"
            "\"drop_p50_ms\":%.3f,\"drop_p99_ms\":%.3f,"
            "\"quiet_before_p99_ms\":%.3f,"
            "\"sent\":%llu,\"lost\":%llu,\"lost_sent_after_kill\":%llu,"
            "\"duplicated\":%llu,\"reordered\":%llu}\n",
            kill_ns ? "true" : "false", O.interval_ms, ng, nd, stalled,
+           (double)window / 1e6,
+           pct_sorted(all, na, 50) / 1e6, pct_sorted(all, na, 99) / 1e6,
+           na ? (double)all[na - 1] / 1e6 : 0.0,
            pct_sorted(gaps, ng, 50) / 1e6, pct_sorted(gaps, ng, 99) / 1e6,
-           ng ? (double)gaps[ng - 1] / 1e6 : 0.0,
            pct_sorted(drops, nd, 50) / 1e6, pct_sorted(drops, nd, 99) / 1e6,
            pct_sorted(quiet, nq, 99) / 1e6,
            (unsigned long long)sent, (unsigned long long)lost,
            (unsigned long long)lost_post, (unsigned long long)dups,
            (unsigned long long)reord);
+    free(all);
     free(gaps);
     free(quiet);
     free(drops);
@@ -1504,6 +1525,7 @@ int main(int argc, char **argv)
     int i, per, rest;
     totals_t t;
     uint64_t t_open;
+    int unclean = 0;
 
     parse_args(argc, argv);
     signal(SIGPIPE, SIG_IGN);
@@ -1583,6 +1605,14 @@ int main(int argc, char **argv)
         pthread_join(tids[i], NULL);
     }
     sum_up(&t);
+    /* figures from fewer connections than asked, or with errors, are not
+     * the figures asked for */
+    if (t.counted < O.conns || t.failed || t.badlen
+        || (O.mode != M_FAILOVER && t.dropped_run)
+        || (O.mode == M_FAILOVER && O.kill_pid > 0
+            && !atomic_load(&g_kill_ns))) {
+        unclean = 1;
+    }
     if (O.mode == M_RTT || O.mode == M_TPUT) {
         hist_t h;
 
@@ -1633,7 +1663,10 @@ int main(int argc, char **argv)
         }
         print_common("idle", &t);
         printf(",\"verified\":%d,\"verify_failed\":%d}\n", ok, bad);
+        if (bad || ok < t.counted) {
+            unclean = 1;
+        }
     }
     fflush(stdout);
-    return 0;
+    return unclean ? 3 : 0;
 }
