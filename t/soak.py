@@ -11,7 +11,8 @@ connects --clients clients that each stream numbered messages
 ("c<k>:<n>:...") at --rate messages a second, and for --duration seconds
 SIGKILLs a random backend every --kill-every seconds (never the last one
 up) and restarts it after 0.2-1 s. Meanwhile, through the
-ws-persist-manager, it drains a random backend every --drain-every seconds
+ws-persist-manager, it drains the backend with the most pipes every
+--drain-every seconds
 and enables it again half that later, so pipes move between backends
 while others fail over; httpd runs --children children sharing the
 backend state. Then it stops sending, lets the echoes drain, closes the
@@ -411,16 +412,29 @@ async def chaos(env, backends, args, stats):
         await asyncio.gather(*list(tasks))
 
 
+def busiest(env, backends):
+    """The backend with the most live pipes, as the manager counts them
+    (ties: a random one). The kills tend to pile every pipe onto one
+    backend (the others back off after their failures), and a drain of
+    a backend without pipes moves nothing."""
+    doc = wsp_manage.state(env)
+    pipes = {b["url"]: b["pipes"]
+             for b in wsp_manage.pool_of(doc)["backends"]}
+    most = max(pipes.get(be.url, 0) for be in backends)
+    return random.choice([be for be in backends
+                          if pipes.get(be.url, 0) == most])
+
+
 async def drainer(env, backends, args, stats):
-    """Drain a random backend every --drain-every s through the manager,
-    and enable it again half that later."""
+    """Drain the busiest backend every --drain-every s through the
+    manager, and enable it again half that later."""
     loop = asyncio.get_running_loop()
     end = time.monotonic() + args.duration
     if args.drain_every <= 0:
         return
     while time.monotonic() < end:
         await asyncio.sleep(args.drain_every / 2)
-        be = random.choice(backends)
+        be = await loop.run_in_executor(None, busiest, env, backends)
         for action in ("drain", "enable"):
             status, _, body = await loop.run_in_executor(
                 None, wsp_manage.post, env, action, be.url)
