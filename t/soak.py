@@ -700,7 +700,7 @@ def account(clients, backends, kills, log):
                 seqs.append(ks)
             if part and part[1]:
                 partials.setdefault(part[1], []).append(c)
-            if not c.proxy_end and (c.msgs or cp.unread or cp.after):
+            if not c.proxy_end:
                 res["unnoticed_kills"].append(c)
             if cp.how == "fin" and c.proxy_end:
                 res["fin_to_proxy_ms"].append(
@@ -748,7 +748,8 @@ def classify(ds, partials):
     pe = c.proxy_end
     pe_text = "proxy: %s (%s) %+.1f ms after the %s" % (
         pe[1], pe[2], (pe[0] - cp.end_t) * 1000, cp.how) \
-        if pe and cp else "proxy: %s" % (pe[1:] if pe else "no end line")
+        if pe and cp else "proxy: %s" % (
+            "%s (%s)" % pe[1:] if pe else "no end line")
     if kind == "unread":
         return "unread_at_kill", "whole in %s's socket at the kill; %s" % (
             c.label(), pe_text)
@@ -834,11 +835,13 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
         ("  allowed: in flight at kill", len(b["in_flight_at_kill"]), None),
         ("  allowed: unread at kill", len(b["unread_at_kill"]), None),
         ("  allowed: written after FIN", len(b["written_after_fin"]), None),
-        ("  allowed: echo cut by reset", len(b["echo_cut_by_reset"]), None),
-        ("  echo lost (echoed, never delivered)", len(b["echo_lost"]),
-         "nonzero"),
+        ("  echo-path losses (echoed, client never got it)",
+         len(b["echo_cut_by_reset"]) + len(b["echo_lost"]), None),
+        ("    allowed: cut by the reset", len(b["echo_cut_by_reset"]), None),
+        ("    not allowed", len(b["echo_lost"]), "nonzero"),
         ("  unexplained", len(b["unexplained"]), "nonzero"),
-        ("frames written after a FIN (all)", acc["after_fin_frames"], None),
+        ("frames written after a FIN (lost or not)", acc["after_fin_frames"],
+         None),
         ("duplicates at clients",
          sum(c.duplicates for c in clients), "nonzero"),
         ("out of order at clients",
@@ -856,13 +859,16 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
     ]
     failed = []
     print("\nsoak report (driver %s)" % wsp_env.DRIVER)
-    print("  %-48s %10s  %s" % ("", "count", ""))
+    print("  %-50s %10s  %-9s %s" % ("", "count", "rule", "verdict"))
     for key, v, when in rows:
         bad = (when == "zero" and not v) or (when == "nonzero" and v)
         if bad:
             failed.append(key.strip())
-        print("  %-48s %10s  %s" % (key, v, "FAIL" if bad else (
-            "allowed" if key.strip().startswith("allowed") else "")))
+        rule = {"zero": "> 0", "nonzero": "0"}.get(when, "")
+        allowed = key.strip().startswith("allowed")
+        print("  %-50s %10s  %-9s %s" % (
+            key, v, "allowed" if allowed else rule,
+            "FAIL" if bad else ("ok" if when else "")))
     for k, why in dropped[:10]:
         print("  dropped: client %d: %s" % (k, why))
     for l in crashes[:10]:
@@ -893,11 +899,10 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
         for cl, seq, why in b[bucket][:20]:
             print("  %s: client %d seq %d sent %s: %s" % (
                 bucket, cl.k, seq, when(cl, seq), why))
-    if args.verbose:
-        for bucket in ALLOWED:
-            for cl, seq, why in b[bucket][:5]:
-                print("  %s: client %d seq %d sent %s: %s" % (
-                    bucket, cl.k, seq, when(cl, seq), why))
+    for bucket in ALLOWED:
+        for cl, seq, why in b[bucket][:10 if args.verbose else 2]:
+            print("  %s: client %d seq %d sent %s: %s" % (
+                bucket, cl.k, seq, when(cl, seq), why))
     out = {key.strip(): v for key, v, _ in rows}
     out["failed"] = failed
     Path("build").mkdir(exist_ok=True)
@@ -924,7 +929,7 @@ def main():
     ap.add_argument("--keep", action="store_true",
                     help="keep the server root (logs) afterwards")
     ap.add_argument("--verbose", action="store_true",
-                    help="also list some allowed losses with their evidence")
+                    help="list more allowed losses with their evidence")
     args = ap.parse_args()
     if args.backends < 2:
         ap.error("--backends must be at least 2")
