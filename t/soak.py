@@ -44,13 +44,20 @@ The buckets of missing messages:
   unread at kill      X's copy held the rest of it (the part the backend
                       had read is in its log, "partial"): the whole frame
                       was in X's socket at the kill: allowed.
+                      Both need the proxy's line for X's end ("backend
+                      interrupted", "draining backend ... let go") after
+                      X's reset or FIN: the proxy wrote the message
+                      before it learned that X had ended.
   written after FIN   the whole frame arrived on X's copy after the FIN
                       and before the proxy closed X, and the proxy's own
                       line for X's end says it learned it from that FIN
                       ("backend interrupted (connection closed)", logged
                       after the FIN): allowed. Any other proxy account of
                       X's end (none, a later reset or ping, a write
-                      error) excuses nothing.
+                      error) excuses nothing. (The soak's read time of
+                      a frame is no bound on when it arrived, so frames
+                      are not timed against the proxy's line; a proxy
+                      that never acts on the FIN holds X and fails.)
   echo cut by reset   X echoed it into the kernel, X was ended with a
                       reset, and the echo's last byte lies in the part of
                       X's output the proxy's kernel had not acknowledged
@@ -751,7 +758,10 @@ def classify(ds, partials):
         if pe and cp else "proxy: %s" % (
             "%s (%s)" % pe[1:] if pe else "no end line")
     if kind == "unread":
-        return "unread_at_kill", "whole in %s's socket at the kill; %s" % (
+        if pe and pe[0] >= cp.end_t:
+            return "unread_at_kill", "whole in %s's socket at the kill; " \
+                "%s" % (c.label(), pe_text)
+        return "unexplained", "whole in %s's socket at the kill, but %s" % (
             c.label(), pe_text)
     if kind == "after_fin":
         if pe and pe[1] == "interrupted" and pe[2] == "connection closed" \
