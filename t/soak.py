@@ -3,12 +3,14 @@
 
     /usr/bin/python3 t/soak.py [--duration 120] [--clients 50]
         [--backends 3] [--rate 20] [--kill-every 0.3] [--driver event]
-        [--children 2] [--drain-every 2]
+        [--children 2] [--drain-every 2] [--big-every 50] [--hang 0.03]
 
 Starts the real apache2 with the built module in front of --backends echo
 backends (t/soak_backend.py, each logging what it reads and echoes),
 connects --clients clients that each stream numbered messages
-("c<k>:<n>:...") at --rate messages a second, and for --duration seconds
+("c<k>:<n>:...", up to 2 KB; one in --big-every 64-512 KB, sent in
+32 KB fragments 2-10 ms apart) at --rate
+messages a second, and for --duration seconds
 SIGKILLs a random backend every --kill-every seconds (never the last one
 up) and restarts it after 0.2-1 s. Meanwhile, through the
 ws-persist-manager, it drains the backend with the most pipes every
@@ -98,6 +100,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -139,14 +142,17 @@ class SoakBackend(wsp_env.Backend):
 
 
 class Client:
-    def __init__(self, k, env, rate):
+    def __init__(self, k, env, rate, big):
         self.k = k
         self.env = env
         self.rate = rate
+        self.big = big                 # chance of a large message
         self.id = new_id()
         self.sent = 0
         self.sent_wall = {}            # seq -> time.time() sent
+        self.sizes = {}                # seq -> length sent
         self.got = set()
+        self.corrupt = 0               # echoes unlike what was sent
         self.last = -1
         self.duplicates = 0
         self.out_of_order = 0
@@ -167,14 +173,31 @@ class Client:
         try:
             period = 1.0 / self.rate
             while not self.stop and not self.dropped:
-                pad = "x" * random.randint(0, 2000)
+                big = random.random() < self.big
+                pad = "x" * (random.randint(64 << 10, 512 << 10) if big
+                             else random.randint(0, 2000))
                 msg = "c%d:%d:%s" % (self.k, self.sent, pad)
                 self.sent_wall[self.sent] = time.time()
-                await self.ws.send(msg)
+                self.sizes[self.sent] = len(msg)
+                if big:
+                    # now and then a large one, in fragments that take
+                    # their time: the proxy passes on each as it comes,
+                    # so kills find messages half written, which the
+                    # proxy must send again whole
+                    await self.ws.send(self.trickle(msg))
+                else:
+                    await self.ws.send(msg)
                 self.sent += 1
                 await asyncio.sleep(period * random.uniform(0.5, 1.5))
         except websockets.ConnectionClosed as e:
             self.dropped = self.dropped or "closed while sending: %s" % e
+
+    @staticmethod
+    async def trickle(msg, size=32 << 10):
+        for i in range(0, len(msg), size):
+            if i:
+                await asyncio.sleep(random.uniform(0.002, 0.01))
+            yield msg[i:i + size]
 
     async def read(self):
         try:
@@ -184,6 +207,9 @@ class Client:
                     self.dropped = "foreign message %r" % m[:60]
                     return
                 seq = int(mt.group(2))
+                if len(m) != self.sizes.get(seq) \
+                        or m.count("x") != len(m) - mt.end():
+                    self.corrupt += 1
                 if seq in self.got:
                     self.duplicates += 1
                     continue
@@ -293,17 +319,40 @@ class Copy:
             self.finish(time.time())
 
 
-def kill_keeping_sockets(be, stats):
+def drain(s, quiet=0.003):
+    """What s holds, and what still comes while it keeps arriving: read
+    until nothing came for quiet seconds (the proxy's kernel sends what
+    its send queue held as soon as the window opens). Returns (data,
+    whether s saw its peer's end)."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 20)
+        except BlockingIOError:
+            if not select.select([s], [], [], quiet)[0]:
+                return data, False
+            continue
+        except ConnectionError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+
+
+async def kill_keeping_sockets(be, stats, hang):
     """SIGKILL a backend, first taking copies of its connections' sockets
     (pidfd_getfd), so that what the proxy wrote into them and the dead
-    process never read can be read back. Then the copies end as the
+    process never read can be read back. It hangs (stopped) hang seconds
+    first, as a dying backend may: the proxy's writes fill its sockets,
+    and a large message is left half written. Then the copies end as the
     kernel would have ended them: a reset where data was unread, else a
     FIN. Returns the kill's record."""
     pid = be.proc.pid
     kill = {"pid": pid, "name": be.name, "port": be.port,
-            "frozen": freeze_idle(pid), "copies": []}
+            "frozen": freeze_idle(pid), "copies": [], "hang": hang}
     if not kill["frozen"]:
         stats["freeze_failed"] += 1
+    await asyncio.sleep(hang)
     pidfd = os.pidfd_open(pid)
     try:
         for name in os.listdir("/proc/%d/fd" % pid):
@@ -343,12 +392,12 @@ def kill_keeping_sockets(be, stats):
         if cp.unread:
             # unread data: the kernel answers the death with a reset,
             # which throws away the output the peer has not acknowledged
+            # and what the proxy's kernel still holds for it: so first
+            # all of that (what the proxy completely wrote) is read
+            more, _ = drain(s)
+            cp.unread += more
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                          struct.pack("ii", 1, 0))
-            try:
-                cp.unread += s.recv(1 << 20)   # what landed meanwhile
-            except (BlockingIOError, ConnectionError):
-                pass
             q = fcntl.ioctl(s.fileno(), termios.TIOCOUTQ,
                             struct.pack("i", 0))
             cp.outq = struct.unpack("i", q)[0]
@@ -409,7 +458,8 @@ async def chaos(env, backends, args, stats):
             continue
         be = random.choice(sorted(up, key=lambda b: b.name))
         up.discard(be)
-        kill = kill_keeping_sockets(be, stats)
+        kill = await kill_keeping_sockets(
+            be, stats, random.uniform(0, args.hang) if args.hang else 0)
         stats["kill_list"].append(kill)
         for cp in kill["copies"]:
             if cp.closed_t is None:
@@ -472,7 +522,9 @@ async def soak(args, env):
     wsp_env.wait_until(lambda: len(env.httpd.children()) == args.children,
                        20, what="%d children" % args.children)
     child = env.httpd.children()
-    clients = [Client(k, env, args.rate) for k in range(args.clients)]
+    clients = [Client(k, env, args.rate,
+                      1.0 / args.big_every if args.big_every > 0 else 0)
+               for k in range(args.clients)]
     tasks = [asyncio.ensure_future(c.run()) for c in clients]
     stats = {"kill_list": [], "drains": 0, "freeze_failed": 0}
     t0 = time.monotonic()
@@ -509,43 +561,54 @@ async def soak(args, env):
 # the evidence
 
 
-def frames_from(data):
-    """The client frames (masked) in data, which starts at a frame
-    boundary: [(end offset, opcode, (k, seq) or None)] of the whole ones,
-    and the part of a last one (its start offset, (k, seq) if its head is
-    in) or None."""
+def frames_from(data, msg=None):
+    """The client messages (masked frames, fragmented or not) in data,
+    which starts at a frame boundary, msg the head of a message whose
+    first fragments came before (or None). Returns [(offset after its last
+    fragment, (k, seq) or None)] of the messages whose last fragment is
+    whole in data, and the (k, seq) of a message cut short by the end of
+    data (None if there is none or it cannot be named)."""
     out = []
     i = 0
+    cur = None
+    if msg is not None:
+        m = MSG_RE.match(msg)
+        cur = (int(m.group(1)), int(m.group(2))) if m else ("?",)
     while True:
         if i + 2 > len(data):
-            return out, ((i, None) if i < len(data) else None)
+            break
         b0, b1 = data[i], data[i + 1]
         n = b1 & 0x7F
         off = i + 2
         if n == 126:
             if off + 2 > len(data):
-                return out, (i, None)
+                break
             n = struct.unpack("!H", data[off:off + 2])[0]
             off += 2
         elif n == 127:
             if off + 8 > len(data):
-                return out, (i, None)
+                break
             n = struct.unpack("!Q", data[off:off + 8])[0]
             off += 8
         if not b1 & 0x80:
             raise ValueError("unmasked frame at %d" % i)
         if off + 4 > len(data):
-            return out, (i, None)
+            break
         key = data[off:off + 4]
         off += 4
-        head = bytes(b ^ key[j % 4] for j, b in
-                     enumerate(data[off:min(off + 24, off + n)]))
-        m = MSG_RE.match(head.decode("latin-1"))
-        ident = (int(m.group(1)), int(m.group(2))) if m else None
+        op = b0 & 0x0F
+        if op in (1, 2):
+            head = bytes(b ^ key[j % 4] for j, b in
+                         enumerate(data[off:min(off + 24, off + n)]))
+            m = MSG_RE.match(head.decode("latin-1"))
+            cur = (int(m.group(1)), int(m.group(2))) if m else ("?",)
         if off + n > len(data):
-            return out, (i, ident)
-        out.append((off + n, b0 & 0x0F, ident))
+            break
         i = off + n
+        if op in (0, 1, 2) and b0 & 0x80:
+            out.append((i, cur if cur and len(cur) == 2 else None))
+            cur = None
+    return out, (cur if cur and len(cur) == 2 else None)
 
 
 class BConn:
@@ -563,7 +626,7 @@ class BConn:
         self.resume = hget(e["headers"], "X-WS-Persist-Resume")
         self.msgs = []                 # msg events
         self.kout = 0                  # output the kernel took, last known
-        self.partial = ""              # bytes read, unused: last known
+        self.partial = (0, "", None)   # what it held: last known
         self.end = None                # its "end" event
         self.copy = None               # Copy when it was open at a kill
         self.proxy_end = None          # the proxy's line for its end
@@ -590,7 +653,7 @@ def backend_conns(backends):
             elif e["ev"] == "out":
                 c.kout = max(c.kout, e["kout"])
             elif e["ev"] == "partial":
-                c.partial = e["hex"]
+                c.partial = (e["have"], e["hex"], e["msg"])
             elif e["ev"] == "end":
                 c.end = e
     return conns
@@ -684,18 +747,22 @@ def account(clients, backends, kills, log):
             seqs.append(ks)
         cp = c.copy
         if cp is not None:
-            pre = bytes.fromhex(c.partial)
-            stream = pre + cp.unread
+            # what the backend held: one frame's start, of which the log
+            # has the header and the head; the rest of its bytes only
+            # matter by their number
+            have, head, msg = c.partial
+            pre = bytes.fromhex(head)
+            stream = pre + bytes(have - len(pre)) + cp.unread
             marks = [len(stream)]
             for t, data in cp.after:
                 stream += data
                 marks.append((len(stream), t))
             try:
-                whole, part = frames_from(stream)
+                whole, part = frames_from(stream, msg)
             except ValueError as e:
                 res["unparsed_copies"].append((c, str(e)))
                 whole, part = [], None
-            for end, op, ks in whole:
+            for end, ks in whole:
                 if ks is None:
                     continue
                 if end <= marks[0]:
@@ -705,8 +772,8 @@ def account(clients, backends, kills, log):
                     deliv.setdefault(ks, []).append(("after_fin", c, t))
                     res["after_fin_frames"] += 1
                 seqs.append(ks)
-            if part and part[1]:
-                partials.setdefault(part[1], []).append(c)
+            if part:
+                partials.setdefault(part, []).append(c)
             if not c.proxy_end:
                 res["unnoticed_kills"].append(c)
             if cp.how == "fin" and c.proxy_end:
@@ -740,6 +807,12 @@ def account(clients, backends, kills, log):
             buckets[bucket].append((cl, seq, why))
     res["buckets"] = buckets
     res["conns"] = conns
+    # frames cut by a kill: the proxy must send them again, whole
+    res["cut"] = len(partials)
+    res["cut_replayed"] = sum(
+        1 for ks in partials
+        if any(d[0] == "recv" for d in deliv.get(ks, []))
+        or (ks[0] < len(clients) and ks[1] in clients[ks[0]].got))
     return res
 
 
@@ -852,6 +925,11 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
         ("  unexplained", len(b["unexplained"]), "nonzero"),
         ("frames written after a FIN (lost or not)", acc["after_fin_frames"],
          None),
+        ("messages cut at a kill (part in the socket)", acc["cut"], None),
+        ("  then received whole by another connection", acc["cut_replayed"],
+         None),
+        ("echoes unlike the message sent", sum(c.corrupt for c in clients),
+         "nonzero"),
         ("duplicates at clients",
          sum(c.duplicates for c in clients), "nonzero"),
         ("out of order at clients",
@@ -932,6 +1010,12 @@ def main():
     ap.add_argument("--rate", type=float, default=20,
                     help="messages per second per client")
     ap.add_argument("--kill-every", type=float, default=0.3)
+    ap.add_argument("--hang", type=float, default=0.03,
+                    help="a killed backend hangs (stopped) up to this many "
+                    "s before it dies")
+    ap.add_argument("--big-every", type=float, default=50,
+                    help="one message in this many (on average) is 64-512 "
+                    "KB instead of up to 2 KB; 0: none")
     ap.add_argument("--children", type=int, default=2)
     ap.add_argument("--drain-every", type=float, default=2.0)
     ap.add_argument("--driver", choices=sorted(wsp_env.DRIVER_CONF),

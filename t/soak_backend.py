@@ -19,22 +19,26 @@ Log lines (JSON, flushed at once); every one has "ev", "name", "pid" and
     {"ev": "open", "conn": N, "peer": proxy-side port, "headers": {...}}
     {"ev": "msg", "conn": N, "head": first 64 characters, "whole": true,
      "end": E, "kout": K}
-        a data frame arrived whole; its echo was queued and ends at byte
+        a data message arrived whole (its last fragment did); its echo,
+        one frame, was queued and ends at byte
         E of this connection's output stream (the 101 included); K bytes
         of that stream had been accepted by the kernel when the callback
         logged it: the echo is in the kernel iff K >= E
     {"ev": "out", "conn": N, "kout": K}
         the kernel accepted more output (logged at the end of any callback
         where it changed and no "msg" line said so)
-    {"ev": "partial", "conn": N, "hex": H}
-        at the end of a callback, the bytes read but not yet used (the
-        start of a frame whose rest has not arrived), hex; "" once none
-        are left. The last one before a kill is what the process held.
+    {"ev": "partial", "conn": N, "have": B, "hex": H, "msg": M}
+        at the end of a callback, when it changed: B bytes read but not
+        yet used (the start of one frame whose rest has not arrived; 0
+        once none are left), the first 64 of them in hex (its header and
+        the head of its payload), and M the head of the message whose
+        first fragments it has (null when none). The last one before a
+        kill is what the process held.
     {"ev": "close", "conn": N, "code": C}   a close frame, answered
     {"ev": "end", "conn": N, "how": "eof" | "reset" | "closed"}
-Echoes every text or binary frame (unfragmented only: the soak sends no
-fragments), answers pings, answers a close then closes once its output is
-out.
+Echoes every text or binary message in one frame once it is whole (the
+proxy may fragment a message differently than the client sent it),
+answers pings, answers a close then closes once its output is out.
 """
 
 import argparse
@@ -51,6 +55,7 @@ import time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HEAD = 64
+RCVBUF = 64 << 10
 
 
 def unmask(data, key):
@@ -83,7 +88,9 @@ class Conn:
         self.qend = 0                  # output bytes queued, ever
         self.kout = 0                  # output bytes the kernel took
         self.kout_logged = 0
-        self.partial_logged = b""
+        self.partial_logged = (0, b"", None)
+        self.msg_op = None
+        self.parts = None              # the fragments of a message so far
         self.open = False
         self.closing = False           # close once the output is out
         self.gone = False
@@ -179,14 +186,24 @@ class Conn:
             return False
         key = b[off:off + 4]
         off += 4
+        fin = b[0] & 0x80
         op = b[0] & 0x0F
         payload = unmask(b[off:off + n], key)
         self.buf = b[off + n:]
-        if op in (1, 2):
-            self.send(frame(op, payload))
-            self.event("msg", head=payload[:HEAD].decode("latin-1"),
-                       whole=True, end=self.qend, kout=self.kout)
-            self.kout_logged = self.kout
+        if op in (0, 1, 2):
+            # the proxy frames messages its own way: a large one comes
+            # in fragments, and is whole with its last one
+            if op:
+                self.msg_op, self.parts = op, [payload]
+            else:
+                self.parts.append(payload)
+            if fin:
+                payload = b"".join(self.parts)
+                self.parts = None
+                self.send(frame(self.msg_op, payload))
+                self.event("msg", head=payload[:HEAD].decode("latin-1"),
+                           whole=True, end=self.qend, kout=self.kout)
+                self.kout_logged = self.kout
         elif op == 9:
             self.send(frame(10, payload))
         elif op == 8:
@@ -204,9 +221,13 @@ class Conn:
         if self.kout != self.kout_logged:
             self.event("out", kout=self.kout)
             self.kout_logged = self.kout
-        if self.buf != self.partial_logged:
-            self.event("partial", hex=self.buf.hex())
-            self.partial_logged = self.buf
+        state = (len(self.buf), self.buf[:HEAD],
+                 self.parts[0][:HEAD] if self.parts else None)
+        if state != self.partial_logged:
+            self.event("partial", have=state[0], hex=state[1].hex(),
+                       msg=None if state[2] is None
+                       else state[2].decode("latin-1"))
+            self.partial_logged = state
 
     def writable(self):
         self.flush()
@@ -253,6 +274,10 @@ class Server:
     def run(self):
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # small receive buffers (the connections inherit them): a large
+        # message fills one, so kills find messages half written, which
+        # the proxy must send again whole
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         ls.bind(("127.0.0.1", self.port))
         ls.listen(512)
         ls.setblocking(False)
