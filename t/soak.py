@@ -8,49 +8,55 @@
 Starts the real apache2 with the built module in front of --backends echo
 backends (t/soak_backend.py, each logging what it reads and echoes),
 connects --clients clients that each stream numbered messages
-("c<k>:<n>:...", up to 2 KB; one in --big-every 64-512 KB, sent in
-32 KB fragments 2-10 ms apart) at --rate
-messages a second, and for --duration seconds
-SIGKILLs a random backend every --kill-every seconds (never the last one
-up) and restarts it after 0.2-1 s. Meanwhile, through the
-ws-persist-manager, it drains the backend with the most pipes every
---drain-every seconds
-and enables it again half that later, so pipes move between backends
-while others fail over; httpd runs --children children sharing the
-backend state. Then it stops sending, lets the echoes drain, closes the
-clients, stops httpd and accounts for every message.
+("c<k>:<n>:...", up to 2 KB; one in --big-every of 64-512 KB, sent in
+32 KB fragments 2-10 ms apart) at --rate messages a second, and for
+--duration seconds SIGKILLs a random backend every --kill-every seconds
+(never the last one up) and restarts it after 0.2-1 s. Meanwhile,
+through the ws-persist-manager, it drains the backend with the most pipes
+every --drain-every seconds and enables it again half that later, so
+pipes move between backends while others fail over; httpd runs
+--children children sharing the backend state. Then it stops sending,
+lets the echoes drain, closes the clients, stops httpd and accounts for
+every message: each echo must be the message sent, and each missing one
+needs evidence.
 
 A missing message (sent, never echoed to its client) is allowed only with
 evidence, for one backend connection X of that client, that DESIGN §3
 allows its loss at that moment: it was completely written to X before X
-ended, and X's echo of it never left X. Everything else fails the run.
+ended, and X's echo of it never left X (or left it, and the end of X
+threw it away before the proxy's kernel had it). Everything else fails
+the run. No time window excuses anything.
 
 How X ends: each kill stops the backend between two callbacks (SIGSTOP
 while it waits in epoll_wait: then its log says everything it read,
-echoed and still held), takes copies of its connections' sockets
-(pidfd_getfd, as root), SIGKILLs it and reads from the copies what the
-dead process never read. Then each copy ends as the kernel ends a dead
-process's socket: with a reset if data was unread (the soak first notes
-how much of the backend's output the proxy's kernel had not acknowledged,
-SIOCOUTQ: the reset throws that away), else with a FIN. After a FIN the
-copy keeps reading until the proxy closes its end, recording what the
-proxy still wrote; a proxy that keeps a connection 15 s after its FIN
-fails the run.
+echoed and still held), lets it hang up to --hang s (the proxy's
+writes pile up in its sockets, whose receive buffers are small), takes
+copies of its connections' sockets (pidfd_getfd, as root), SIGKILLs it
+and reads from the copies what the dead process never read. Then each
+copy ends as the kernel ends a dead process's socket: with a reset if
+data was unread (first the copy is read until nothing more comes, so
+that what the proxy's kernel still held for it counts as written, and
+the soak notes how much of the backend's output the proxy's kernel had
+not acknowledged, SIOCOUTQ: the reset throws that away), else with a
+FIN. After a FIN the copy keeps reading until the proxy closes its end,
+recording what the proxy still wrote; a proxy that keeps a connection
+15 s after its FIN fails the run.
 
 The buckets of missing messages:
 
-  in flight at kill   X logged it whole (t/soak_backend.py logs a frame
-                      once it is whole, never a part of one) and the
+  in flight at kill   X logged it whole (t/soak_backend.py logs a message
+                      once its last fragment is in, never a part) and the
                       process was killed while X was open, before the
                       kernel had taken its echo: allowed.
-  unread at kill      X's copy held the rest of it (the part the backend
-                      had read is in its log, "partial"): the whole frame
-                      was in X's socket at the kill: allowed.
+  unread at kill      X's copy held all of it, or the rest of what the
+                      backend had read of it (in its log, "partial"): the
+                      whole message was in X's socket at the kill:
+                      allowed.
                       Both need the proxy's line for X's end ("backend
                       interrupted", "draining backend ... let go") after
                       X's reset or FIN: the proxy wrote the message
                       before it learned that X had ended.
-  written after FIN   the whole frame arrived on X's copy after the FIN
+  written after FIN   the whole message came on X's copy after the FIN
                       and before the proxy closed X, and the proxy's own
                       line for X's end says it learned it from that FIN
                       ("backend interrupted (connection closed)", logged
@@ -80,7 +86,8 @@ The buckets of missing messages:
                       one had it and neither echoed it nor was killed:
                       FAILS.
 
-Also failing: duplicates or reordering seen by a client or by the
+Also failing: an echo unlike the message sent, duplicates or
+reordering seen by a client or by the
 backends (a message that two connections received whole, §3's "never
 twice"), a message on another client's connection, a child crash or
 replacement, an error-level line in the error log, a problem stopping
