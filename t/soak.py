@@ -137,10 +137,14 @@ class SoakBackend(wsp_env.Backend):
     """t/soak_backend.py: logs what it read and echoed, callback by
     callback."""
 
+    inc = 0                            # processes started so far
+
     def _spawn(self):
         assert self.proc is None or self.proc.poll() is not None
+        self.inc += 1
         cmd = [wsp_env.PYTHON, str(SOAK_BACKEND), "--port", str(self.port),
-               "--name", self.name, "--log", str(self.log_path)]
+               "--name", self.name, "--log", str(self.log_path),
+               "--inc", str(self.inc)]
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out,
                                          stderr=subprocess.STDOUT,
@@ -355,7 +359,7 @@ async def kill_keeping_sockets(be, stats, hang):
     kernel would have ended them: a reset where data was unread, else a
     FIN. Returns the kill's record."""
     pid = be.proc.pid
-    kill = {"pid": pid, "name": be.name, "port": be.port,
+    kill = {"pid": pid, "name": be.name, "inc": be.inc, "port": be.port,
             "frozen": freeze_idle(pid), "copies": [], "hang": hang}
     if not kill["frozen"]:
         stats["freeze_failed"] += 1
@@ -624,6 +628,7 @@ class BConn:
     def __init__(self, be, e):
         self.port = be.port
         self.name = be.name
+        self.inc = e["inc"]
         self.pid = e["pid"]
         self.conn = e["conn"]
         self.open_t = e["t"]
@@ -639,15 +644,16 @@ class BConn:
         self.proxy_end = None          # the proxy's line for its end
 
     def label(self):
-        return "%s pid %d conn %d (port %d)" % (self.name, self.pid,
-                                                 self.conn, self.peer)
+        return "%s#%d pid %d conn %d (port %d)" % (
+            self.name, self.inc, self.pid, self.conn, self.peer)
 
 
 def backend_conns(backends):
     conns = {}
     for be in backends:
         for e in be.events():
-            key = (e["pid"], e.get("conn"))
+            # a process is its backend's name and start: pids are reused
+            key = (be.name, e.get("inc"), e.get("conn"))
             if e["ev"] == "open":
                 conns[key] = BConn(be, e)
                 continue
@@ -725,10 +731,11 @@ def account(clients, backends, kills, log):
     # the copies, to their connections
     by_peer = {}
     for c in conns.values():
-        by_peer.setdefault((c.pid, c.peer), []).append(c)
+        by_peer.setdefault((c.name, c.inc, c.peer), []).append(c)
     for kill in kills:
         for cp in kill["copies"]:
-            cands = by_peer.get((kill["pid"], cp.proxy_port), [])
+            cands = by_peer.get((kill["name"], kill["inc"], cp.proxy_port),
+                                [])
             if not cands:
                 res["unmatched_copies"] += 1    # a handshake under way
                 continue

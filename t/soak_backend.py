@@ -2,6 +2,7 @@
 """The echo backend of the chaos soak (t/soak.py).
 
     /usr/bin/python3 t/soak_backend.py --port N --name NAME --log FILE
+        [--inc N]
 
 One thread, one epoll loop (selectors) over non-blocking raw sockets, not
 python3-websockets nor asyncio's transports: every byte it takes from a
@@ -13,8 +14,10 @@ into the kernel, and what it still held in its own buffers. That is what
 lets the soak tell a message the proxy completely wrote to a backend that
 died (allowed to be lost, DESIGN §3) from one the proxy lost.
 
-Log lines (JSON, flushed at once); every one has "ev", "name", "pid" and
-"t" (time.time() when it was logged):
+Log lines (JSON, flushed at once); every one has "ev", "name", "inc"
+(the --inc of this process: which start of this backend it is, as pids
+are reused within a soak), "pid" and "t" (time.time() when it was
+logged):
     {"ev": "ready", "port": N}
     {"ev": "open", "conn": N, "peer": proxy-side port, "headers": {...}}
     {"ev": "msg", "conn": N, "head": first 64 characters, "whole": true,
@@ -248,14 +251,15 @@ class Conn:
 class Server:
     def __init__(self, args):
         self.name = args.name
+        self.inc = args.inc
         self.port = args.port
         self.log = open(args.log, "a", encoding="utf-8")
         self.conns = 0
         self.sel = selectors.EpollSelector()
 
     def event(self, ev, **fields):
-        rec = {"ev": ev, "name": self.name, "pid": os.getpid(),
-               "t": round(time.time(), 6)}
+        rec = {"ev": ev, "name": self.name, "inc": self.inc,
+               "pid": os.getpid(), "t": round(time.time(), 6)}
         rec.update(fields)
         self.log.write(json.dumps(rec) + "\n")
         self.log.flush()
@@ -310,6 +314,9 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--inc", type=int, default=0,
+                    help="which start of this backend this process is "
+                    "(pids are reused within a soak)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     try:
