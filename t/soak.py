@@ -3,53 +3,111 @@
 
     /usr/bin/python3 t/soak.py [--duration 120] [--clients 50]
         [--backends 3] [--rate 20] [--kill-every 0.3] [--driver event]
-        [--children 2] [--drain-every 2]
+        [--children 2] [--drain-every 2] [--big-every 50] [--hang 0.03]
 
 Starts the real apache2 with the built module in front of --backends echo
-backends (t/backend.py, each logging what it receives), connects --clients
-clients that each stream numbered messages ("c<k>:<n>:...") at --rate
-messages a second, and for --duration seconds SIGKILLs a random backend
-every --kill-every seconds (never the last one up) and restarts it after
-0.2-1 s. Meanwhile, through the ws-persist-manager, it drains a random
-backend every --drain-every seconds and enables it again half that later,
-so pipes move between backends while others fail over; httpd runs
+backends (t/soak_backend.py, each logging what it reads and echoes),
+connects --clients clients that each stream numbered messages
+("c<k>:<n>:...", up to 2 KB; one in --big-every of 64-512 KB, sent in
+32 KB fragments 2-10 ms apart) at --rate messages a second, and for
+--duration seconds SIGKILLs a random backend every --kill-every seconds
+(never the last one up) and restarts it after 0.2-1 s. Meanwhile,
+through the ws-persist-manager, it drains the backend with the most pipes
+every --drain-every seconds and enables it again half that later, so
+pipes move between backends while others fail over; httpd runs
 --children children sharing the backend state. Then it stops sending,
-lets the echoes drain and reports:
+lets the echoes drain, closes the clients, stops httpd and accounts for
+every message: each echo must be the message sent, and each missing one
+needs evidence.
 
-  kills, drains, moves (pipes that left a draining backend), failovers
-  (the proxy's "backend interrupted" lines), messages
-  sent and echoed, messages lost in flight (received by a backend, as its
-  log shows, that was killed before its echo got out: what DESIGN §3
-  allows), messages lost otherwise, duplicates, out-of-order echoes,
-  child crashes, connections dropped.
+A missing message (sent, never echoed to its client) is allowed only with
+evidence, for one backend connection X of that client, that DESIGN §3
+allows its loss at that moment: it was completely written to X before X
+ended, and X's echo of it never left X (or left it, and the end of X
+threw it away before the proxy's kernel had it). Everything else fails
+the run. No time window excuses anything.
 
-Exits 1 when duplicates, out-of-order echoes, child crashes, dropped
-connections or unexplained losses are not 0. Only loopback is used.
+How X ends: each kill stops the backend between two callbacks (SIGSTOP
+while it waits in epoll_wait: then its log says everything it read,
+echoed and still held), lets it hang up to --hang s (the proxy's
+writes pile up in its sockets, whose receive buffers are small), takes
+copies of its connections' sockets (pidfd_getfd, as root), SIGKILLs it
+and reads from the copies what the dead process never read. Then each
+copy ends as the kernel ends a dead process's socket: with a reset if
+data was unread (first the copy is read until nothing more comes, so
+that what the proxy's kernel still held for it counts as written, and
+the soak notes how much of the backend's output the proxy's kernel had
+not acknowledged, SIOCOUTQ: the reset throws that away), else with a
+FIN. After a FIN the copy keeps reading until the proxy closes its end,
+recording what the proxy still wrote; a proxy that keeps a connection
+15 s after its FIN fails the run.
 
-Messages the proxy completely wrote into a backend's socket that the
-backend process was killed before reading are lost too, and allowed
-(completely written, then the backend died), but no backend log shows
-them. So each kill stops the backend (SIGSTOP), takes copies of its
-connections' sockets (pidfd_getfd, as root), SIGKILLs it and reads from
-the copies what the dead process never read ("unread at kill"). Then each
-copy is closed as the kernel closes a dead process's socket: a reset
-where data was unread, else a FIN; after a FIN the copy keeps reading for
-half a second, and a message the proxy wrote there after the backend's
-FIN had reached it is "written after FIN" (completely written to a dead
-backend: allowed, but a proxy that reads before it writes avoids most of
-them). The backends (t/soak_backend.py) log a message in the callback
-that read its first bytes ("in flight" when one that was killed logged
-it and the echo never came). Anything else missing is "unexplained" and
-fails the run; those are listed with the kills near them.
+The buckets of missing messages:
+
+  in flight at kill   X logged it whole (t/soak_backend.py logs a message
+                      once its last fragment is in, never a part) and the
+                      process was killed while X was open, before the
+                      kernel had taken its echo: allowed.
+  unread at kill      X's copy held all of it, or the rest of what the
+                      backend had read of it (in its log, "partial"): the
+                      whole message was in X's socket at the kill:
+                      allowed.
+                      Both need the proxy's line for X's end ("backend
+                      interrupted", "draining backend ... let go") after
+                      X's reset or FIN: the proxy wrote the message
+                      before it learned that X had ended.
+  written after FIN   the whole message came on X's copy after the FIN
+                      and before the proxy closed X, and the proxy's own
+                      line for X's end says it learned it from that FIN
+                      ("backend interrupted (connection closed)", logged
+                      after the FIN): allowed. Any other proxy account of
+                      X's end (none, a later reset or ping, a write
+                      error) excuses nothing. (The soak's read time of
+                      a frame is no bound on when it arrived, so frames
+                      are not timed against the proxy's line; a proxy
+                      that never acts on the FIN holds X and fails.)
+  echo cut by reset   X echoed it into the kernel, X was ended with a
+                      reset, and the echo's last byte lies in the part of
+                      X's output the proxy's kernel had not acknowledged
+                      when the reset went out (the reset discards it: a
+                      backend message not completely received when its
+                      backend failed is dropped, §3), and the proxy's
+                      line for X's end comes after the reset and is not
+                      an EOF: allowed. An echo the proxy's kernel had
+                      acknowledged was received: Linux still returns
+                      queued data before ECONNRESET, and the proxy reads
+                      a socket that polls HUP/ERR, so losing it is the
+                      proxy's doing.
+  echo lost           X echoed it into the kernel and nothing above
+                      excuses it (X not killed, ended with a FIN, or the
+                      echo acknowledged before the reset): FAILS.
+  unexplained         no backend connection had it whole (never written,
+                      or only part of it and never replayed whole), or
+                      one had it and neither echoed it nor was killed:
+                      FAILS.
+
+Also failing: an echo unlike the message sent, duplicates or
+reordering seen by a client or by the
+backends (a message that two connections received whole, §3's "never
+twice"), a message on another client's connection, a child crash or
+replacement, an error-level line in the error log, a problem stopping
+httpd, a client connection that ended before the soak closed it (also
+after the clients stopped sending), a close not answered with 1000, a
+kill whose backend could not be frozen between callbacks, a proxy that
+holds a backend connection after its FIN, a killed connection whose end
+the proxy never logged, and a run without kills, failovers or moves.
+Only loopback is used. Figures go to build/soak.json.
 """
 
 import argparse
 import asyncio
 import ctypes
+import fcntl
 import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -57,6 +115,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -66,19 +125,26 @@ import websockets  # noqa: E402
 
 import wsp_env  # noqa: E402
 import wsp_manage  # noqa: E402
-from wsp_env import CRASH_RE, Env, new_id  # noqa: E402
+from wsp_env import CRASH_RE, Env, hget, new_id  # noqa: E402
 
 MSG_RE = re.compile(r"^c(\d+):(\d+):")
 SOAK_BACKEND = Path(__file__).resolve().parent / "soak_backend.py"
+# a proxy that keeps a backend connection this long after its FIN fails
+FIN_HOLD_LIMIT = 15.0
 
 
 class SoakBackend(wsp_env.Backend):
-    """t/soak_backend.py: logs a message in the callback that read it."""
+    """t/soak_backend.py: logs what it read and echoed, callback by
+    callback."""
+
+    inc = 0                            # processes started so far
 
     def _spawn(self):
         assert self.proc is None or self.proc.poll() is not None
+        self.inc += 1
         cmd = [wsp_env.PYTHON, str(SOAK_BACKEND), "--port", str(self.port),
-               "--name", self.name, "--log", str(self.log_path)]
+               "--name", self.name, "--log", str(self.log_path),
+               "--inc", str(self.inc)]
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out,
                                          stderr=subprocess.STDOUT,
@@ -87,22 +153,25 @@ class SoakBackend(wsp_env.Backend):
 
 
 class Client:
-    def __init__(self, k, env, rate):
+    def __init__(self, k, env, rate, big):
         self.k = k
         self.env = env
         self.rate = rate
+        self.big = big                 # chance of a large message
         self.id = new_id()
         self.sent = 0
-        self.sent_at = {}              # seq -> monotonic time sent
-        self.sizes = {}                # seq -> payload bytes
         self.sent_wall = {}            # seq -> time.time() sent
+        self.sizes = {}                # seq -> length sent
         self.got = set()
+        self.corrupt = 0               # echoes unlike what was sent
         self.last = -1
         self.duplicates = 0
         self.out_of_order = 0
         self.dropped = None            # why the connection ended early
         self.ws = None
-        self.stop = False
+        self.stop = False              # stop sending
+        self.closing = False           # the soak is closing it
+        self.reader = None
 
     async def run(self):
         try:
@@ -111,21 +180,35 @@ class Client:
         except Exception as e:        # noqa: BLE001 - reported below
             self.dropped = "connect failed: %r" % e
             return
-        reader = asyncio.ensure_future(self.read())
+        self.reader = asyncio.ensure_future(self.read())
         try:
             period = 1.0 / self.rate
             while not self.stop and not self.dropped:
-                pad = "x" * random.randint(0, 2000)
+                big = random.random() < self.big
+                pad = "x" * (random.randint(64 << 10, 512 << 10) if big
+                             else random.randint(0, 2000))
                 msg = "c%d:%d:%s" % (self.k, self.sent, pad)
-                self.sent_at[self.sent] = time.monotonic()
                 self.sent_wall[self.sent] = time.time()
                 self.sizes[self.sent] = len(msg)
-                await self.ws.send(msg)
+                if big:
+                    # now and then a large one, in fragments that take
+                    # their time: the proxy passes on each as it comes,
+                    # so kills find messages half written, which the
+                    # proxy must send again whole
+                    await self.ws.send(self.trickle(msg))
+                else:
+                    await self.ws.send(msg)
                 self.sent += 1
                 await asyncio.sleep(period * random.uniform(0.5, 1.5))
         except websockets.ConnectionClosed as e:
-            self.dropped = "closed while sending: %s" % e
-        self.reader = reader
+            self.dropped = self.dropped or "closed while sending: %s" % e
+
+    @staticmethod
+    async def trickle(msg, size=32 << 10):
+        for i in range(0, len(msg), size):
+            if i:
+                await asyncio.sleep(random.uniform(0.002, 0.01))
+            yield msg[i:i + size]
 
     async def read(self):
         try:
@@ -135,6 +218,9 @@ class Client:
                     self.dropped = "foreign message %r" % m[:60]
                     return
                 seq = int(mt.group(2))
+                if len(m) != self.sizes.get(seq) \
+                        or m.count("x") != len(m) - mt.end():
+                    self.corrupt += 1
                 if seq in self.got:
                     self.duplicates += 1
                     continue
@@ -142,14 +228,206 @@ class Client:
                     self.out_of_order += 1
                 self.got.add(seq)
                 self.last = max(self.last, seq)
-        except websockets.ConnectionClosed as e:
-            if not self.stop:
-                self.dropped = "closed: %s" % e
+        except websockets.ConnectionClosed:
+            pass
+        # the connection ended: only the soak's own close may end it
+        if not self.closing and not self.dropped:
+            self.dropped = "closed %s%s" % (
+                self.close_text(),
+                " after the clients stopped sending" if self.stop else "")
+
+    def close_text(self):
+        ws = self.ws
+        return "code %s reason %r" % (ws.close_code, ws.close_reason)
 
     async def close(self):
         self.stop = True
-        if self.ws is not None and self.ws.open:
+        if self.ws is None:
+            return
+        self.closing = True
+        if self.ws.open:
             await self.ws.close()
+            if self.ws.close_code != 1000 and not self.dropped:
+                self.dropped = "our close answered with %s" % \
+                    self.close_text()
+        if self.reader is not None:
+            await self.reader
+
+
+# --------------------------------------------------------------------------
+# kills
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+SYS_PIDFD_GETFD = 438                   # x86_64 and most others
+EPOLL_WAITS = {"232", "281", "441"}     # epoll_wait, _pwait, _pwait2
+
+
+def freeze_idle(pid, tries=2000):
+    """SIGSTOP pid while it waits in epoll_wait, i.e. between callbacks:
+    then everything it read from its sockets is logged, and what it has
+    not read is still in them. Stopped elsewhere, it is let go and tried
+    again a moment later. Returns whether it worked."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        for _ in range(1000):
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+        with open("/proc/%d/syscall" % pid) as f:
+            if f.read().split()[0] in EPOLL_WAITS:
+                return True
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.0005)
+    return False
+
+
+class Copy:
+    """A copy of one connection socket of a killed backend."""
+
+    def __init__(self, kill, sock):
+        self.kill = kill
+        self.sock = sock
+        self.proxy_port = sock.getpeername()[1]
+        self.unread = b""              # what the process never read
+        self.how = None                # "rst" or "fin": how it ended
+        self.end_t = None              # when that went out
+        self.outq = None               # unacknowledged output at the rst
+        self.after = []                # [(time, bytes)] after the FIN
+        self.closed_t = None           # when the proxy closed its end
+        self.held = False              # past FIN_HOLD_LIMIT, reset by us
+        self.done = None               # future: closed
+
+    def read_after_fin(self):
+        try:
+            while True:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    break
+                self.after.append((time.time(), data))
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.finish(time.time())
+
+    def finish(self, t):
+        if self.closed_t is not None:
+            return
+        self.closed_t = t
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def wait_closed(self):
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), FIN_HOLD_LIMIT)
+        except asyncio.TimeoutError:
+            self.held = True
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 struct.pack("ii", 1, 0))
+            self.finish(time.time())
+
+
+def drain(s, quiet=0.003):
+    """What s holds, and what still comes while it keeps arriving: read
+    until nothing came for quiet seconds (the proxy's kernel sends what
+    its send queue held as soon as the window opens). Returns (data,
+    whether s saw its peer's end)."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 20)
+        except BlockingIOError:
+            if not select.select([s], [], [], quiet)[0]:
+                return data, False
+            continue
+        except ConnectionError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+
+
+async def kill_keeping_sockets(be, stats, hang):
+    """SIGKILL a backend, first taking copies of its connections' sockets
+    (pidfd_getfd), so that what the proxy wrote into them and the dead
+    process never read can be read back. It hangs (stopped) hang seconds
+    first, as a dying backend may: the proxy's writes fill its sockets,
+    and a large message is left half written. Then the copies end as the
+    kernel would have ended them: a reset where data was unread, else a
+    FIN. Returns the kill's record."""
+    pid = be.proc.pid
+    kill = {"pid": pid, "name": be.name, "inc": be.inc, "port": be.port,
+            "frozen": freeze_idle(pid), "copies": [], "hang": hang}
+    if not kill["frozen"]:
+        stats["freeze_failed"] += 1
+    await asyncio.sleep(hang)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if not os.readlink("/proc/%d/fd/%s" % (pid, name)) \
+                        .startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = LIBC.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue
+            s = socket.socket(fileno=fd)
+            try:
+                kill["copies"].append(Copy(kill, s))
+            except OSError:
+                s.close()                 # the listener
+    finally:
+        os.close(pidfd)
+    kill["t"] = time.time()
+    be.kill()
+    loop = asyncio.get_running_loop()
+    for cp in kill["copies"]:
+        s = cp.sock
+        s.setblocking(False)
+        eof = False
+        try:
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    eof = True
+                    break
+                cp.unread += chunk
+        except (BlockingIOError, ConnectionError):
+            pass
+        cp.done = loop.create_future()
+        if cp.unread:
+            # unread data: the kernel answers the death with a reset,
+            # which throws away the output the peer has not acknowledged
+            # and what the proxy's kernel still holds for it: so first
+            # all of that (what the proxy completely wrote) is read
+            more, _ = drain(s)
+            cp.unread += more
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+            q = fcntl.ioctl(s.fileno(), termios.TIOCOUTQ,
+                            struct.pack("i", 0))
+            cp.outq = struct.unpack("i", q)[0]
+            cp.how = "rst"
+            cp.end_t = time.time()
+            s.close()
+            cp.closed_t = cp.end_t
+            cp.done.set_result(None)
+        else:
+            # else a FIN, as on the death; what the proxy still writes
+            # after it is kept, until the proxy closes its end
+            cp.how = "fin"
+            cp.end_t = time.time()
+            s.shutdown(socket.SHUT_WR)
+            if eof:
+                cp.finish(cp.end_t)
+            else:
+                loop.add_reader(s.fileno(), cp.read_after_fin)
+    return kill
 
 
 async def chaos(env, backends, args, stats):
@@ -157,7 +435,7 @@ async def chaos(env, backends, args, stats):
     last one up; restart it 0.2-1 s later (a backend still starting is
     neither up nor killed)."""
     up = set(backends)
-    restarts = set()
+    tasks = set()
 
     async def restart(be, delay):
         await asyncio.sleep(delay)
@@ -179,6 +457,11 @@ async def chaos(env, backends, args, stats):
             await asyncio.sleep(0.02)
         up.add(be)
 
+    def keep(coro):
+        t = asyncio.ensure_future(coro)
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
     end = time.monotonic() + args.duration
     while time.monotonic() < end:
         await asyncio.sleep(args.kill_every)
@@ -186,31 +469,40 @@ async def chaos(env, backends, args, stats):
             continue
         be = random.choice(sorted(up, key=lambda b: b.name))
         up.discard(be)
-        stats["killed_pids"].add(be.proc.pid)
-        stats["kill_times"].append((time.monotonic(), be.name))
-        after_fin = []
-        stats["unread"] += kill_keeping_sockets(be, after_fin)
-        reap = asyncio.ensure_future(reap_after_fin(after_fin, stats))
-        restarts.add(reap)
-        reap.add_done_callback(restarts.discard)
-        stats["kills"] += 1
-        t = asyncio.ensure_future(restart(be, random.uniform(0.2, 1.0)))
-        restarts.add(t)
-        t.add_done_callback(restarts.discard)
-    if restarts:
-        await asyncio.gather(*restarts)
+        kill = await kill_keeping_sockets(
+            be, stats, random.uniform(0, args.hang) if args.hang else 0)
+        stats["kill_list"].append(kill)
+        for cp in kill["copies"]:
+            if cp.closed_t is None:
+                keep(cp.wait_closed())
+        keep(restart(be, random.uniform(0.2, 1.0)))
+    while tasks:
+        await asyncio.gather(*list(tasks))
+
+
+def busiest(env, backends):
+    """The backend with the most live pipes, as the manager counts them
+    (ties: a random one). The kills tend to pile every pipe onto one
+    backend (the others back off after their failures), and a drain of
+    a backend without pipes moves nothing."""
+    doc = wsp_manage.state(env)
+    pipes = {b["url"]: b["pipes"]
+             for b in wsp_manage.pool_of(doc)["backends"]}
+    most = max(pipes.get(be.url, 0) for be in backends)
+    return random.choice([be for be in backends
+                          if pipes.get(be.url, 0) == most])
 
 
 async def drainer(env, backends, args, stats):
-    """Drain a random backend every --drain-every s through the manager,
-    and enable it again half that later."""
+    """Drain the busiest backend every --drain-every s through the
+    manager, and enable it again half that later."""
     loop = asyncio.get_running_loop()
     end = time.monotonic() + args.duration
     if args.drain_every <= 0:
         return
     while time.monotonic() < end:
         await asyncio.sleep(args.drain_every / 2)
-        be = random.choice(backends)
+        be = await loop.run_in_executor(None, busiest, env, backends)
         for action in ("drain", "enable"):
             status, _, body = await loop.run_in_executor(
                 None, wsp_manage.post, env, action, be.url)
@@ -222,164 +514,6 @@ async def drainer(env, backends, args, stats):
                 await asyncio.sleep(args.drain_every / 2)
 
 
-LIBC = ctypes.CDLL(None, use_errno=True)
-SYS_PIDFD_GETFD = 438                   # x86_64 and most others
-
-
-EPOLL_WAITS = {"232", "281"}            # epoll_wait, epoll_pwait (x86_64)
-
-
-def freeze_idle(pid, tries=500):
-    """SIGSTOP pid while it waits in epoll_wait, i.e. between callbacks:
-    then everything it read from its sockets is logged, and what it has
-    not read is still in them. Stopped elsewhere, it is let go and tried
-    again a moment later."""
-    for _ in range(tries):
-        os.kill(pid, signal.SIGSTOP)
-        for _ in range(1000):
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                    break
-        with open("/proc/%d/syscall" % pid) as f:
-            if f.read().split()[0] in EPOLL_WAITS:
-                return True
-        os.kill(pid, signal.SIGCONT)
-        time.sleep(0.0005)
-    return False
-
-
-def kill_keeping_sockets(be, after_fin):
-    """SIGKILL a backend, first taking copies of its connections' sockets
-    (pidfd_getfd), so that what the proxy wrote into them and the dead
-    process never read can be read back: a message found whole in there
-    was completely written to a backend that then died (lost, and allowed
-    by DESIGN 3). Then the copies are closed as the kernel would have
-    closed them: a reset where data was unread, else a FIN. Returns [(client k, seq)] of the messages found."""
-    pid = be.proc.pid
-    freeze_idle(pid)                      # it reads nothing more
-    socks = []
-    pidfd = os.pidfd_open(pid)
-    try:
-        for name in os.listdir("/proc/%d/fd" % pid):
-            try:
-                if not os.readlink("/proc/%d/fd/%s" % (pid, name)) \
-                        .startswith("socket:"):
-                    continue
-            except OSError:
-                continue
-            fd = LIBC.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
-            if fd < 0:
-                continue
-            s = socket.socket(fileno=fd)
-            try:
-                s.getpeername()
-                socks.append(s)
-            except OSError:
-                s.close()                 # the listener
-    finally:
-        os.close(pidfd)
-    be.kill()
-    found = []
-    for s in socks:
-        s.setblocking(False)
-        data = b""
-        try:
-            while True:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                data += chunk
-        except (BlockingIOError, ConnectionError):
-            pass
-        if data:
-            # unread data: the kernel answers the death with a reset
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                         struct.pack("ii", 1, 0))
-            try:
-                data += s.recv(1 << 20)   # what landed meanwhile
-            except (BlockingIOError, ConnectionError):
-                pass
-            s.close()
-            found += frames_in(data)
-        else:
-            # else a FIN, as on the death; what the proxy still writes
-            # after it is kept to be counted (reap_after_fin)
-            s.shutdown(socket.SHUT_WR)
-            after_fin.append(s)
-    return found
-
-
-async def reap_after_fin(socks, stats):
-    """Half a second after the FIN: the frames the proxy wrote into the
-    dead backend's connection after its FIN had arrived (completely
-    written, so allowed to be lost; but the proxy could have seen the FIN
-    first). Then reset them, as the kernel does for data to a dead
-    socket."""
-    await asyncio.sleep(0.5)
-    for s in socks:
-        data = b""
-        try:
-            while True:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                data += chunk
-        except (BlockingIOError, ConnectionError):
-            pass
-        stats["after_fin"] += frames_in(data)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                     struct.pack("ii", 1, 0))
-        s.close()
-
-
-def frames_in(data):
-    """(k, seq) of the whole masked "c<k>:<seq>:" frames in data. The
-    backend may have read part of a frame, so frame starts are searched
-    for, not assumed."""
-    out = []
-    i = 0
-    while i + 6 <= len(data):
-        b0, b1 = data[i], data[i + 1]
-        n = b1 & 0x7F
-        off = i + 2
-        if b0 != 0x81 or not b1 & 0x80:
-            i += 1
-            continue
-        if n == 126:
-            if off + 2 > len(data):
-                break
-            n = struct.unpack("!H", data[off:off + 2])[0]
-            off += 2
-        elif n == 127:
-            i += 1
-            continue
-        key = data[off:off + 4]
-        off += 4
-        if off + n > len(data) or len(key) < 4:
-            i += 1
-            continue
-        head = bytes(b ^ key[j % 4] for j, b in enumerate(data[off:off + 24]))
-        m = MSG_RE.match(head.decode("latin-1"))
-        if not m:
-            i += 1
-            continue
-        out.append((int(m.group(1)), int(m.group(2))))
-        i = off + n
-    return out
-
-
-def backend_receipts(backends):
-    """(client k, seq) -> pids of the backend processes that logged it."""
-    seen = {}
-    for be in backends:
-        for e in be.events("msg"):
-            mt = MSG_RE.match(e.get("head", ""))
-            if mt:
-                seen.setdefault((int(mt.group(1)), int(mt.group(2))),
-                                set()).add(e["pid"])
-    return seen
-
-
 async def soak(args, env):
     backends = []
     for i in range(args.backends):
@@ -389,18 +523,21 @@ async def soak(args, env):
     children = ("StartServers {n}\nServerLimit {n}\nMinSpareThreads 1\n"
                 "MaxRequestWorkers {w}\n").format(n=args.children,
                                                  w=256 * args.children)
+    # ws_persist:debug: the proxy's lines for the end of a retiring
+    # backend's connection ("draining backend ... let go") are debug
     env.start_httpd(children + wsp_manage.MANAGER + env.location(
         "/ws/", backends,
         "WSPersistConnectTimeout 10",
         "WSPersistRetry 100ms 2s",
-        "WSPersistBufferLimit 5M") + "LogLevel warn ws_persist:info\n")
+        "WSPersistBufferLimit 5M") + "LogLevel warn ws_persist:debug\n")
     wsp_env.wait_until(lambda: len(env.httpd.children()) == args.children,
                        20, what="%d children" % args.children)
     child = env.httpd.children()
-    clients = [Client(k, env, args.rate) for k in range(args.clients)]
+    clients = [Client(k, env, args.rate,
+                      1.0 / args.big_every if args.big_every > 0 else 0)
+               for k in range(args.clients)]
     tasks = [asyncio.ensure_future(c.run()) for c in clients]
-    stats = {"kills": 0, "killed_pids": set(), "kill_times": [],
-             "unread": [], "after_fin": [], "drains": 0}
+    stats = {"kill_list": [], "drains": 0, "freeze_failed": 0}
     t0 = time.monotonic()
     print("soak: %d clients, %d backends, %d children, %d s, a kill every "
           "%.2f s, a drain every %.2f s (driver %s)" % (
@@ -411,6 +548,7 @@ async def soak(args, env):
     for c in clients:
         c.stop = True
     await asyncio.gather(*tasks)
+    stats["stopped_wall"] = time.time()
     # every backend is up again: let the echoes drain
     drain_end = time.monotonic() + 30
     last = -1
@@ -426,84 +564,456 @@ async def soak(args, env):
         await asyncio.sleep(0.5)
     elapsed = time.monotonic() - t0
     stats["children_end"] = env.httpd.children()
-    for c in clients:
-        await c.close()
+    await asyncio.gather(*[c.close() for c in clients])
     return clients, stats, child, elapsed
 
 
-def report(args, env, clients, stats, child, elapsed):
-    receipts = backend_receipts(env.backends)
-    missing = {c.k: [s for s in range(c.sent) if s not in c.got]
-               for c in clients}
-    in_socket = set(stats["unread"])
-    after_fin = set(stats["after_fin"])
-    in_flight = []
-    unread = []
-    late = []
-    unexplained = []
-    for c in clients:
-        for seq in missing[c.k]:
-            pids = receipts.get((c.k, seq), set())
-            if pids & stats["killed_pids"]:
-                in_flight.append((c.k, seq))
-            elif (c.k, seq) in in_socket:
-                unread.append((c.k, seq))
-            elif (c.k, seq) in after_fin:
-                late.append((c.k, seq))
+# --------------------------------------------------------------------------
+# the evidence
+
+
+def frames_from(data, msg=None):
+    """The client messages (masked frames, fragmented or not) in data,
+    which starts at a frame boundary, msg the head of a message whose
+    first fragments came before (or None). Returns [(offset after its last
+    fragment, (k, seq) or None)] of the messages whose last fragment is
+    whole in data, and the (k, seq) of a message cut short by the end of
+    data (None if there is none or it cannot be named)."""
+    out = []
+    i = 0
+    cur = None
+    if msg is not None:
+        m = MSG_RE.match(msg)
+        cur = (int(m.group(1)), int(m.group(2))) if m else ("?",)
+    while True:
+        if i + 2 > len(data):
+            break
+        b0, b1 = data[i], data[i + 1]
+        n = b1 & 0x7F
+        off = i + 2
+        if n == 126:
+            if off + 2 > len(data):
+                break
+            n = struct.unpack("!H", data[off:off + 2])[0]
+            off += 2
+        elif n == 127:
+            if off + 8 > len(data):
+                break
+            n = struct.unpack("!Q", data[off:off + 8])[0]
+            off += 8
+        if not b1 & 0x80:
+            raise ValueError("unmasked frame at %d" % i)
+        if off + 4 > len(data):
+            break
+        key = data[off:off + 4]
+        off += 4
+        op = b0 & 0x0F
+        if op in (1, 2):
+            head = bytes(b ^ key[j % 4] for j, b in
+                         enumerate(data[off:min(off + 24, off + n)]))
+            m = MSG_RE.match(head.decode("latin-1"))
+            cur = (int(m.group(1)), int(m.group(2))) if m else ("?",)
+        if off + n > len(data):
+            break
+        i = off + n
+        if op in (0, 1, 2) and b0 & 0x80:
+            out.append((i, cur if cur and len(cur) == 2 else None))
+            cur = None
+    return out, (cur if cur and len(cur) == 2 else None)
+
+
+class BConn:
+    """One backend connection, as the backend's log tells it."""
+
+    def __init__(self, be, e):
+        self.port = be.port
+        self.name = be.name
+        self.inc = e["inc"]
+        self.pid = e["pid"]
+        self.conn = e["conn"]
+        self.open_t = e["t"]
+        self.peer = e["peer"]
+        self.client_id = (hget(e["headers"], "X-WS-Persist-Client-Id")
+                          or "").lower()
+        self.resume = hget(e["headers"], "X-WS-Persist-Resume")
+        self.msgs = []                 # msg events
+        self.kout = 0                  # output the kernel took, last known
+        self.partial = (0, "", None)   # what it held: last known
+        self.end = None                # its "end" event
+        self.copy = None               # Copy when it was open at a kill
+        self.proxy_end = None          # the proxy's line for its end
+
+    def label(self):
+        return "%s#%d pid %d conn %d (port %d)" % (
+            self.name, self.inc, self.pid, self.conn, self.peer)
+
+
+def backend_conns(backends):
+    conns = {}
+    for be in backends:
+        for e in be.events():
+            # a process is its backend's name and start: pids are reused
+            key = (be.name, e.get("inc"), e.get("conn"))
+            if e["ev"] == "open":
+                conns[key] = BConn(be, e)
+                continue
+            c = conns.get(key)
+            if c is None:
+                continue
+            if e["ev"] == "msg":
+                c.msgs.append(e)
+                c.kout = max(c.kout, e["kout"])
+            elif e["ev"] == "out":
+                c.kout = max(c.kout, e["kout"])
+            elif e["ev"] == "partial":
+                c.partial = (e["have"], e["hex"], e["msg"])
+            elif e["ev"] == "end":
+                c.end = e
+    return conns
+
+
+# error log: "[Wed Dec 02 13:10:00.123456 2026] [ws_persist:warn] ..."
+PROXY_RE = re.compile(
+    r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d)\.(\d{6}) (\d{4})\] "
+    r"\[ws_persist:(\w+)\] .*?ws_persist: client ([0-9a-f-]{36}) "
+    r"\([^)]*\) backend (\S+): (.*)$")
+PORT_RE = re.compile(r"^wss?://[^/]*:(\d+)/")
+END_RES = [
+    ("interrupted", re.compile(r"^backend interrupted \((.*)\); failing")),
+    ("ended while closing", re.compile(r"^backend ended while closing "
+                                       r"\((.*)\)$")),
+    ("let go", re.compile(r"^draining backend (\S+) let go \((.*)\)$")),
+]
+
+
+def proxy_ends(log):
+    """(client id, backend port) -> [(time, kind, why)] of the proxy's
+    lines that end a backend connection, in time order."""
+    ends = {}
+    for line in log.splitlines():
+        m = PROXY_RE.match(line)
+        if not m:
+            continue
+        t = time.mktime(time.strptime(m.group(1) + " " + m.group(3),
+                                      "%a %b %d %H:%M:%S %Y")) \
+            + int(m.group(2)) / 1e6
+        cid, url, rest = m.group(5), m.group(6), m.group(7)
+        for kind, rx in END_RES:
+            mm = rx.match(rest)
+            if not mm:
+                continue
+            if kind == "let go":
+                url, why = mm.group(1), mm.group(2)
             else:
-                unexplained.append((c, seq, pids))
+                why = mm.group(1)
+            pm = PORT_RE.match(url)
+            if pm:
+                ends.setdefault((cid, int(pm.group(1))), []).append(
+                    (t, kind, why))
+    for v in ends.values():
+        v.sort()
+    return ends
+
+
+def account(clients, backends, kills, log):
+    """Every missing message into its bucket, with the evidence."""
+    conns = backend_conns(backends)
+    by_client = {c.id: c for c in clients}
+    ends = proxy_ends(log)
+    res = {"foreign": [], "unmatched_copies": 0, "unparsed_copies": [],
+           "unnoticed_kills": [], "fin_held": [], "after_fin_frames": 0,
+           "fin_to_proxy_ms": []}
+    for c in conns.values():
+        for t, kind, why in ends.get((c.client_id, c.port), []):
+            if t > c.open_t:
+                c.proxy_end = (t, kind, why)
+                break
+    # the copies, to their connections
+    by_peer = {}
+    for c in conns.values():
+        by_peer.setdefault((c.name, c.inc, c.peer), []).append(c)
+    for kill in kills:
+        for cp in kill["copies"]:
+            cands = by_peer.get((kill["name"], kill["inc"], cp.proxy_port),
+                                [])
+            if not cands:
+                res["unmatched_copies"] += 1    # a handshake under way
+                continue
+            c = max(cands, key=lambda x: x.open_t)
+            c.copy = cp
+            if cp.held:
+                res["fin_held"].append(c)
+    # deliveries: (k, seq) -> [(kind, conn, detail)]
+    deliv = {}
+    partials = {}
+    order = {}                         # client k -> [(open_t, [seq...])]
+    for c in conns.values():
+        seqs = []
+        for e in c.msgs:
+            mt = MSG_RE.match(e["head"])
+            if not mt:
+                continue
+            ks = (int(mt.group(1)), int(mt.group(2)))
+            cl = clients[ks[0]] if ks[0] < len(clients) else None
+            if cl is None or cl.id != c.client_id:
+                res["foreign"].append((ks, c))
+            deliv.setdefault(ks, []).append(("recv", c, e))
+            seqs.append(ks)
+        cp = c.copy
+        if cp is not None:
+            # what the backend held: one frame's start, of which the log
+            # has the header and the head; the rest of its bytes only
+            # matter by their number
+            have, head, msg = c.partial
+            pre = bytes.fromhex(head)
+            stream = pre + bytes(have - len(pre)) + cp.unread
+            marks = [len(stream)]
+            for t, data in cp.after:
+                stream += data
+                marks.append((len(stream), t))
+            try:
+                whole, part = frames_from(stream, msg)
+            except ValueError as e:
+                res["unparsed_copies"].append((c, str(e)))
+                whole, part = [], None
+            for end, ks in whole:
+                if ks is None:
+                    continue
+                if end <= marks[0]:
+                    deliv.setdefault(ks, []).append(("unread", c, None))
+                else:
+                    t = next(t for n, t in marks[1:] if end <= n)
+                    deliv.setdefault(ks, []).append(("after_fin", c, t))
+                    res["after_fin_frames"] += 1
+                seqs.append(ks)
+            if part:
+                partials.setdefault(part, []).append(c)
+            if not c.proxy_end:
+                res["unnoticed_kills"].append(c)
+            if cp.how == "fin" and c.proxy_end:
+                res["fin_to_proxy_ms"].append(
+                    (c.proxy_end[0] - cp.end_t) * 1000)
+        cl = by_client.get(c.client_id)
+        if cl is not None and seqs:
+            order.setdefault(cl.k, []).append((c.open_t, seqs))
+    res["backend_duplicates"] = sorted(
+        ks for ks, ds in deliv.items() if len(ds) > 1)
+    bad_order = 0
+    for k, lst in order.items():
+        last = -1
+        for _, seqs in sorted(lst, key=lambda x: x[0]):
+            for kk, s in seqs:
+                if kk == k and s <= last:
+                    bad_order += 1
+                last = max(last, s) if kk == k else last
+    res["backend_out_of_order"] = bad_order
+
+    buckets = {b: [] for b in ("in_flight_at_kill", "unread_at_kill",
+                               "written_after_fin", "echo_cut_by_reset",
+                               "echo_lost", "unexplained")}
+    for cl in clients:
+        for seq in range(cl.sent):
+            if seq in cl.got:
+                continue
+            ks = (cl.k, seq)
+            ds = [d for d in deliv.get(ks, []) if d[1].client_id == cl.id]
+            bucket, why = classify(ds, partials.get(ks, []))
+            buckets[bucket].append((cl, seq, why))
+    res["buckets"] = buckets
+    res["conns"] = conns
+    # frames cut by a kill: the proxy must send them again, whole
+    res["cut"] = len(partials)
+    res["cut_replayed"] = sum(
+        1 for ks in partials
+        if any(d[0] == "recv" for d in deliv.get(ks, []))
+        or (ks[0] < len(clients) and ks[1] in clients[ks[0]].got))
+    return res
+
+
+def classify(ds, partials):
+    """(bucket, evidence) of one missing message from its deliveries."""
+    if not ds:
+        if partials:
+            return "unexplained", "only part of it reached %s, never " \
+                "replayed whole" % ", ".join(c.label() for c in partials)
+        return "unexplained", "no backend connection had it whole"
+    kind, c, detail = ds[-1]
+    cp = c.copy
+    pe = c.proxy_end
+    pe_text = "proxy: %s (%s) %+.1f ms after the %s" % (
+        pe[1], pe[2], (pe[0] - cp.end_t) * 1000, cp.how) \
+        if pe and cp else "proxy: %s" % (
+            "%s (%s)" % pe[1:] if pe else "no end line")
+    if kind == "unread":
+        if pe and pe[0] >= cp.end_t:
+            return "unread_at_kill", "whole in %s's socket at the kill; " \
+                "%s" % (c.label(), pe_text)
+        return "unexplained", "whole in %s's socket at the kill, but %s" % (
+            c.label(), pe_text)
+    if kind == "after_fin":
+        if pe and pe[1] == "interrupted" and pe[2] == "connection closed" \
+                and pe[0] >= cp.end_t and detail <= cp.closed_t:
+            return "written_after_fin", "on %s %.1f ms after the FIN; %s" % (
+                c.label(), (detail - cp.end_t) * 1000, pe_text)
+        return "unexplained", "written to %s after its FIN, and %s" % (
+            c.label(), pe_text)
+    e = detail
+    in_kernel = c.kout >= e["end"]
+    if cp is None:
+        if in_kernel:
+            return "echo_lost", "%s echoed it (not killed; its end: %s)" % (
+                c.label(), c.end and c.end["how"])
+        return "unexplained", "%s had it whole, never echoed it, was not " \
+            "killed" % c.label()
+    if not in_kernel:
+        if e["t"] <= cp.kill["t"] and pe and pe[0] >= cp.end_t:
+            return "in_flight_at_kill", "%s had it whole, its echo not " \
+                "in the kernel at the kill; %s" % (c.label(), pe_text)
+        return "unexplained", "%s had it whole, killed before echoing, " \
+            "but %s" % (c.label(), pe_text)
+    acked = c.kout - (cp.outq or 0)
+    if cp.how == "rst" and e["end"] > acked and pe and pe[0] >= cp.end_t \
+            and pe[2] != "connection closed":
+        return "echo_cut_by_reset", "%s echoed it, up to byte %d of its " \
+            "output; the proxy's kernel had acknowledged %d at the reset; " \
+            "%s" % (c.label(), e["end"], acked, pe_text)
+    return "echo_lost", "%s echoed it (ends at byte %d, %s, acknowledged " \
+        "%d); %s" % (c.label(), e["end"], cp.how, acked, pe_text)
+
+
+# --------------------------------------------------------------------------
+# the report
+
+
+ALLOWED = ("in_flight_at_kill", "unread_at_kill", "written_after_fin",
+           "echo_cut_by_reset")
+
+
+def report(args, env, clients, stats, child, elapsed, stop_problems):
     log = env.httpd.log_text() if env.httpd else ""
+    acc = account(clients, env.backends, stats["kill_list"], log)
+    b = acc["buckets"]
     failovers = len(re.findall(r"backend interrupted", log))
     moves = len(re.findall(r"moved off draining backend", log))
+    problems = env.log_problems()
     crashes = [l for l in log.splitlines() if CRASH_RE.search(l)]
     kids = stats["children_end"]
     if child and kids and kids != child:
         crashes.append("child replaced: %r -> %r" % (child, kids))
     dropped = [(c.k, c.dropped) for c in clients if c.dropped]
     sent = sum(c.sent for c in clients)
-    out = {
-        "duration_s": round(elapsed, 1),
-        "clients": len(clients),
-        "backends": args.backends,
-        "kills": stats["kills"],
-        "drains": stats["drains"],
-        "moves": moves,
-        "failovers": failovers,
-        "messages_sent": sent,
-        "messages_echoed": sum(len(c.got) for c in clients),
-        "lost_in_flight": len(in_flight),
-        "lost_unread_at_kill": len(unread),
-        "lost_written_after_fin": len(late),
-        "lost_unexplained": len(unexplained),
-        "duplicates": sum(c.duplicates for c in clients),
-        "out_of_order": sum(c.out_of_order for c in clients),
-        "child_crashes": len(crashes),
-        "connections_dropped": len(dropped),
-    }
-    print("\nsoak report")
-    for k, v in out.items():
-        print("  %-20s %s" % (k, v))
+    kills = stats["kill_list"]
+    ms = sorted(acc["fin_to_proxy_ms"])
+    rows = [
+        # (key, value, fails when)
+        ("duration_s", round(elapsed, 1), None),
+        ("driver", wsp_env.DRIVER, None),
+        ("kills", len(kills), "zero"),
+        ("kills not frozen between callbacks", stats["freeze_failed"],
+         "nonzero"),
+        ("connections open at kills", sum(len(k["copies"]) for k in kills),
+         None),
+        ("  ended with a reset (data unread)",
+         sum(cp.how == "rst" for k in kills for cp in k["copies"]), None),
+        ("  ended with a FIN",
+         sum(cp.how == "fin" for k in kills for cp in k["copies"]), None),
+        ("  held by the proxy past %d s after the FIN" % FIN_HOLD_LIMIT,
+         len(acc["fin_held"]), "nonzero"),
+        ("  end never logged by the proxy", len(acc["unnoticed_kills"]),
+         "nonzero"),
+        ("  FIN -> proxy's line, ms p50/max",
+         "%.1f/%.1f" % (ms[len(ms) // 2], ms[-1]) if ms else "-", None),
+        ("drains", stats["drains"], "zero"),
+        ("moves", moves, "zero"),
+        ("failovers", failovers, "zero"),
+        ("messages sent", sent, "zero"),
+        ("messages echoed", sum(len(c.got) for c in clients), None),
+        ("messages missing", sum(len(v) for v in b.values()), None),
+        ("  allowed: in flight at kill", len(b["in_flight_at_kill"]), None),
+        ("  allowed: unread at kill", len(b["unread_at_kill"]), None),
+        ("  allowed: written after FIN", len(b["written_after_fin"]), None),
+        ("  echo-path losses (echoed, client never got it)",
+         len(b["echo_cut_by_reset"]) + len(b["echo_lost"]), None),
+        ("    allowed: cut by the reset", len(b["echo_cut_by_reset"]), None),
+        ("    not allowed", len(b["echo_lost"]), "nonzero"),
+        ("  unexplained", len(b["unexplained"]), "nonzero"),
+        ("frames written after a FIN (lost or not)", acc["after_fin_frames"],
+         None),
+        ("messages cut at a kill (part in the socket)", acc["cut"], None),
+        ("  then received whole by another connection", acc["cut_replayed"],
+         None),
+        ("echoes unlike the message sent", sum(c.corrupt for c in clients),
+         "nonzero"),
+        ("duplicates at clients",
+         sum(c.duplicates for c in clients), "nonzero"),
+        ("out of order at clients",
+         sum(c.out_of_order for c in clients), "nonzero"),
+        ("received whole twice by backends",
+         len(acc["backend_duplicates"]), "nonzero"),
+        ("out of order at backends", acc["backend_out_of_order"], "nonzero"),
+        ("on another client's connection", len(acc["foreign"]), "nonzero"),
+        ("unparsable socket copies", len(acc["unparsed_copies"]), "nonzero"),
+        ("child crashes", len(crashes), "nonzero"),
+        ("connections dropped", len(dropped), "nonzero"),
+        ("error log / backend problems", len(problems) - sum(
+            p.startswith("crash: ") for p in problems), "nonzero"),
+        ("httpd stop problems", len(stop_problems), "nonzero"),
+    ]
+    failed = []
+    print("\nsoak report (driver %s)" % wsp_env.DRIVER)
+    print("  %-50s %10s  %-9s %s" % ("", "count", "rule", "verdict"))
+    for key, v, when in rows:
+        bad = (when == "zero" and not v) or (when == "nonzero" and v)
+        if bad:
+            failed.append(key.strip())
+        rule = {"zero": "> 0", "nonzero": "0"}.get(when, "")
+        allowed = key.strip().startswith("allowed")
+        print("  %-50s %10s  %-9s %s" % (
+            key, v, "allowed" if allowed else rule,
+            "FAIL" if bad else ("ok" if when else "")))
     for k, why in dropped[:10]:
         print("  dropped: client %d: %s" % (k, why))
     for l in crashes[:10]:
         print("  crash: %s" % l)
-    for c, seq, pids in unexplained[:20]:
-        t = c.sent_at.get(seq, 0)
-        near = [("%+.3f s" % (kt - t), name) for kt, name in
-                stats["kill_times"] if -1 < kt - t < 5]
-        print("  lost: client %d %s seq %d sent %s (logged by %s), kills "
-              "near it: %s" % (c.k, c.id, seq, time.strftime(
-                  "%H:%M:%S", time.localtime(c.sent_wall[seq]))
-                  + ".%06d" % (c.sent_wall[seq] % 1 * 1e6),
-                  sorted(pids) or "no backend", near[:3]))
+    for p in problems[:10]:
+        print("  problem: %s" % p[:2000])
+    for p in stop_problems[:5]:
+        print("  stop: %s" % p[:2000])
+    for c in acc["fin_held"][:5]:
+        print("  held after FIN: %s" % c.label())
+    for c in acc["unnoticed_kills"][:5]:
+        print("  end not logged by the proxy: %s, client %s" % (
+            c.label(), c.client_id))
+    for c, e in acc["unparsed_copies"][:5]:
+        print("  unparsable copy of %s: %s" % (c.label(), e))
+    for ks in acc["backend_duplicates"][:10]:
+        print("  received twice by backends: client %d seq %d" % ks)
+    for ks, c in acc["foreign"][:5]:
+        print("  client %d seq %d on %s (client %s)" % (
+            ks[0], ks[1], c.label(), c.client_id))
+
+    def when(cl, seq):
+        w = cl.sent_wall.get(seq, 0)
+        return time.strftime("%H:%M:%S", time.localtime(w)) \
+            + ".%06d" % (w % 1 * 1e6)
+
+    for bucket in ("echo_lost", "unexplained"):
+        for cl, seq, why in b[bucket][:20]:
+            print("  %s: client %d seq %d sent %s: %s" % (
+                bucket, cl.k, seq, when(cl, seq), why))
+    for bucket in ALLOWED:
+        for cl, seq, why in b[bucket][:10 if args.verbose else 2]:
+            print("  %s: client %d seq %d sent %s: %s" % (
+                bucket, cl.k, seq, when(cl, seq), why))
+    out = {key.strip(): v for key, v, _ in rows}
+    out["failed"] = failed
     Path("build").mkdir(exist_ok=True)
     with open("build/soak.json", "w") as f:
         json.dump(out, f, indent=1)
-    bad = out["duplicates"] or out["out_of_order"] or out["child_crashes"] \
-        or out["connections_dropped"] or out["lost_unexplained"]
-    print("soak %s (figures in build/soak.json)"
-          % ("FAILED" if bad else "passed"))
-    return 1 if bad else 0
+    print("soak %s (figures in build/soak.json)%s" % (
+        "FAILED" if failed else "passed",
+        (": " + ", ".join(failed)) if failed else ""))
+    return 1 if failed else 0
 
 
 def main():
@@ -514,12 +1024,20 @@ def main():
     ap.add_argument("--rate", type=float, default=20,
                     help="messages per second per client")
     ap.add_argument("--kill-every", type=float, default=0.3)
+    ap.add_argument("--hang", type=float, default=0.03,
+                    help="a killed backend hangs (stopped) up to this many "
+                    "s before it dies")
+    ap.add_argument("--big-every", type=float, default=50,
+                    help="one message in this many (on average) is 64-512 "
+                    "KB instead of up to 2 KB; 0: none")
     ap.add_argument("--children", type=int, default=2)
     ap.add_argument("--drain-every", type=float, default=2.0)
     ap.add_argument("--driver", choices=sorted(wsp_env.DRIVER_CONF),
                     default=wsp_env.DRIVER)
     ap.add_argument("--keep", action="store_true",
                     help="keep the server root (logs) afterwards")
+    ap.add_argument("--verbose", action="store_true",
+                    help="list more allowed losses with their evidence")
     args = ap.parse_args()
     if args.backends < 2:
         ap.error("--backends must be at least 2")
@@ -530,8 +1048,9 @@ def main():
     rc = 1
     try:
         clients, stats, child, elapsed = asyncio.run(soak(args, env))
-        env.shutdown()
-        rc = report(args, env, clients, stats, child, elapsed)
+        stop_problems = env.shutdown()
+        rc = report(args, env, clients, stats, child, elapsed,
+                    stop_problems)
     finally:
         env.shutdown()
         env.cleanup()

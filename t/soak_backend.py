@@ -2,36 +2,63 @@
 """The echo backend of the chaos soak (t/soak.py).
 
     /usr/bin/python3 t/soak_backend.py --port N --name NAME --log FILE
+        [--inc N]
 
-An asyncio Protocol on raw sockets, not python3-websockets: it logs a
-message in the same callback that read its bytes, so a backend killed at
-any moment has logged (nearly) everything it took from its sockets. That
-is what lets the soak tell a message the proxy completely wrote to a
-backend that died (allowed to be lost) from one the proxy lost.
+One thread, one epoll loop (selectors) over non-blocking raw sockets, not
+python3-websockets nor asyncio's transports: every byte it takes from a
+socket and every byte the kernel accepts from it is accounted for in the
+same callback, and logged before the loop waits again. The soak freezes
+it (SIGSTOP) only while it waits in epoll_wait (t/soak.py freeze_idle),
+so at a kill its log says exactly what it had read, what it had echoed
+into the kernel, and what it still held in its own buffers. That is what
+lets the soak tell a message the proxy completely wrote to a backend that
+died (allowed to be lost, DESIGN §3) from one the proxy lost.
 
-Log lines (JSON, flushed at once), a subset of t/backend.py's:
-    {"ev": "ready", "pid": P, ...}
-    {"ev": "open", "conn": N, "headers": {...}, "pid": P}
-    {"ev": "msg", "conn": N, "head": up to 64 characters, "whole": bool,
-     "pid": P}   logged when the first 16 payload bytes (enough to name
-                 the message) are in, again ("whole": true) once the
-                 whole frame is
-Echoes every text or binary frame (unfragmented only: the soak sends no
-fragments), answers pings, answers a close.
+Log lines (JSON, flushed at once); every one has "ev", "name", "inc"
+(the --inc of this process: which start of this backend it is, as pids
+are reused within a soak), "pid" and "t" (time.time() when it was
+logged):
+    {"ev": "ready", "port": N}
+    {"ev": "open", "conn": N, "peer": proxy-side port, "headers": {...}}
+    {"ev": "msg", "conn": N, "head": first 64 characters, "whole": true,
+     "end": E, "kout": K}
+        a data message arrived whole (its last fragment did); its echo,
+        one frame, was queued and ends at byte
+        E of this connection's output stream (the 101 included); K bytes
+        of that stream had been accepted by the kernel when the callback
+        logged it: the echo is in the kernel iff K >= E
+    {"ev": "out", "conn": N, "kout": K}
+        the kernel accepted more output (logged at the end of any callback
+        where it changed and no "msg" line said so)
+    {"ev": "partial", "conn": N, "have": B, "hex": H, "msg": M}
+        at the end of a callback, when it changed: B bytes read but not
+        yet used (the start of one frame whose rest has not arrived; 0
+        once none are left), the first 64 of them in hex (its header and
+        the head of its payload), and M the head of the message whose
+        first fragments it has (null when none). The last one before a
+        kill is what the process held.
+    {"ev": "close", "conn": N, "code": C}   a close frame, answered
+    {"ev": "end", "conn": N, "how": "eof" | "reset" | "closed"}
+Echoes every text or binary message in one frame once it is whole (the
+proxy may fragment a message differently than the client sent it),
+answers pings, answers a close then closes once its output is out.
 """
 
 import argparse
-import asyncio
 import base64
 import hashlib
 import json
 import os
+import selectors
+import signal
+import socket
 import struct
 import sys
+import time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HEAD = 64
-START = 16      # payload bytes that name a message: "c<k>:<seq>:"
+RCVBUF = 64 << 10
 
 
 def unmask(data, key):
@@ -52,23 +79,73 @@ def frame(opcode, payload):
     return hdr + payload
 
 
-class Conn(asyncio.Protocol):
-    def __init__(self, server):
+class Conn:
+    def __init__(self, server, sock):
         self.server = server
-        self.server.conns += 1
+        server.conns += 1
         self.conn = server.conns
+        self.sock = sock
+        self.peer = sock.getpeername()[1]
         self.buf = b""
+        self.out = bytearray()
+        self.qend = 0                  # output bytes queued, ever
+        self.kout = 0                  # output bytes the kernel took
+        self.kout_logged = 0
+        self.partial_logged = (0, b"", None)
+        self.msg_op = None
+        self.parts = None              # the fragments of a message so far
         self.open = False
-        self.started = None            # the frame whose head was logged
+        self.closing = False           # close once the output is out
+        self.gone = False
 
-    def connection_made(self, transport):
-        self.t = transport
+    def event(self, ev, **fields):
+        self.server.event(ev, conn=self.conn, **fields)
 
-    def data_received(self, data):
+    # output ------------------------------------------------------------
+
+    def send(self, data):
+        self.out += data
+        self.qend += len(data)
+        self.flush()
+
+    def flush(self):
+        while self.out:
+            try:
+                n = self.sock.send(self.out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.end("reset")
+                return
+            self.kout += n
+            del self.out[:n]
+        if self.gone:
+            return
+        if not self.out and self.closing:
+            self.end("closed")
+            return
+        self.server.want_write(self, bool(self.out))
+
+    # input -------------------------------------------------------------
+
+    def readable(self):
+        try:
+            data = self.sock.recv(1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.end("reset")
+            return
+        if not data:
+            self.end("eof")
+            return
+        if self.closing:
+            return                     # after its close: ignored
         self.buf += data
         if not self.open:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
+                self.after_callback()
                 return
             head, self.buf = self.buf[:end].decode("latin-1"), \
                 self.buf[end + 4:]
@@ -81,18 +158,18 @@ class Conn(asyncio.Protocol):
                     key = v.strip()
             accept = base64.b64encode(hashlib.sha1(
                 key.encode() + GUID).digest())
-            self.t.write(b"HTTP/1.1 101 Switching Protocols\r\n"
-                         b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
             self.open = True
-            self.server.event("open", conn=self.conn, headers=headers)
-        while self.frame():
+            self.event("open", peer=self.peer, headers=headers)
+            self.send(b"HTTP/1.1 101 Switching Protocols\r\n"
+                      b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        while not self.gone and not self.closing and self.frame():
             pass
+        self.after_callback()
 
     def frame(self):
-        """Handle one frame from self.buf if its header is in; log the
-        head of a data frame as soon as it is in. Returns whether a whole
-        frame was used."""
+        """Handle one whole frame from self.buf, if one is in. Returns
+        whether one was."""
         b = self.buf
         if len(b) < 2:
             return False
@@ -108,56 +185,128 @@ class Conn(asyncio.Protocol):
                 return False
             n = struct.unpack("!Q", b[2:10])[0]
             off = 10
-        if len(b) < off + 4:
+        if len(b) < off + 4 + n:
             return False
         key = b[off:off + 4]
         off += 4
+        fin = b[0] & 0x80
         op = b[0] & 0x0F
-        if op in (1, 2) and self.started is None \
-                and len(b) >= off + min(n, START):
-            head = unmask(b[off:min(off + n, len(b), off + HEAD)], key)
-            self.started = head
-            self.server.event("msg", conn=self.conn,
-                              head=head.decode("latin-1"), whole=False)
-        if len(b) < off + n:
-            return False
         payload = unmask(b[off:off + n], key)
         self.buf = b[off + n:]
-        if op in (1, 2):
-            self.server.event("msg", conn=self.conn,
-                              head=payload[:HEAD].decode("latin-1"),
-                              whole=True)
-            self.started = None
-            self.t.write(frame(op, payload))
+        if op in (0, 1, 2):
+            # the proxy frames messages its own way: a large one comes
+            # in fragments, and is whole with its last one
+            if op:
+                self.msg_op, self.parts = op, [payload]
+            else:
+                self.parts.append(payload)
+            if fin:
+                payload = b"".join(self.parts)
+                self.parts = None
+                self.send(frame(self.msg_op, payload))
+                self.event("msg", head=payload[:HEAD].decode("latin-1"),
+                           whole=True, end=self.qend, kout=self.kout)
+                self.kout_logged = self.kout
         elif op == 9:
-            self.t.write(frame(10, payload))
+            self.send(frame(10, payload))
         elif op == 8:
-            self.t.write(frame(8, payload[:2]))
-            self.t.close()
+            code = struct.unpack("!H", payload[:2])[0] \
+                if len(payload) >= 2 else None
+            self.event("close", code=code)
+            self.closing = True
+            self.send(frame(8, payload[:2]))
         return True
+
+    def after_callback(self):
+        """What the log must say before the loop waits again."""
+        if self.gone:
+            return
+        if self.kout != self.kout_logged:
+            self.event("out", kout=self.kout)
+            self.kout_logged = self.kout
+        state = (len(self.buf), self.buf[:HEAD],
+                 self.parts[0][:HEAD] if self.parts else None)
+        if state != self.partial_logged:
+            self.event("partial", have=state[0], hex=state[1].hex(),
+                       msg=None if state[2] is None
+                       else state[2].decode("latin-1"))
+            self.partial_logged = state
+
+    def writable(self):
+        self.flush()
+        self.after_callback()
+
+    def end(self, how):
+        if self.gone:
+            return
+        self.gone = True
+        self.event("end", how=how)
+        self.server.forget(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 class Server:
     def __init__(self, args):
         self.name = args.name
+        self.inc = args.inc
         self.port = args.port
         self.log = open(args.log, "a", encoding="utf-8")
         self.conns = 0
+        self.sel = selectors.EpollSelector()
 
     def event(self, ev, **fields):
-        rec = {"ev": ev, "name": self.name, "pid": os.getpid()}
+        rec = {"ev": ev, "name": self.name, "inc": self.inc,
+               "pid": os.getpid(), "t": round(time.time(), 6)}
         rec.update(fields)
         self.log.write(json.dumps(rec) + "\n")
         self.log.flush()
 
-    async def run(self):
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: Conn(self), "127.0.0.1",
-                                          self.port, reuse_address=True)
+    def want_write(self, c, on):
+        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        if self.sel.get_key(c.sock).events != mask:
+            self.sel.modify(c.sock, mask, c)
+
+    def forget(self, c):
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def run(self):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # small receive buffers (the connections inherit them): a large
+        # message fills one, so kills find messages half written, which
+        # the proxy must send again whole
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(512)
+        ls.setblocking(False)
+        self.sel.register(ls, selectors.EVENT_READ, None)
         self.event("ready", port=self.port)
         print("ready %s %d" % (self.name, self.port), flush=True)
-        async with server:
-            await server.serve_forever()
+        while True:
+            for key, mask in self.sel.select():
+                if key.data is None:
+                    while True:
+                        try:
+                            s, _ = ls.accept()
+                        except BlockingIOError:
+                            break
+                        s.setblocking(False)
+                        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
+                                     1)
+                        c = Conn(self, s)
+                        self.sel.register(s, selectors.EVENT_READ, c)
+                    continue
+                c = key.data
+                if mask & selectors.EVENT_WRITE and not c.gone:
+                    c.writable()
+                if mask & selectors.EVENT_READ and not c.gone:
+                    c.readable()
 
 
 def main():
@@ -165,9 +314,13 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--inc", type=int, default=0,
+                    help="which start of this backend this process is "
+                    "(pids are reused within a soak)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     try:
-        asyncio.run(Server(args).run())
+        Server(args).run()
     except KeyboardInterrupt:
         pass
     return 0
