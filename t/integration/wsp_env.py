@@ -53,6 +53,10 @@ HOST = "127.0.0.1"
 # error log: "[date] [module:level] [pid N:tid N] ..."
 LOG_LEVEL_RE = re.compile(r"^\[[^\]]*\] \[([^:\]]*):(\w+)\]")
 BAD_LEVELS = {"error", "crit", "alert", "emerg"}
+# the level most of the pipe's faults are logged at (failovers, failed
+# connects and handshakes): a ws_persist line at it must be expected too
+WARN_LEVEL = "warn"
+MODULE_TAG = "ws_persist"
 CRASH_RE = re.compile(r"child pid \d+ exit signal")
 # how long a graceful stop may wait for live connections
 GRACEFUL_S = 10
@@ -465,6 +469,7 @@ class Env:
         self.backends = []
         self.httpd = None
         self.expected_errors = []
+        self.expected_warns = []
         self.expected_kills = set()    # child pids a test SIGKILLs
         self._shared = None
 
@@ -555,8 +560,17 @@ class Env:
 
     def expect_error(self, pattern):
         """An error log line at level error or worse that matches pattern
-        is expected (e.g. the module's 503/1013/1014 lines)."""
+        is expected (e.g. the module's 503/1013/1014 lines). Name the line
+        itself (its client id and what it says), not only its pipe: a
+        pattern that matches every line of a pipe hides its other faults."""
         self.expected_errors.append(re.compile(pattern))
+
+    def expect_warn(self, pattern):
+        """A ws_persist line at level warn that matches pattern is expected
+        (a failover the test causes, a connect to a backend it killed).
+        Any other ws_persist warn line fails the test, as an unexpected
+        error line does."""
+        self.expected_warns.append(re.compile(pattern))
 
     def url(self, client_id, location="/ws/", query="", scheme="ws"):
         path = location + client_id + (("?" + query) if query else "")
@@ -589,11 +603,16 @@ class Env:
                     crashed = True
                     continue
                 m = LOG_LEVEL_RE.match(line)
-                if not m or m.group(2) not in BAD_LEVELS:
+                if not m:
                     continue
-                if any(rx.search(line) for rx in self.expected_errors):
-                    continue
-                problems.append("unexpected: " + line)
+                if m.group(2) in BAD_LEVELS:
+                    if any(rx.search(line) for rx in self.expected_errors):
+                        continue
+                    problems.append("unexpected: " + line)
+                elif m.group(2) == WARN_LEVEL and m.group(1) == MODULE_TAG:
+                    if any(rx.search(line) for rx in self.expected_warns):
+                        continue
+                    problems.append("unexpected warn: " + line)
             if crashed:
                 problems += self.backtraces()
         problems += wsp_sanitize.reports(
