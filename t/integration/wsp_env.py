@@ -11,6 +11,7 @@ frames.
 """
 
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -107,6 +108,168 @@ def port_open(port, host=HOST):
 
 
 # --------------------------------------------------------------------------
+# What a killed backend had taken, and what it had not yet read
+#
+# DESIGN 3 allows a message to be lost only when it was completely written
+# to a backend that then failed. A test proves that of each message it
+# misses: the backend logged it whole and not its echo (t/backend.py's rx
+# and echoed events), or it is found whole in the dead backend's socket
+# (written, never read: Backend.kill_keeping_sockets).
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+SYS_PIDFD_GETFD = 438                       # x86_64 and most others
+EPOLL_WAITS = {"232", "281", "441"}         # epoll_wait, _pwait, _pwait2
+
+
+def freeze_idle(pid, tries=500):
+    """SIGSTOP pid while it waits in epoll_wait, between callbacks: then
+    everything it read from its sockets is logged, and what it has not
+    read is still in them. Stopped elsewhere, it is let go and tried again
+    a moment later."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        for _ in range(1000):
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+            time.sleep(0.0002)
+        with open("/proc/%d/syscall" % pid) as f:
+            if f.read().split()[0] in EPOLL_WAITS:
+                return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.0005)
+    raise AssertionError("backend %d never stopped while idle" % pid)
+
+
+def socket_copies(pid):
+    """Copies (pidfd_getfd) of the connected sockets of process pid, as
+    {peer port: socket}."""
+    out = {}
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if not os.readlink("/proc/%d/fd/%s" % (pid, name)) \
+                        .startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = LIBC.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                raise AssertionError("pidfd_getfd: %s" % os.strerror(
+                    ctypes.get_errno()))
+            sock = socket.socket(fileno=fd)
+            try:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    raise OSError("not TCP")  # asyncio's self-pipe
+                out[sock.getpeername()[1]] = sock
+            except OSError:
+                sock.close()                # the listener
+    finally:
+        os.close(pidfd)
+    return out
+
+
+def read_available(sock):
+    data = b""
+    sock.setblocking(False)
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    except (BlockingIOError, ConnectionError):
+        pass
+    return data
+
+
+class Remains:
+    """The sockets of a SIGKILLed backend, kept open by copies: what the
+    proxy wrote into them that the process never read. At the kill a
+    socket with unread data is reset, as the kernel does; the others get
+    a FIN, and are read on until the proxy closes them (what it wrote
+    after the FIN had arrived is completely written to a dead backend
+    too)."""
+
+    def __init__(self, socks):
+        self.data = {}                       # peer port: bytes
+        self.open = {}
+        for port, sock in socks.items():
+            data = read_available(sock)
+            if data:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack("ii", 1, 0))
+                data += read_available(sock)
+                sock.close()
+            else:
+                sock.shutdown(socket.SHUT_WR)
+                self.open[port] = sock
+            self.data[port] = data
+
+    def collect(self, timeout=30):
+        """Read the FIN'd sockets until the proxy has closed each; the
+        bytes each socket held, by peer port."""
+        deadline = time.monotonic() + timeout
+        for port, sock in list(self.open.items()):
+            sock.setblocking(True)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        "the proxy kept a dead backend's connection open "
+                        "for %ds" % timeout)
+                sock.settimeout(left)
+                try:
+                    chunk = sock.recv(1 << 20)
+                except ConnectionError:
+                    chunk = b""
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                self.data[port] += chunk
+            sock.close()
+            del self.open[port]
+        return self.data
+
+
+def client_messages(data, under_way=None):
+    """The data messages in a stream of client-to-server (masked) frames:
+    ([heads of whole messages], head of an incomplete one or None). A
+    stream that starts inside a message (under_way: its head) ends it
+    with continuation frames. Heads: latin-1 of the first 256 bytes."""
+    whole, i, cur = [], 0, under_way
+    while True:
+        if len(data) - i < 2:
+            break
+        b0, b1 = data[i], data[i + 1]
+        n, off = b1 & 0x7F, i + 2
+        if n == 126:
+            if len(data) < off + 2:
+                break
+            n, off = struct.unpack("!H", data[off:off + 2])[0], off + 2
+        elif n == 127:
+            if len(data) < off + 8:
+                break
+            n, off = struct.unpack("!Q", data[off:off + 8])[0], off + 8
+        key = data[off:off + 4] if b1 & 0x80 else b"\0\0\0\0"
+        off += 4 if b1 & 0x80 else 0
+        op = b0 & 0x0F
+        if op in (1, 2):
+            head = bytes(c ^ key[k % 4] for k, c in
+                         enumerate(data[off:off + min(n, 256)]))
+            cur = head.decode("latin-1")
+        if len(data) < off + n:
+            break
+        if op in (0, 1, 2) and cur is not None and b0 & 0x80:
+            whole.append(cur)
+            cur = None
+        i = off + n
+    return whole, cur
+
+
+# --------------------------------------------------------------------------
 # Backends
 
 
@@ -162,6 +325,61 @@ class Backend:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def kill_keeping_sockets(self):
+        """SIGKILL the backend once it is idle (everything it read is
+        logged), keeping copies of its connections' sockets: a Remains of
+        what the proxy wrote into them that the process never read."""
+        assert self.alive
+        self.killed_pid = self.proc.pid
+        freeze_idle(self.proc.pid)
+        socks = socket_copies(self.proc.pid)
+        self.kill()
+        return Remains(socks)
+
+    def lost_with(self, client_id, remains, pid=None):
+        """What the client's messages to this backend's process pid (the
+        one killed by default) may be lost as (DESIGN 3: completely
+        written to it): (whole, partial). whole: heads of messages it
+        logged whole ("rx") without their echo, then of those found whole
+        in its sockets (remains.collect()). partial: heads of messages
+        written to it only in part, which the next backend must get
+        whole."""
+        pid = pid or self.killed_pid
+        data = remains.collect()
+        whole, partial = [], []
+        for o in self.opens(client_id):
+            if o["pid"] != pid:
+                continue
+            evs = [e for e in self.events() if e["pid"] == pid
+                   and e.get("conn") == o["conn"]]
+            echoed = [e["head"] for e in evs if e["ev"] == "echoed"]
+            pending = None
+            for e in evs:
+                if e["ev"] == "rx":
+                    pending = None
+                    if e["head"] in echoed:
+                        echoed.remove(e["head"])
+                    else:
+                        whole.append(e["head"])
+                elif e["ev"] == "rx-part":
+                    pending = e
+            stream = data.get(o["peer"], b"")
+            under_way = None
+            if pending is not None:
+                if pending["buf"] is None:
+                    raise AssertionError(
+                        "backend %s: an incomplete frame of %d bytes was "
+                        "not logged; cannot tell what the kill lost"
+                        % (self.name, pending["have"]))
+                stream = bytes.fromhex(pending["buf"]) + stream
+                under_way = pending["head"] if pending["under_way"] \
+                    else None
+            w, part = client_messages(stream, under_way)
+            whole += w
+            if part is not None:
+                partial.append(part)
+        return whole, partial
 
     def pause(self):
         """SIGSTOP: the backend's connections stay open but it answers
