@@ -2,6 +2,7 @@
 on, buffers and replays, and the delivery guarantees hold."""
 
 import asyncio
+import re
 
 import pytest
 import websockets
@@ -12,15 +13,24 @@ from wsp_env import (await_until, closed, connect, echo, hget, new_id, recv,
 FAST = ("WSPersistConnectTimeout 10", "WSPersistRetry 50ms 500ms")
 
 
-def interrupted(env, cid, n=1):
-    """The proxy logged the interruption of cid's backend n times."""
-    return len(env.httpd.log_lines(r"client %s .* backend interrupted "
-                                   % cid)) >= n
+# why a killed backend's pipe fails over: its FIN or reset is read, or a
+# write to it fails
+KILLED = r"connection closed|read failed|write failed"
 
 
-def expect_failover(env, cid, why=r"[^)]*"):
+def interrupted_ids(env):
+    """The client ids whose backend the proxy has logged interrupted."""
+    return set(re.findall(r"ws_persist: client (\S+) .* backend interrupted ",
+                          env.httpd.log_text()))
+
+
+def interrupted(env, cid):
+    return cid in interrupted_ids(env)
+
+
+def expect_failover(env, cid, why=KILLED):
     """The warn lines a test's own kill of cid's backend causes."""
-    env.expect_warn(r"client %s .* backend interrupted \(%s\); failing "
+    env.expect_warn(r"client %s .* backend interrupted \((%s)\); failing "
                     r"over with \d+ message" % (cid, why))
 
 
@@ -113,15 +123,22 @@ def test_only_backend_restarted_replays_buffer(env):
     of it, in order, once."""
     b1 = env.backend("b1")
     env.start_httpd(env.location("/ws/", [b1], *FAST))
+    cid = new_id()
+    expect_failover(env, cid)
+    # the outage: connects to the dead port are refused
+    env.expect_warn(r"client %s .* backend %s: handshake failed: connect: Connection refused"
+                    % (cid, re.escape(b1.url)))
 
     async def run():
-        cid = new_id()
         ws = await connect(env, cid)
         await echo(ws, "before")
         loop = asyncio.get_running_loop()
         b1.kill()
         killed_at = loop.time()
-        await asyncio.sleep(0.3)
+        # nothing was in flight at the kill ("before" came back); what is
+        # sent once the proxy knows is buffered, all of it
+        await await_until(lambda: interrupted(env, cid), 30,
+                          what="the proxy to see the kill")
         outage = ["outage-%d" % i for i in range(20)]
         for m in outage:
             await ws.send(m)
@@ -148,21 +165,27 @@ def test_no_backend_within_timeout_closes_1014(env):
     b1 = env.backend("b1")
     env.start_httpd(env.location("/ws/", [b1], "WSPersistConnectTimeout 2",
                                  "WSPersistRetry 50ms 500ms"))
+    cid = new_id()
+    env.expect_error(r"client %s .*: no backend within 2000 ms: closing "
+                     r"with 1014" % cid)
+    expect_failover(env, cid)
+    env.expect_warn(r"client %s .* backend %s: handshake failed: connect: Connection refused"
+                    % (cid, re.escape(b1.url)))
 
     async def run():
-        cid = new_id()
         ws = await connect(env, cid)
-        env.expect_error(cid)
         await echo(ws, "before")
         b1.kill()
-        await asyncio.sleep(0.3)
+        await await_until(lambda: interrupted(env, cid), 30,
+                          what="the proxy to see the kill")
         try:
             await ws.send("into the void")
         except websockets.ConnectionClosed:
             pass
-        code, _ = await closed(ws, 60)
-        assert code == 1014
-        assert env.httpd.log_lines(cid), "the 1014 is logged with the id"
+        code, reason = await closed(ws, 60)
+        assert (code, reason) == (1014, "no backend")
+        assert env.httpd.log_lines(r"client %s .*closing with 1014" % cid), \
+            "the 1014 is logged with the id"
     asyncio.run(run())
 
 
@@ -172,16 +195,23 @@ def test_hundred_clients_survive_kill(env):
     keep working."""
     b1, b2 = env.backend("b1"), env.backend("b2")
     env.start_httpd(env.location("/ws/", [b1, b2], *FAST))
+    cids = [new_id() for _ in range(100)]
+    for cid in cids:
+        expect_failover(env, cid)
 
     async def run():
-        clients = await asyncio.gather(*(connect(env) for _ in range(100)))
+        clients = await asyncio.gather(*(connect(env, cid) for cid in cids))
         names = [(await whoami(ws))["name"] for ws in clients]
         assert names.count("b1") > 0 and names.count("b2") > 0, \
             "least-pipes selection spreads clients over both backends"
         await asyncio.gather(*(echo(ws, "hello-%d" % i)
                                for i, ws in enumerate(clients)))
         b1.kill()
-        await asyncio.sleep(NOTICE_S)
+        # nothing was in flight at the kill; once the proxy has seen it
+        # for each of b1's clients, every message comes back
+        on_b1 = [cid for cid, n in zip(cids, names) if n == "b1"]
+        await await_until(lambda: interrupted_ids(env) >= set(on_b1),
+                          60, what="the proxy to see the kill")
         await asyncio.gather(*(echo(ws, "after-%d" % i, timeout=60)
                                for i, ws in enumerate(clients)))
         assert all(ws.open for ws in clients)
