@@ -9,6 +9,7 @@ name. The backends are t/backend.py with --tls-cert/--tls-key."""
 import asyncio
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -22,9 +23,6 @@ from wsp_env import (BACKEND, HOST, PYTHON, Backend, await_until,
                      whoami)
 
 FAST = ("WSPersistConnectTimeout 10", "WSPersistRetry 50ms 500ms")
-# after a SIGKILL, how long the proxy gets to read the dead backend's FIN
-# before messages count as sent after the kill (see test_failover.py)
-NOTICE_S = 0.1
 
 
 def openssl(*args):
@@ -208,16 +206,27 @@ def test_wss_failover_replays_buffer(env, pki):
     env.start_httpd(proxy_tls(pki) + env.location("/ws/", [b1, b2], *FAST),
                     ssl=True)
     backends = {"b1": b1, "b2": b2}
+    cid = new_id()
+    env.expect_warn(r"client %s .* backend interrupted \((connection "
+                    r"closed|read failed|write failed)\); failing over "
+                    % cid)
 
     async def run():
-        cid = new_id()
         ws = await connect(env, cid)
         await echo(ws, "before")
         victim = backends[(await whoami(ws))["name"]]
         spare = b2 if victim is b1 else b1
+        # the victim may be tried again while the spare hangs
+        env.expect_warn(r"client %s .* backend %s: handshake failed: "
+                        r"connect: Connection refused"
+                        % (cid, re.escape(victim.url)))
         spare.pause()
         victim.kill()
-        await asyncio.sleep(NOTICE_S)
+        # nothing was in flight at the kill (whoami came back); what the
+        # client sends once the proxy has seen it is all buffered
+        await await_until(lambda: env.httpd.log_lines(
+            r"client %s .* backend interrupted " % cid), 30,
+            what="the proxy to see the kill")
         outage = ["outage-%d" % i for i in range(20)]
         for m in outage:
             await ws.send(m)

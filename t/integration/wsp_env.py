@@ -192,18 +192,21 @@ class Remains:
     after the FIN had arrived is completely written to a dead backend
     too)."""
 
-    def __init__(self, socks):
+    def __init__(self, socks, killed=True):
+        """killed=False: the process lives on (it just never read); the
+        sockets are read until the proxy closes them, and never reset."""
         self.data = {}                       # peer port: bytes
         self.open = {}
         for port, sock in socks.items():
             data = read_available(sock)
-            if data:
+            if data and killed:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                 struct.pack("ii", 1, 0))
                 data += read_available(sock)
                 sock.close()
             else:
-                sock.shutdown(socket.SHUT_WR)
+                if killed:
+                    sock.shutdown(socket.SHUT_WR)
                 self.open[port] = sock
             self.data[port] = data
 
