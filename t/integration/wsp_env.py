@@ -681,6 +681,17 @@ class Httpd:
 # The environment of one test
 
 
+# why a killed backend's pipe fails over: its FIN or its reset is read,
+# or a write to it fails
+KILLED = r"connection closed|read failed|write failed"
+
+
+def _url_rx(backend):
+    if backend is None:
+        return r"\S+"
+    return re.escape(backend if isinstance(backend, str) else backend.url)
+
+
 class Env:
     def __init__(self, root):
         self.root = Path(root)
@@ -792,6 +803,25 @@ class Env:
         Any other ws_persist warn line fails the test, as an unexpected
         error line does."""
         self.expected_warns.append(re.compile(pattern))
+
+    def expect_failover(self, cid=None, backend=None, why=KILLED,
+                        messages=r"\d+"):
+        """The warn line of a failover the test causes: cid's pipe (any
+        pipe: None) leaves backend (a Backend or URL; None: any) because
+        of why (a regex; by default what a killed backend causes)."""
+        self.expect_warn(
+            r"ws_persist: client %s \(\S+\) backend %s: backend interrupted "
+            r"\((%s)\); failing over with %s message\(s\)" % (
+                re.escape(cid) if cid else r"\S+", _url_rx(backend), why,
+                messages))
+
+    def expect_refused(self, backend, cid=None):
+        """The warn lines of connects to backend, where nothing listens
+        (the test killed it or never started it)."""
+        self.expect_warn(
+            r"ws_persist: client %s \(\S+\) backend %s: handshake failed: "
+            r"connect: Connection refused$" % (
+                re.escape(cid) if cid else r"\S+", _url_rx(backend)))
 
     def url(self, client_id, location="/ws/", query="", scheme="ws"):
         path = location + client_id + (("?" + query) if query else "")
