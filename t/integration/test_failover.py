@@ -41,6 +41,7 @@ def test_kill_with_spare_keeps_stream(env):
         me = await whoami(ws)
         victim = backends[me["name"]]
         spare = b2 if victim is b1 else b1
+        env.expect_refused(victim, cid)     # should the pool try it again
         sent, got = [], []
         state = {}
         loop = asyncio.get_running_loop()
@@ -185,6 +186,7 @@ def test_hundred_clients_survive_kill(env):
     cids = [new_id() for _ in range(100)]
     for cid in cids:
         env.expect_failover(cid)
+    env.expect_refused(b1)      # a pipe that tries it again once backed off
 
     async def run():
         clients = await asyncio.gather(*(connect(env, cid) for cid in cids))
