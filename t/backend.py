@@ -23,10 +23,32 @@ With --log, every event is appended to FILE as one JSON object per line,
 flushed at once, so a test can prove what the backend saw:
 
     {"ev": "ready", ...}
-    {"ev": "open",  "conn": N, "path": ..., "headers": {...}, ...}
+    {"ev": "open",  "conn": N, "path": ..., "headers": {...}, "peer": port
+                    of the proxy's end, ...}
     {"ev": "msg",   "conn": N, "type": "text"|"binary", "len": L,
                     "head": first 256 characters (binary: latin-1)}
     {"ev": "close", "conn": N, "code": C, "reason": R, "by": "peer"|"us"}
+
+and, so that a test can tell what a backend SIGKILLed at any moment had
+taken from its socket (DESIGN 3: a message completely written to a
+backend that then fails may be lost, and only such a message):
+
+    {"ev": "rx",    "conn": N, "len": L, "head": ...}
+                    logged in the callback that read the message's last
+                    byte from the socket (before websockets sees it): the
+                    whole message is in the process
+    {"ev": "rx-part", "conn": N, "head": ..., "under_way": bool,
+                    "have": H, "frame": F, "buf": hex or null}
+                    after a read that leaves something incomplete: H bytes
+                    of a frame of F bytes (null: its header is not whole)
+                    are in, and are "buf" when at most 4 KB; under_way:
+                    earlier frames of this message are whole already
+    {"ev": "echoed", "conn": N, "len": L, "head": ...}
+                    the echo of a message (or a command's answer) is in
+                    the kernel: nothing of it is left in the process
+
+(heads of rx events are latin-1 of the payload's first 256 bytes; a text
+message's head is the same as its "msg" head while it is ASCII).
 
 Uses the legacy asyncio API of python3-websockets 10.x (Debian 12).
 """
@@ -37,11 +59,116 @@ import json
 import os
 import signal
 import ssl
+import struct
 import sys
 
 import websockets
+from websockets.legacy.server import WebSocketServerProtocol
 
 HEAD_CHARS = 256
+PART_BYTES = 4096       # an incomplete frame up to this size is logged whole
+
+
+class RxLog:
+    """What the proxy wrote into one connection, parsed as it is read:
+    client-to-server frames after the HTTP request head. Logs each data
+    message whose last byte has been read, and how far an incomplete one
+    is from its end."""
+
+    def __init__(self, backend, conn):
+        self.backend = backend
+        self.conn = conn
+        self.buf = bytearray()
+        self.in_head = True
+        self.msg_head = None        # payload head of the message under way
+        self.msg_len = 0
+
+    def feed(self, data):
+        self.buf += data
+        if self.in_head:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del self.buf[:end + 4]
+            self.in_head = False
+        while self.frame():
+            pass
+        if self.buf or self.msg_head is not None:
+            h = self.header()
+            self.backend.event(
+                "rx-part", conn=self.conn, head=self.part_head(h),
+                under_way=self.msg_head is not None, have=len(self.buf),
+                frame=None if h is None else h[3] + h[2],
+                buf=self.buf.hex() if len(self.buf) <= PART_BYTES else None)
+
+    def header(self):
+        """(opcode, fin, payload length, header length) or None."""
+        b = self.buf
+        if len(b) < 2:
+            return None
+        n, off = b[1] & 0x7F, 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, off = struct.unpack("!H", b[2:4])[0], 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, off = struct.unpack("!Q", b[2:10])[0], 10
+        if b[1] & 0x80:
+            off += 4
+        return b[0] & 0x0F, bool(b[0] & 0x80), n, off
+
+    def payload(self, h, upto):
+        op, fin, n, off = h
+        data = bytes(self.buf[off:off + min(n, upto)])
+        if self.buf[1] & 0x80:
+            key = self.buf[off - 4:off]
+            data = bytes(c ^ key[i % 4] for i, c in enumerate(data))
+        return data
+
+    def frame(self):
+        h = self.header()
+        if h is None or len(self.buf) < h[3] + h[2]:
+            return False
+        op, fin, n, off = h
+        if op in (1, 2) or (op == 0 and self.msg_head is not None):
+            if op != 0:
+                self.msg_head = self.payload(h, HEAD_CHARS)
+                self.msg_len = 0
+            elif len(self.msg_head) < HEAD_CHARS:
+                self.msg_head += self.payload(
+                    h, HEAD_CHARS - len(self.msg_head))
+            self.msg_len += n
+            if fin:
+                self.backend.event("rx", conn=self.conn, len=self.msg_len,
+                                   head=self.msg_head.decode("latin-1"))
+                self.msg_head = None
+        del self.buf[:off + n]
+        return True
+
+    def part_head(self, h):
+        if self.msg_head is not None:
+            return self.msg_head.decode("latin-1")
+        if h is None or h[0] not in (1, 2):
+            return ""
+        return self.payload(h, HEAD_CHARS).decode("latin-1")
+
+
+class LoggingProtocol(WebSocketServerProtocol):
+    """websockets' server protocol that records, in the read callback
+    itself, what it took from the socket (RxLog)."""
+
+    backend = None
+
+    def connection_made(self, transport):
+        self.wsp_conn = self.backend.new_conn()
+        self.wsp_rx = RxLog(self.backend, self.wsp_conn)
+        super().connection_made(transport)
+
+    def data_received(self, data):
+        self.wsp_rx.feed(data)
+        super().data_received(data)
 
 
 class Backend:
@@ -73,12 +200,25 @@ class Backend:
             out[k] = out[k] + ", " + v if k in out else v
         return out
 
-    async def handler(self, ws, path):
+    def new_conn(self):
         self.conns += 1
-        conn = self.conns
+        return self.conns
+
+    async def echo(self, ws, conn, msg, reply=None):
+        """Send the echo of msg (or reply, its answer); log it as echoed
+        once nothing of it is left in the process."""
+        await ws.send(msg if reply is None else reply)
+        if ws.transport.get_write_buffer_size() == 0:
+            head = msg[:HEAD_CHARS]
+            self.event("echoed", conn=conn, len=len(msg),
+                       head=head if isinstance(head, str)
+                       else head.decode("latin-1"))
+
+    async def handler(self, ws, path):
+        conn = ws.wsp_conn
         headers = self.headers_of(ws)
         self.event("open", conn=conn, path=path, headers=headers,
-                   subprotocol=ws.subprotocol)
+                   subprotocol=ws.subprotocol, peer=ws.remote_address[1])
         print("open %s conn=%d path=%s client-id=%s resume=%s" % (
             self.name, conn, path, headers.get("X-WS-Persist-Client-Id"),
             headers.get("X-WS-Persist-Resume")), flush=True)
@@ -89,7 +229,7 @@ class Backend:
                     self.event("msg", conn=conn, type="text", len=len(msg),
                                head=msg[:HEAD_CHARS])
                     if msg == "whoami":
-                        await ws.send(json.dumps({
+                        await self.echo(ws, conn, msg, json.dumps({
                             "name": self.name, "path": path,
                             "headers": headers, "subprotocol": ws.subprotocol,
                             "pid": os.getpid(), "conn": conn}))
@@ -98,15 +238,17 @@ class Backend:
                         _, n, text = msg.split(":", 2)
                         n = int(n)
                         step = max(1, -(-len(text) // n))
-                        await ws.send([text[i:i + step]
-                                       for i in range(0, len(text), step)])
+                        await self.echo(ws, conn, msg, [
+                            text[i:i + step]
+                            for i in range(0, len(text), step)])
                         continue
                     if msg.startswith("halfmsg:"):
                         asyncio.ensure_future(self.half_message(
                             ws, conn, msg.split(":", 1)[1]))
                         continue
                     if msg.startswith("big:"):
-                        await ws.send("b" * int(msg.split(":", 1)[1]))
+                        await self.echo(ws, conn, msg,
+                                        "b" * int(msg.split(":", 1)[1]))
                         continue
                     if msg.startswith("close:"):
                         _, code, reason = (msg.split(":", 2) + [""])[:3]
@@ -116,7 +258,7 @@ class Backend:
                 else:
                     self.event("msg", conn=conn, type="binary", len=len(msg),
                                head=msg[:HEAD_CHARS].decode("latin-1"))
-                await ws.send(msg)
+                await self.echo(ws, conn, msg)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -137,6 +279,7 @@ class Backend:
             pass
 
     async def run(self):
+        LoggingProtocol.backend = self
         stop = asyncio.get_running_loop().create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(
@@ -145,7 +288,8 @@ class Backend:
                 self.handler, self.host, self.port,
                 subprotocols=self.subprotocols,
                 max_size=None, compression=None, ping_interval=None,
-                close_timeout=5, ssl=self.ssl):
+                close_timeout=5, ssl=self.ssl,
+                create_protocol=LoggingProtocol):
             self.event("ready", port=self.port,
                        subprotocols=self.subprotocols)
             print("ready %s %d" % (self.name, self.port), flush=True)

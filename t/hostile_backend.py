@@ -17,14 +17,18 @@ library will not. Modes:
     oversized   sends the header of a 64 MB frame and some of it
     midframe    sends half a frame, then the process dies (os._exit)
   after a good 101, at once
-    noread      never reads again (receive buffer shrunk: it fills fast)
+    noread      never reads again (receive buffer shrunk: it fills fast);
+                logs {"ev": "noread", "conn": N, "past_head": bytes
+                read past the request head (0), "peer": port}: what the
+                proxy writes stays in the socket
     flood       sends --flood-bytes of binary frames as fast as the proxy
                 takes them; each frame's first 8 bytes are its number
 
 Prints "ready MODE PORT" once listening. With --log, events go to FILE as
 JSON lines, flushed at once: {"ev": "ready"}, {"ev": "conn", "conn": N},
 {"ev": "request", "conn": N, "head": ...}, {"ev": "frame", "conn": N,
-"len": L}, {"ev": "sent", "conn": N, "bytes": B, "frames": F} (flood,
+"len": L, "head": ...} (each frame the masked and oversized modes read,
+the first and those they ignore), {"ev": "sent", "conn": N, "bytes": B, "frames": F} (flood,
 about every MB and at the end), {"ev": "eof", "conn": N}.
 """
 
@@ -134,6 +138,17 @@ class Hostile:
         while await reader.read(65536):
             pass
 
+    async def hold_frames(self, reader, conn):
+        """After a 101: read the proxy's frames and ignore them, until
+        EOF; each is logged ("frame"), so a test can tell a message this
+        backend took (and never answered) from one the proxy lost."""
+        while True:
+            payload = await self.read_frame(reader)
+            if payload is None:
+                return
+            self.event("frame", conn=conn, len=len(payload),
+                       head=payload[:64].decode("latin-1"))
+
     async def mode_silent(self, reader, writer, head, conn):
         await self.hold(reader)
 
@@ -167,13 +182,13 @@ class Hostile:
             writer.write(self.frame(0x1, b"masked from a server",
                                     mask=b"\x01\x02\x03\x04"))
             await writer.drain()
-        await self.hold(reader)
+        await self.hold_frames(reader, conn)
 
     async def mode_oversized(self, reader, writer, head, conn):
         if await self.after_first_message(reader, writer, head, conn):
             writer.write(self.frame(0x2, b"o" * 1000, length=64 << 20))
             await writer.drain()
-        await self.hold(reader)
+        await self.hold_frames(reader, conn)
 
     async def mode_midframe(self, reader, writer, head, conn):
         if await self.after_first_message(reader, writer, head, conn):
@@ -184,6 +199,12 @@ class Hostile:
             os._exit(0)
 
     async def mode_noread(self, reader, writer, head, conn):
+        # nothing after the request head is taken from the socket (the
+        # transport would read ahead into the process otherwise): what
+        # the proxy writes stays there, for a test to read back
+        writer.transport.pause_reading()
+        self.event("noread", conn=conn, past_head=len(reader._buffer),
+                   peer=writer.get_extra_info("peername")[1])
         writer.write(self.answer_101(head))
         await writer.drain()
         await asyncio.Event().wait()

@@ -15,6 +15,14 @@ from wsp_env import Env  # noqa: E402
 TEST_ALARM_S = 240
 
 
+class HangGuardExpired(BaseException):
+    """The hang guard's alarm. Not a TimeoutError (asyncio.TimeoutError
+    is TimeoutError since Python 3.11, and a test's "except
+    asyncio.TimeoutError" would swallow it and assert over partial data)
+    and not an Exception at all, so no handler of a test catches it: the
+    test fails here, with this message."""
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "alarm(seconds): override the per-test hang guard")
@@ -46,7 +54,8 @@ def env(tmp_path):
 @pytest.fixture(autouse=True)
 def check_error_log(request, env):
     """Fail a test whose httpd logged an unexpected error/crit/alert/emerg
-    line (a test declares its expected ones with env.expect_error()), whose
+    line (a test declares its expected ones with env.expect_error()) or
+    an unexpected ws_persist warn line (env.expect_warn()), whose
     child crashed ("child pid N exit signal"), or whose httpd did not stop.
     Runs after the test has stopped httpd, so shutdown is checked too."""
     yield
@@ -62,7 +71,7 @@ def hang_guard(request):
     seconds = m.args[0] if m else TEST_ALARM_S
 
     def on_alarm(signum, frame):
-        raise TimeoutError("test still running after %ds" % seconds)
+        raise HangGuardExpired("test still running after %ds" % seconds)
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(seconds)

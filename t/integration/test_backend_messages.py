@@ -31,6 +31,7 @@ def test_unfinished_backend_message_dropped_on_failover(env):
     env.start_httpd(env.location("/ws/", [b1, b2], "WSPersistRetry 5s 10s"))
     backends = {"b1": b1, "b2": b2}
     cid = new_id()
+    env.expect_failover(cid)
     ws = RawWS(env.httpd.port, "/ws/" + cid)
     try:
         assert ws.handshake().status == 101

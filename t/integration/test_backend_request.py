@@ -45,6 +45,7 @@ def test_client_id_and_resume_headers(env):
     env.start_httpd(env.location("/ws/", [b1, b2], *FAST))
     backends = {"b1": b1, "b2": b2}
     cid = new_id()
+    env.expect_failover(cid)        # two kills, one each
 
     async def run():
         ws = await connect(env, cid)

@@ -3,10 +3,25 @@ the limit of client messages; past it the client is closed with 1013, and
 only that pipe is affected."""
 
 import asyncio
+import re
 
 import websockets
 
-from wsp_env import closed, connect, echo, new_id, recv
+from wsp_env import await_until, closed, connect, echo, new_id, recv
+
+
+def expect_outage(env, cid, be):
+    """The warn lines of an outage of be under cid: the interruption, and
+    the connects refused while be is down."""
+    env.expect_warn(r"client %s .* backend interrupted \(connection "
+                    r"closed\); failing over with 0 message" % cid)
+    env.expect_warn(r"client %s .* backend %s: handshake failed: connect: "
+                    r"Connection refused$" % (cid, re.escape(be.url)))
+
+
+def noticed(env, cid):
+    """The proxy has logged the interruption of cid's backend."""
+    return env.httpd.log_lines(r"client %s .* backend interrupted " % cid)
 
 
 def test_buffer_full_closes_1013_others_unaffected(env):
@@ -20,13 +35,17 @@ def test_buffer_full_closes_1013_others_unaffected(env):
 
     async def run():
         cid = new_id()
-        env.expect_error(cid)
+        env.expect_error(r"client %s .* buffer limit of 65536 bytes reached "
+                         r"with no backend: closing with 1013$" % cid)
+        expect_outage(env, cid, b1)
         a = await connect(env, cid)
         other = await connect(env, location="/other/")
         await echo(a, "a-before")
         await echo(other, "other-before")
         b1.kill()
-        await asyncio.sleep(0.3)
+        # the outage, not a slow backend, is what the buffer fills in
+        await await_until(lambda: noticed(env, cid), 30,
+                          what="the proxy to see the kill")
         chunk = "x" * 8000
         sent = 0
         try:
@@ -41,7 +60,8 @@ def test_buffer_full_closes_1013_others_unaffected(env):
         assert sent >= 8, "64K held %d messages of 8 KB" % sent
         await echo(other, "other-after")
         assert other.open
-        assert env.httpd.log_lines(cid), "the 1013 is logged with the id"
+        assert env.httpd.log_lines(r"client %s .* closing with 1013" % cid), \
+            "the 1013 is logged with the id"
         await other.close()
     asyncio.run(run())
 
@@ -54,11 +74,17 @@ def test_buffer_under_limit_survives(env):
                                  "WSPersistConnectTimeout 30",
                                  "WSPersistRetry 50ms 500ms"))
 
+    cid = new_id()
+    expect_outage(env, cid, b1)
+
     async def run():
-        a = await connect(env)
+        a = await connect(env, cid)
         await echo(a, "before")
         b1.kill()
-        await asyncio.sleep(0.3)
+        # nothing was in flight at the kill; what is sent once the proxy
+        # has seen it is buffered, all of it
+        await await_until(lambda: noticed(env, cid), 30,
+                          what="the proxy to see the kill")
         msgs = ["%02d" % i + "y" * 8000 for i in range(6)]   # 48 000 bytes
         for m in msgs:
             await a.send(m)

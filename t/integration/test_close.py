@@ -66,6 +66,8 @@ def test_backend_failover_code_moves_pipe(env, code):
     echo comes from the other backend, with X-WS-Persist-Resume: 1."""
     backends = two_backends(env, *SLOW_RETRY)
     cid = new_id()
+    env.expect_failover(cid, why=r'close %d "restarting"' % code,
+                        messages="0")
 
     async def run():
         ws = await connect(env, cid)
@@ -88,6 +90,7 @@ def test_failover_codes_directive(env):
     longer listed) ends the session with the backend's code and reason."""
     backends = two_backends(env, "WSPersistFailoverCodes 4000", *SLOW_RETRY)
     cid = new_id()
+    env.expect_failover(cid, why=r'close 4000 "moving"', messages="0")
 
     async def run():
         ws = await connect(env, cid)

@@ -6,6 +6,7 @@ Each child's resolver thread looks the names up; connects only copy what
 it found."""
 
 import asyncio
+import re
 
 import pytest
 
@@ -84,6 +85,8 @@ def test_slow_lookup_does_not_stall_the_loop(env, dns):
                        "WSPersistRetry 50ms 200ms",
                        "WSPersistConnectTimeout 30")
         + env.location("/steady/", [steady_be]))
+    env.expect_failover(backend=first)      # its 100 pipes
+    env.expect_refused(spare)               # while it does not listen
 
     async def run():
         loop = asyncio.get_running_loop()
@@ -186,6 +189,8 @@ def test_failed_connect_refreshes_early(env, dns):
     env.start_httpd("WSPersistResolveInterval 1h\n"
                     + env.location("/ws/", [old], "WSPersistRetry 50ms 200ms",
                                    "WSPersistConnectTimeout 20"))
+    env.expect_failover(backend=old)
+    env.expect_refused(old)         # the old address, until the lookup
 
     async def run():
         async with connect(env) as ws:
@@ -206,6 +211,10 @@ def test_unresolvable_name_fails_with_the_resolver_error(env, dns):
     env.start_httpd(env.location(
         "/ws/", ["ws://%s:%d/echo/" % (name, env.port()), good],
         "WSPersistRetry 50ms 200ms"))
+    env.expect_warn(r"ws_persist: cannot resolve backend host %s$"
+                    % re.escape(name))
+    env.expect_warn(r"ws_persist: client \S+ \(\S+\) backend ws://%s:\d+"
+                    r"/echo/: cannot connect$" % re.escape(name))
 
     wait_until(lambda: env.httpd.log_lines("cannot resolve backend host %s"
                                            % name),

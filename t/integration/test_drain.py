@@ -4,8 +4,8 @@ error, nothing twice and nothing lost; the old backend gets 1001."""
 
 import asyncio
 
-from wsp_env import await_until, connect, whoami
-from wsp_manage import MANAGER, applied, backend_of, state
+from wsp_env import await_until, connect, recv, whoami
+from wsp_manage import MANAGER, applied, backend_of, pool_of, state
 
 FAST = ("WSPersistConnectTimeout 5", "WSPersistRetry 50ms 500ms")
 
@@ -24,8 +24,9 @@ async def clients_on(env, n, name):
 
 
 async def stream(ws, until, sent, got):
-    """Numbered messages every 10 ms until until() says stop; then every
-    echo is awaited."""
+    """Numbered messages every 10 ms until until() says stop, then "end":
+    every echo is read, up to the echo of "end" (which comes after all of
+    them, or the order is broken and check_stream says so)."""
     async def sender():
         n = 0
         while not until():
@@ -33,18 +34,14 @@ async def stream(ws, until, sent, got):
             await ws.send(str(n))
             sent.append(n)
             await asyncio.sleep(0.01)
+        await ws.send("end")
 
     async def receiver():
-        late = None
-        while not until() or len(got) < len(sent):
-            if until():
-                late = late or asyncio.get_running_loop().time() + 10
-                if asyncio.get_running_loop().time() > late:
-                    return  # the caller's checks say what is missing
-            try:
-                got.append(int(await asyncio.wait_for(ws.recv(), 0.5)))
-            except asyncio.TimeoutError:
-                pass
+        while True:
+            m = await recv(ws, 30)
+            if m == "end":
+                return
+            got.append(int(m))
     await asyncio.gather(sender(), receiver())
 
 
@@ -69,9 +66,11 @@ async def drain_while_streaming(env, old, new, action):
         await await_until(lambda: all(len(g) >= 30 for g in got), 30,
                           what="30 echoes on every client")
         applied(env, action, old.url)
-        await await_until(lambda: backend_of(state(env), old.url) is None
-                          or backend_of(state(env), old.url)["pipes"] == 0,
-                          20, what="the old backend to lose its pipes")
+
+        def moved():
+            b = backend_of(state(env), old.url)     # one look: it may go
+            return b is None or b["pipes"] == 0
+        await await_until(moved, 20, what="the old backend to lose its pipes")
         await asyncio.sleep(0.5)
         flags["stop"] = True
 
@@ -116,6 +115,14 @@ def test_remove_moves_clients_then_frees_the_slot(env):
         clients = await drain_while_streaming(env, b1, b2, "remove")
         await await_until(lambda: backend_of(state(env), b1.url) is None,
                           10, what="b1 to leave the list")
+        # b1's slot is free: its URL can come back, as a backend added at
+        # run time, and only that takes one of the pool's spare slots
+        pool = pool_of(state(env))
+        assert pool["free_slots"] == 16, pool
+        doc = applied(env, "add", b1.url)
+        assert pool_of(doc)["free_slots"] == 15, pool_of(doc)
+        info = backend_of(doc, b1.url)
+        assert info is not None and info["pipes"] == 0, info
         for c in clients:
             await c.close()
     asyncio.run(run())

@@ -117,6 +117,7 @@ def test_replace_brings_its_own_headers(env):
     env.start_httpd(env.location("/ws/", [b1, b2],
                                  "WSPersistDuplicateClient replace"))
     cid = new_id()
+    env.expect_failover(cid, messages="0")
     backends = {"b1": b1, "b2": b2}
 
     async def run():

@@ -19,7 +19,9 @@ def test_exclusive_one_pipe_per_backend(env):
         assert {n1, n2} == {"b1", "b2"}, "two clients, two backends"
 
         cid3 = new_id()
-        env.expect_error(cid3)
+        env.expect_error(r"client %s \(127\.0\.0\.1\) backend -: no "
+                         r"backend completed a handshake within 2000 ms: "
+                         r"answering 503$" % cid3)
         e = await rejected(env, cid3)
         assert e.status_code == 503, "no idle backend within the timeout"
         assert backends[n1].opens(cid3) == []

@@ -8,7 +8,7 @@ import signal
 import socket
 
 from wsp_env import HOST, await_until, connect, echo, wait_until, whoami
-from wsp_manage import MANAGER, backend_of, state
+from wsp_manage import MANAGER, backend_of, expect_refusal, state
 
 # room for a new generation's child beside the old one
 SLOTS = """\
@@ -40,6 +40,7 @@ def test_graceful_restart_keeps_pipes_and_state(env):
     b1, b3 = env.backend("b1"), env.backend("b3")
     opts = ("WSPersistRetry 120s 120s", "WSPersistConnectTimeout 5")
     env.start_httpd(SLOTS + MANAGER + env.location("/ws/", [dead, b1], *opts))
+    env.expect_refused(dead)                # once (asserted below)
 
     async def run():
         old = [await connect(env) for _ in range(2)]
@@ -122,6 +123,8 @@ def test_graceful_restart_gives_a_new_nonce(env):
     body = env.location("/ws/", [b1, b2])
     env.start_httpd(SLOTS + MANAGER + body)
     old = state(env)["nonce"]
+    expect_refusal(env, 403, "nonce missing or wrong", "enable", b2.url,
+                   "/ws/")
     status, _, reply = post(env, "disable", b2.url, nonce=old)
     assert status == 200, reply
 

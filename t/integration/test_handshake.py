@@ -152,6 +152,16 @@ def test_live_client_id_409(env, proxy):
     asyncio.run(run())
 
 
+def expect_503(env, cid, be):
+    """The lines of a 503 for cid: the 503 itself, and the connects to
+    be, where nothing listens, refused."""
+    env.expect_error(r"client %s \(127\.0\.0\.1\) backend -: no backend "
+                     r"completed a handshake within 2000 ms: answering 503$"
+                     % cid)
+    env.expect_warn(r"client %s .* backend %s: handshake failed: connect: "
+                    r"Connection refused$" % (cid, re.escape(be.url)))
+
+
 def test_no_backend_503_retry_after(env):
     """No backend completes a handshake within WSPersistConnectTimeout:
     503 with Retry-After (delta-seconds or an HTTP date)."""
@@ -159,13 +169,14 @@ def test_no_backend_503_retry_after(env):
     env.start_httpd(env.location("/ws/", [dead], "WSPersistConnectTimeout 2",
                                  "WSPersistRetry 50ms 500ms"))
     cid = new_id()
-    env.expect_error(cid)
+    expect_503(env, cid, dead)
     r = request(env, "/ws/" + cid, **up())
     assert r.status == 503, r
     ra = r.header("retry-after")
     assert ra is not None, r
     assert re.fullmatch(r"\d+", ra) or email.utils.parsedate_to_datetime(ra)
-    assert env.httpd.log_lines(cid), "the 503 is logged with the client id"
+    assert env.httpd.log_lines(r"client %s .* answering 503" % cid), \
+        "the 503 is logged with the client id"
 
 
 def test_no_backend_503_then_backend_up_101(env):
@@ -175,7 +186,7 @@ def test_no_backend_503_then_backend_up_101(env):
     env.start_httpd(env.location("/ws/", [b1], "WSPersistConnectTimeout 2",
                                  "WSPersistRetry 50ms 500ms"))
     cid = new_id()
-    env.expect_error(cid)
+    expect_503(env, cid, b1)
     assert request(env, "/ws/" + cid, **up()).status == 503
     b1.start()
 

@@ -136,9 +136,13 @@ def test_outage_flood_1013_memory_bounded(env):
     env.start_httpd(env.location("/ws/", [be], "WSPersistBufferLimit 256K",
                                  "WSPersistConnectTimeout 60",
                                  "WSPersistRetry 1s 5s"))
-    env.expect_error("buffer limit of 262144 bytes reached")
+    cid = new_id()
+    env.expect_error(r"client %s .* buffer limit of 262144 bytes reached "
+                     r"with no backend: closing with 1013$" % cid)
+    env.expect_warn(r"client %s .* backend interrupted \(connection closed"
+                    r"\); failing over with 0 message" % cid)
     child = child_pid(env)
-    ws = RawWS(env.httpd.port, "/ws/" + new_id(), timeout=30)
+    ws = RawWS(env.httpd.port, "/ws/" + cid, timeout=30)
     assert ws.handshake().status == 101
     ws.send(RawWS.OP_TEXT, b"hello")
     assert ws.recv_frame()[3] == b"hello"
@@ -221,13 +225,16 @@ def test_10000_bad_handshakes(env):
 
 def test_200_full_buffers_memory(env):
     """200 pipes, each holding most of a 256K buffer during an outage: the
-    child's RSS stays below 200 x the cap plus a fixed 64 MB (the child's
-    own footprint, 200 client connections and their threads or loop
-    entries)."""
+    child grows, from before the outage to full buffers, by less than 200
+    x the cap plus 10 MB (what the allocator keeps around the buffers;
+    the child's own footprint and the 200 connections were there
+    before)."""
     cap = 256 * 1024
     pipes = 200
-    overhead = 64 * MB
+    slack = 10 * MB
     be = env.backend("b1")
+    env.expect_warn(r"backend %s: backend interrupted \(connection closed"
+                    r"\); failing over with 0 message" % re.escape(be.url))
     env.start_httpd(env.location("/ws/", [be], "WSPersistBufferLimit 256K",
                                  "WSPersistMaxMessageSize 64K",
                                  "WSPersistConnectTimeout 120",
@@ -255,10 +262,12 @@ def test_200_full_buffers_memory(env):
             await asyncio.wait_for(await c.ping(), 60)
         await asyncio.gather(*(fill(c) for c in conns))
         full = rss_kb(child)
+        limit = pipes * cap // 1024 + slack
         print("%d pipes x %d KB: child RSS %d KB before the outage, %d KB "
-              "full; limit %d KB" % (pipes, cap // 1024, start, full,
-                                     pipes * cap // 1024 + overhead))
-        assert full < pipes * cap // 1024 + overhead or not MEMORY_CHECKED
+              "full: grew %d KB, limit %d KB" % (
+                  pipes, cap // 1024, start, full, full - start, limit))
+        assert full - start < limit or not MEMORY_CHECKED, \
+            "child grew by %d KB" % (full - start)
         for c in conns:
             assert c.open, "a pipe was closed with %s" % c.close_code
         await asyncio.gather(*(c.close() for c in conns))
@@ -296,7 +305,11 @@ def test_backpressure_holds_at_most_the_limit(env):
                                  "WSPersistBufferLimit 256K",
                                  "WSPersistPingInterval 0",
                                  "WSPersistConnectTimeout 5"))
-    ws = RawWS(env.httpd.port, "/ws/" + new_id(), timeout=60)
+    cid = new_id()
+    env.expect_warn(r"client %s .* backend %s: backend interrupted \(("
+                    r"connection closed|read failed|write failed)\); "
+                    r"failing over " % (cid, re.escape(bad.url)))
+    ws = RawWS(env.httpd.port, "/ws/" + cid, timeout=60)
     assert ws.handshake().status == 101
     frame = build_frame(RawWS.OP_TEXT, b"m" * 100, key=b"abcd")
     wrote = [0]

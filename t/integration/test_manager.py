@@ -14,7 +14,8 @@ import pytest
 
 from wsp_env import HOST, MODDIR, await_until, connect, echo, wait_until, \
     whoami
-from wsp_manage import (MANAGER, TWO_CHILDREN, applied, backend_of, pool_of,
+from wsp_manage import (MANAGER, TWO_CHILDREN, applied, backend_of,
+                        expect_refusal, pool_of,
                         post, request, state)
 
 FAST = ("WSPersistConnectTimeout 5", "WSPersistRetry 50ms 500ms")
@@ -219,6 +220,10 @@ def test_add_backend_serves_new_clients(env):
 def test_add_twice_or_without_slot_is_409(env):
     b1, b2 = env.backend("b1"), env.backend("b2", start=False)
     start(env, [b1], "WSPersistBackendSlots 0")
+    expect_refusal(env, 409, r"%s is already a backend of pool /ws/"
+                   % re.escape(b1.url), "add", b1.url, "/ws/")
+    expect_refusal(env, 409, r"pool /ws/ has no free backend slot "
+                   r"\(WSPersistBackendSlots 0\)", "add", b2.url, "/ws/")
     status, _, body = post(env, "add", b1.url)
     assert status == 409, body
     assert "already" in json.loads(body)["error"]
@@ -365,6 +370,8 @@ def test_added_backend_can_be_removed_and_frees_its_slot(env):
 def test_wrong_or_missing_nonce_is_403(env, nonce):
     b1, b2 = env.backend("b1"), env.backend("b2")
     start(env, [b1, b2])
+    expect_refusal(env, 403, "nonce missing or wrong", "disable", b1.url,
+                   "/ws/")
     status, _, body = post(env, "disable", b1.url, nonce=nonce)
     assert status == 403, body
     assert backend_of(state(env), b1.url)["state"] == "ok"
@@ -375,6 +382,8 @@ def test_wrong_or_missing_nonce_is_403(env, nonce):
 def test_nonce_off_by_one_char_is_403(env):
     b1, b2 = env.backend("b1"), env.backend("b2")
     start(env, [b1, b2])
+    expect_refusal(env, 403, "nonce missing or wrong", "disable", b1.url,
+                   "/ws/")
     good = state(env)["nonce"]
     for bad in (good[:-1], good + "0",
                 good[:-1] + ("0" if good[-1] != "0" else "1")):
@@ -397,6 +406,8 @@ def test_foreign_referer_or_origin_is_403(env, headers):
     start(env, [b1, b2])
     h = {"Referer": None, "Origin": None}
     h.update(headers)
+    expect_refusal(env, 403, "%s names another host" % (
+        "Referer" if "Referer" in headers else "Origin"))
     status, _, body = post(env, "disable", b1.url, headers=h)
     assert status == 403, body
     assert backend_of(state(env), b1.url)["state"] == "ok"
@@ -427,6 +438,15 @@ def test_bad_action_is_400(env, case):
             "unknown-action": ("explode", b1.url, "/ws/"),
             "bad-url": ("add", "http://%s:1/" % HOST, "/ws/"),
             "no-backend": ("disable", "", "/ws/")}[case]
+    why = {"unknown-pool": r"unknown pool '/nope/'",
+           "unknown-backend": r"pool /ws/ has no backend %s" % re.escape(
+               args[1]),
+           "unknown-action": r"unknown action 'explode' \(add, drain, "
+                             r"remove, enable or disable\)",
+           "bad-url": r"backend URL '%s': scheme must be ws:// or wss://"
+                      % re.escape(args[1]),
+           "no-backend": r"action, pool and backend are required"}[case]
+    expect_refusal(env, 400, why, *args)
     status, headers, body = post(env, args[0], args[1], pool=args[2])
     assert status == 400, body
     assert headers["content-type"] == "application/json"
@@ -452,6 +472,7 @@ def test_other_methods_are_405(env, method):
 def test_body_over_8k_is_413(env):
     b1, b2 = env.backend("b1"), env.backend("b2")
     start(env, [b1, b2])
+    expect_refusal(env, 413, "body too large")
     status, _, _ = post(env, "disable", b1.url, padding="x" * 9000)
     assert status == 413
     assert backend_of(state(env), b1.url)["state"] == "ok"
@@ -460,6 +481,8 @@ def test_body_over_8k_is_413(env):
 def test_body_not_a_form_is_415(env):
     b1, b2 = env.backend("b1"), env.backend("b2")
     start(env, [b1, b2])
+    expect_refusal(env, 415, "the body is not "
+                   "application/x-www-form-urlencoded")
     body = json.dumps({"action": "disable", "pool": "/ws/",
                        "backend": b1.url, "nonce": state(env)["nonce"]})
     status, _, _ = request(env, "POST", body=body,
@@ -640,6 +663,8 @@ def test_origin_is_compared_with_the_server_names_not_the_host(env):
     nor a port it is not reached on."""
     b1, b2 = env.backend("b1"), env.backend("b2")
     start(env, [b1, b2], extra=SERVER_NAME)
+    expect_refusal(env, 403, "Origin names another host")
+    expect_refusal(env, 403, "Referer names another host")
     own = "admin.test:%d" % env.httpd.port
     status, _, body = post(env, "disable", b1.url, headers={
         "Origin": "http://" + own, "Referer": "http://%s/x" % own})
@@ -699,6 +724,8 @@ def test_every_answer_forbids_framing(env, case):
         status, headers, _ = request(env, "GET", headers=foreign(env))
         want = 421
     elif case == "nonce-403":
+        expect_refusal(env, 403, "nonce missing or wrong", "disable",
+                       b1.url, "/ws/")
         status, headers, _ = post(env, "disable", b1.url, nonce="wrong")
         want = 403
     else:

@@ -16,6 +16,8 @@ def test_silent_backend_fails_over(env):
                                  "WSPersistRetry 5s 10s"))
     backends = {"b1": b1, "b2": b2}
     cid = new_id()
+    env.expect_warn(r"client %s .* backend interrupted \(no pong\); failing "
+                    r"over with 0 message\(s\), 0 byte\(s\) buffered$" % cid)
 
     async def run():
         ws = await connect(env, cid)
@@ -66,9 +68,15 @@ def test_silent_client_is_closed(env):
         assert ws.handshake().status == 101
         ws.send(RawWS.OP_TEXT, "hello")
         assert ws.recv_frame()[2:] == (RawWS.OP_TEXT, b"hello")
-        code, _, before = ws.recv_close(timeout=30)
+        code, reason, before = ws.recv_close(timeout=30)
         assert RawWS.OP_PING in [f[2] for f in before], \
             "the proxy pinged the quiet client"
+        # a peer that does not answer is dead: dropped, no close frame
+        assert code is None, \
+            "the dead client got a close frame: %r %r" % (code, reason)
     finally:
         ws.close()
-    wait_until(lambda: b1.closes(cid), 30, what="the backend to be closed")
+    closes = wait_until(lambda: b1.closes(cid), 30,
+                        what="the backend to be closed")
+    assert [(c["code"], c["reason"], c["by"]) for c in closes] == \
+        [(1001, "client went away", "peer")], closes

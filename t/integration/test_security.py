@@ -5,11 +5,15 @@ with 403."""
 
 import asyncio
 import json
+import re
 
 import pytest
 
 from wsp_env import (HOST, RawWS, connect, echo, hget, new_id, rejected,
                      upgrade_headers, http_request, whoami)
+
+# the start of every error log entry: "[date] [module:level] "
+LOG_LINE_START = re.compile(r"^\[[^\]]+\] \[[^\]:]*:\w+\] ")
 
 HOP_BY_HOP = {"Keep-Alive": "timeout=5", "TE": "trailers",
               "Trailer": "X-Checksum", "Proxy-Authorization": "Basic cDpw",
@@ -86,8 +90,15 @@ def test_bad_client_id_refused_not_echoed(env, bad_id):
     # httpd itself answers 404 to an encoded NUL before any handler runs
     assert r.status == (404 if bad_id.endswith("%00") else 400)
     assert not be.opens()
-    for line in env.httpd.log_lines("ws_persist"):
-        assert "X-Evil" not in line and "%0d" not in line.lower()
+    # every line of the log, not only the module's: a CR/LF that reached
+    # the log would start a line of its own, without the module's tag
+    lines = env.httpd.log_lines()
+    assert lines, "the refusal is logged"
+    for line in lines:
+        assert "X-Evil" not in line and "%0d" not in line.lower(), line
+        assert LOG_LINE_START.match(line), "a line that is not a log " \
+            "entry of its own: %r" % line
+    assert all("\r" not in line for line in env.httpd.log_text().split("\n"))
 
 
 def test_header_client_id_refused(env):

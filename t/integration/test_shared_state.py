@@ -99,6 +99,7 @@ def test_backoff_seen_by_all_children(env):
     start_two(env, env.location("/ws/", [dead, b2],
                                 "WSPersistRetry 120s 120s",
                                 "WSPersistConnectTimeout 5"))
+    env.expect_refused(dead)                # once (asserted below)
 
     async def run():
         clients, per_child = [], {}

@@ -151,6 +151,7 @@ def test_auto_counts_bytes_and_failovers(env):
     async def run():
         ws = await connect(env)
         victim = backends[(await whoami(ws))["name"]]
+        env.expect_failover(backend=victim, messages="0")
         await echo(ws, "x" * 1000)
         f = backend_line(auto(env), victim.url)
         assert f["bytes_out"] >= 1000 + len("whoami")

@@ -57,6 +57,7 @@ def test_stop_during_a_failover_handshake(env):
     env.start_httpd(env.location("/ws/", [b1, silent.url],
                                  "WSPersistConnectTimeout 60",
                                  "WSPersistRetry 30s 30s"))
+    env.expect_failover(backend=b1, messages="0")
 
     async def run():
         ws = await connect(env)

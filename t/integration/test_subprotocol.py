@@ -2,6 +2,7 @@
 replacement backend must accept the subprotocol the client already has."""
 
 import asyncio
+import re
 
 from wsp_env import (await_until, connect, echo, hget, new_id, recv,
                      whoami)
@@ -49,6 +50,12 @@ def test_replacement_must_accept_pinned_subprotocol(env):
                                  "WSPersistConnectTimeout 20",
                                  "WSPersistRetry 50ms 200ms"))
     cid = new_id()
+    env.expect_failover(cid, backend=b1, messages="0")
+    env.expect_refused(b1, cid)             # killed
+    env.expect_refused(b3, cid)             # until it starts
+    env.expect_warn(r"client %s .* backend %s: handshake failed: no "
+                    r'subprotocol chosen, "superchat" required$'
+                    % (cid, re.escape(b2.url)))
 
     async def run():
         ws = await connect(env, cid, subprotocols=OFFER)

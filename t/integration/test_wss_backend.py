@@ -9,6 +9,7 @@ name. The backends are t/backend.py with --tls-cert/--tls-key."""
 import asyncio
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -22,9 +23,20 @@ from wsp_env import (BACKEND, HOST, PYTHON, Backend, await_until,
                      whoami)
 
 FAST = ("WSPersistConnectTimeout 10", "WSPersistRetry 50ms 500ms")
-# after a SIGKILL, how long the proxy gets to read the dead backend's FIN
-# before messages count as sent after the kill (see test_failover.py)
-NOTICE_S = 0.1
+
+
+def expect_503(env, timeout_ms, backend, why):
+    """The lines of a 503 whose every attempt failed at backend's
+    handshake for why (a regex)."""
+    env.expect_error(r"backend -: no backend completed a handshake within "
+                     r"%d ms: answering 503$" % timeout_ms)
+    env.expect_warn(r"ws_persist: client \S+ \(\S+\) backend %s: handshake "
+                    r"failed: %s$" % (re.escape(backend.url), why))
+
+
+TLS_REFUSED = (r"TLS handshake failed \(certificate not trusted or not for "
+               r"this host, or no common protocol: mod_ssl logs why, at "
+               r"LogLevel ssl:info\)")
 
 
 def openssl(*args):
@@ -208,16 +220,23 @@ def test_wss_failover_replays_buffer(env, pki):
     env.start_httpd(proxy_tls(pki) + env.location("/ws/", [b1, b2], *FAST),
                     ssl=True)
     backends = {"b1": b1, "b2": b2}
+    cid = new_id()
+    env.expect_failover(cid, messages="0")
 
     async def run():
-        cid = new_id()
         ws = await connect(env, cid)
         await echo(ws, "before")
         victim = backends[(await whoami(ws))["name"]]
         spare = b2 if victim is b1 else b1
+        # the victim may be tried again while the spare hangs
+        env.expect_refused(victim, cid)
         spare.pause()
         victim.kill()
-        await asyncio.sleep(NOTICE_S)
+        # nothing was in flight at the kill (whoami came back); what the
+        # client sends once the proxy has seen it is all buffered
+        await await_until(lambda: env.httpd.log_lines(
+            r"client %s .* backend interrupted " % cid), 30,
+            what="the proxy to see the kill")
         outage = ["outage-%d" % i for i in range(20)]
         for m in outage:
             await ws.send(m)
@@ -245,7 +264,7 @@ def test_untrusted_backend_refused(env, pki):
     env.start_httpd(proxy_tls(pki) + env.location(
         "/ws/", [rogue], "WSPersistConnectTimeout 2",
         "WSPersistRetry 100ms 500ms"), ssl=True)
-    env.expect_error(r"answering 503")
+    expect_503(env, 2000, rogue, TLS_REFUSED)
     env.expect_error(r"AH02039: Certificate Verification: Error")
 
     async def run():
@@ -271,7 +290,7 @@ def test_peer_name_check(env, pki, check):
 
     async def run():
         if check == "on":
-            env.expect_error(r"answering 503")
+            expect_503(env, 2000, other, TLS_REFUSED)
             e = await rejected(env)
             assert e.status_code == 503
             assert [l for l in env.httpd.log_lines(r"TLS handshake failed")
@@ -366,7 +385,8 @@ def test_proxy_engine_off_refused(env, pki):
     b1 = tls_backend(env, "b1", pki.good)
     env.start_httpd(env.location("/ws/", [b1], "WSPersistConnectTimeout 2"),
                     ssl=True)
-    env.expect_error(r"answering 503")
+    expect_503(env, 2000, b1, r"TLS: needs mod_ssl and SSLProxyEngine on "
+               r"in this virtual host")
     env.expect_error(r"AH01961: +failed to enable ssl support")
 
     async def run():
@@ -396,6 +416,7 @@ def test_hung_tls_handshake_blocks_no_one(env, pki):
                                    "WSPersistConnectTimeout 30",
                                    "WSPersistRetry 20s 20s")
                       for h in hangs), ssl=True)
+        env.expect_failover(backend=a, messages="0")  # its hung pipes
 
         async def run():
             b = await connect(env)
@@ -432,7 +453,7 @@ def test_hung_tls_handshake_times_out(env, pki):
         env.start_httpd(proxy_tls(pki) + env.location(
             "/ws/", [hung.url], "WSPersistConnectTimeout 3",
             "WSPersistRetry 10ms 10ms"), ssl=True)
-        env.expect_error(r"answering 503")
+        expect_503(env, 3000, hung, r"handshake timed out")
 
         async def run():
             e = await rejected(env)

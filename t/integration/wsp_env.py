@@ -11,6 +11,7 @@ frames.
 """
 
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -53,6 +54,10 @@ HOST = "127.0.0.1"
 # error log: "[date] [module:level] [pid N:tid N] ..."
 LOG_LEVEL_RE = re.compile(r"^\[[^\]]*\] \[([^:\]]*):(\w+)\]")
 BAD_LEVELS = {"error", "crit", "alert", "emerg"}
+# the level most of the pipe's faults are logged at (failovers, failed
+# connects and handshakes): a ws_persist line at it must be expected too
+WARN_LEVEL = "warn"
+MODULE_TAG = "ws_persist"
 CRASH_RE = re.compile(r"child pid \d+ exit signal")
 # how long a graceful stop may wait for live connections
 GRACEFUL_S = 10
@@ -100,6 +105,171 @@ def port_open(port, host=HOST):
             return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------
+# What a killed backend had taken, and what it had not yet read
+#
+# DESIGN 3 allows a message to be lost only when it was completely written
+# to a backend that then failed. A test proves that of each message it
+# misses: the backend logged it whole and not its echo (t/backend.py's rx
+# and echoed events), or it is found whole in the dead backend's socket
+# (written, never read: Backend.kill_keeping_sockets).
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+SYS_PIDFD_GETFD = 438                       # x86_64 and most others
+EPOLL_WAITS = {"232", "281", "441"}         # epoll_wait, _pwait, _pwait2
+
+
+def freeze_idle(pid, tries=500):
+    """SIGSTOP pid while it waits in epoll_wait, between callbacks: then
+    everything it read from its sockets is logged, and what it has not
+    read is still in them. Stopped elsewhere, it is let go and tried again
+    a moment later."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        for _ in range(1000):
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+            time.sleep(0.0002)
+        with open("/proc/%d/syscall" % pid) as f:
+            if f.read().split()[0] in EPOLL_WAITS:
+                return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.0005)
+    raise AssertionError("backend %d never stopped while idle" % pid)
+
+
+def socket_copies(pid):
+    """Copies (pidfd_getfd) of the connected sockets of process pid, as
+    {peer port: socket}."""
+    out = {}
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if not os.readlink("/proc/%d/fd/%s" % (pid, name)) \
+                        .startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = LIBC.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                raise AssertionError("pidfd_getfd: %s" % os.strerror(
+                    ctypes.get_errno()))
+            sock = socket.socket(fileno=fd)
+            try:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    raise OSError("not TCP")  # asyncio's self-pipe
+                out[sock.getpeername()[1]] = sock
+            except OSError:
+                sock.close()                # the listener
+    finally:
+        os.close(pidfd)
+    return out
+
+
+def read_available(sock):
+    data = b""
+    sock.setblocking(False)
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    except (BlockingIOError, ConnectionError):
+        pass
+    return data
+
+
+class Remains:
+    """The sockets of a SIGKILLed backend, kept open by copies: what the
+    proxy wrote into them that the process never read. At the kill a
+    socket with unread data is reset, as the kernel does; the others get
+    a FIN, and are read on until the proxy closes them (what it wrote
+    after the FIN had arrived is completely written to a dead backend
+    too)."""
+
+    def __init__(self, socks, killed=True):
+        """killed=False: the process lives on (it just never read); the
+        sockets are read until the proxy closes them, and never reset."""
+        self.data = {}                       # peer port: bytes
+        self.open = {}
+        for port, sock in socks.items():
+            data = read_available(sock)
+            if data and killed:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack("ii", 1, 0))
+                data += read_available(sock)
+                sock.close()
+            else:
+                if killed:
+                    sock.shutdown(socket.SHUT_WR)
+                self.open[port] = sock
+            self.data[port] = data
+
+    def collect(self, timeout=30):
+        """Read the FIN'd sockets until the proxy has closed each; the
+        bytes each socket held, by peer port."""
+        deadline = time.monotonic() + timeout
+        for port, sock in list(self.open.items()):
+            sock.setblocking(True)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        "the proxy kept a dead backend's connection open "
+                        "for %ds" % timeout)
+                sock.settimeout(left)
+                try:
+                    chunk = sock.recv(1 << 20)
+                except ConnectionError:
+                    chunk = b""
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                self.data[port] += chunk
+            sock.close()
+            del self.open[port]
+        return self.data
+
+
+def client_messages(data, under_way=None):
+    """The data messages in a stream of client-to-server (masked) frames:
+    ([heads of whole messages], head of an incomplete one or None). A
+    stream that starts inside a message (under_way: its head) ends it
+    with continuation frames. Heads: latin-1 of the first 256 bytes."""
+    whole, i, cur = [], 0, under_way
+    while True:
+        if len(data) - i < 2:
+            break
+        b0, b1 = data[i], data[i + 1]
+        n, off = b1 & 0x7F, i + 2
+        if n == 126:
+            if len(data) < off + 2:
+                break
+            n, off = struct.unpack("!H", data[off:off + 2])[0], off + 2
+        elif n == 127:
+            if len(data) < off + 8:
+                break
+            n, off = struct.unpack("!Q", data[off:off + 8])[0], off + 8
+        key = data[off:off + 4] if b1 & 0x80 else b"\0\0\0\0"
+        off += 4 if b1 & 0x80 else 0
+        op = b0 & 0x0F
+        if op in (1, 2):
+            head = bytes(c ^ key[k % 4] for k, c in
+                         enumerate(data[off:off + min(n, 256)]))
+            cur = head.decode("latin-1")
+        if len(data) < off + n:
+            break
+        if op in (0, 1, 2) and cur is not None and b0 & 0x80:
+            whole.append(cur)
+            cur = None
+        i = off + n
+    return whole, cur
 
 
 # --------------------------------------------------------------------------
@@ -158,6 +328,61 @@ class Backend:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def kill_keeping_sockets(self):
+        """SIGKILL the backend once it is idle (everything it read is
+        logged), keeping copies of its connections' sockets: a Remains of
+        what the proxy wrote into them that the process never read."""
+        assert self.alive
+        self.killed_pid = self.proc.pid
+        freeze_idle(self.proc.pid)
+        socks = socket_copies(self.proc.pid)
+        self.kill()
+        return Remains(socks)
+
+    def lost_with(self, client_id, remains, pid=None):
+        """What the client's messages to this backend's process pid (the
+        one killed by default) may be lost as (DESIGN 3: completely
+        written to it): (whole, partial). whole: heads of messages it
+        logged whole ("rx") without their echo, then of those found whole
+        in its sockets (remains.collect()). partial: heads of messages
+        written to it only in part, which the next backend must get
+        whole."""
+        pid = pid or self.killed_pid
+        data = remains.collect()
+        whole, partial = [], []
+        for o in self.opens(client_id):
+            if o["pid"] != pid:
+                continue
+            evs = [e for e in self.events() if e["pid"] == pid
+                   and e.get("conn") == o["conn"]]
+            echoed = [e["head"] for e in evs if e["ev"] == "echoed"]
+            pending = None
+            for e in evs:
+                if e["ev"] == "rx":
+                    pending = None
+                    if e["head"] in echoed:
+                        echoed.remove(e["head"])
+                    else:
+                        whole.append(e["head"])
+                elif e["ev"] == "rx-part":
+                    pending = e
+            stream = data.get(o["peer"], b"")
+            under_way = None
+            if pending is not None:
+                if pending["buf"] is None:
+                    raise AssertionError(
+                        "backend %s: an incomplete frame of %d bytes was "
+                        "not logged; cannot tell what the kill lost"
+                        % (self.name, pending["have"]))
+                stream = bytes.fromhex(pending["buf"]) + stream
+                under_way = pending["head"] if pending["under_way"] \
+                    else None
+            w, part = client_messages(stream, under_way)
+            whole += w
+            if part is not None:
+                partial.append(part)
+        return whole, partial
 
     def pause(self):
         """SIGSTOP: the backend's connections stay open but it answers
@@ -456,6 +681,17 @@ class Httpd:
 # The environment of one test
 
 
+# why a killed backend's pipe fails over: its FIN or its reset is read,
+# or a write to it fails
+KILLED = r"connection closed|read failed|write failed"
+
+
+def _url_rx(backend):
+    if backend is None:
+        return r"\S+"
+    return re.escape(backend if isinstance(backend, str) else backend.url)
+
+
 class Env:
     def __init__(self, root):
         self.root = Path(root)
@@ -465,6 +701,7 @@ class Env:
         self.backends = []
         self.httpd = None
         self.expected_errors = []
+        self.expected_warns = []
         self.expected_kills = set()    # child pids a test SIGKILLs
         self._shared = None
 
@@ -555,8 +792,36 @@ class Env:
 
     def expect_error(self, pattern):
         """An error log line at level error or worse that matches pattern
-        is expected (e.g. the module's 503/1013/1014 lines)."""
+        is expected (e.g. the module's 503/1013/1014 lines). Name the line
+        itself (its client id and what it says), not only its pipe: a
+        pattern that matches every line of a pipe hides its other faults."""
         self.expected_errors.append(re.compile(pattern))
+
+    def expect_warn(self, pattern):
+        """A ws_persist line at level warn that matches pattern is expected
+        (a failover the test causes, a connect to a backend it killed).
+        Any other ws_persist warn line fails the test, as an unexpected
+        error line does."""
+        self.expected_warns.append(re.compile(pattern))
+
+    def expect_failover(self, cid=None, backend=None, why=KILLED,
+                        messages=r"\d+"):
+        """The warn line of a failover the test causes: cid's pipe (any
+        pipe: None) leaves backend (a Backend or URL; None: any) because
+        of why (a regex; by default what a killed backend causes)."""
+        self.expect_warn(
+            r"ws_persist: client %s \(\S+\) backend %s: backend interrupted "
+            r"\((%s)\); failing over with %s message\(s\)" % (
+                re.escape(cid) if cid else r"\S+", _url_rx(backend), why,
+                messages))
+
+    def expect_refused(self, backend, cid=None):
+        """The warn lines of connects to backend, where nothing listens
+        (the test killed it or never started it)."""
+        self.expect_warn(
+            r"ws_persist: client %s \(\S+\) backend %s: handshake failed: "
+            r"connect: Connection refused$" % (
+                re.escape(cid) if cid else r"\S+", _url_rx(backend)))
 
     def url(self, client_id, location="/ws/", query="", scheme="ws"):
         path = location + client_id + (("?" + query) if query else "")
@@ -589,11 +854,16 @@ class Env:
                     crashed = True
                     continue
                 m = LOG_LEVEL_RE.match(line)
-                if not m or m.group(2) not in BAD_LEVELS:
+                if not m:
                     continue
-                if any(rx.search(line) for rx in self.expected_errors):
-                    continue
-                problems.append("unexpected: " + line)
+                if m.group(2) in BAD_LEVELS:
+                    if any(rx.search(line) for rx in self.expected_errors):
+                        continue
+                    problems.append("unexpected: " + line)
+                elif m.group(2) == WARN_LEVEL and m.group(1) == MODULE_TAG:
+                    if any(rx.search(line) for rx in self.expected_warns):
+                        continue
+                    problems.append("unexpected warn: " + line)
             if crashed:
                 problems += self.backtraces()
         problems += wsp_sanitize.reports(

@@ -83,6 +83,16 @@ def post(env, action, backend, pool="/ws/", nonce=None, headers=None,
     return request(env, "POST", body=urlencode(fields), headers=h)
 
 
+def expect_refusal(env, status, why, action="-", backend="-", pool="-"):
+    """The warn line of a POST the test makes the manager refuse: its
+    status and why (a regex), and the action, backend and pool it names
+    ("-": refused before the form was read)."""
+    env.expect_warn(r"ws_persist: manager: refused %s %s in pool %s by \S+: "
+                    r"%d %s(, referer: .*)?$" % (
+                        re.escape(action), re.escape(backend),
+                        re.escape(pool), status, why))
+
+
 def applied(env, action, backend, pool="/ws/"):
     """POST an action that must be applied; the new state it answers."""
     status, headers, body = post(env, action, backend, pool)
