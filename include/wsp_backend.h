@@ -82,6 +82,11 @@ apr_status_t wsp_bconn_fill(wsp_bconn_t *bc);
  * buffer; the thread's is the next pipe's. */
 void wsp_bconn_settle(wsp_bconn_t *bc);
 
+/* The backend's FIN has arrived (TCP CLOSE_WAIT), read or not; with
+ * or_reset, or its RST (CLOSED): reads then give what the kernel still
+ * holds, then the end. */
+int wsp_bconn_peer_closed(wsp_bconn_t *bc, int or_reset);
+
 /* Write to an open connection: as much as the socket takes now, *n says
  * how much; APR_EAGAIN: poll for POLLOUT before writing again. Over TLS
  * *n may be > 0 with APR_EAGAIN: the bytes were encrypted but the socket

@@ -88,6 +88,8 @@ typedef struct {
     const char *close_pending_reason;
     const char *ended;                     /* its end, seen while the old
                                             * backend retired: held */
+    int write_failed;                      /* reset: read up to the end,
+                                            * write nothing more */
 
     /* the client hop: lives in its request's pool, replaced on a
      * takeover */

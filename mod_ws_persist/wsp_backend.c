@@ -8,7 +8,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
+#include <apr_portable.h>
 #include <apr_strings.h>
 
 #include "httpd.h"
@@ -192,6 +195,20 @@ static unsigned char *wsp_rbuf(void)
         pthread_setspecific(wsp_rbuf_key, b);
     }
     return b;
+}
+
+int wsp_bconn_peer_closed(wsp_bconn_t *bc, int or_reset)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    apr_os_sock_t fd;
+
+    if (apr_os_sock_get(&fd, bc->sock) != APR_SUCCESS
+        || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) {
+        return 0;
+    }
+    return ti.tcpi_state == TCP_CLOSE_WAIT
+           || (or_reset && ti.tcpi_state == TCP_CLOSE);
 }
 
 void wsp_bconn_settle(wsp_bconn_t *bc)

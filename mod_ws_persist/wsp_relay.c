@@ -129,7 +129,8 @@ int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
     int progress = 0;
 
     p->b->want_write = 0;
-    while (p->b->bc && bc->state == WSP_BC_OPEN && !p->b->ended) {
+    while (p->b->bc && bc->state == WSP_BC_OPEN && !p->b->ended
+           && !p->b->write_failed) {
         struct iovec vec[WSP_IOV];
         apr_size_t n;
         apr_status_t rv;
@@ -147,6 +148,16 @@ int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
         }
         else if (p->q.bytes > 0 && (!p->b->close_sent
                                     || !wsp_queue_at_frame_boundary(&p->q))) {
+            /* A backend the pipe does not read now (its client is slow,
+             * or a pong is owed) may have sent its FIN behind data left
+             * unread: what is written after it is lost. The kernel knows;
+             * the messages wait for the read that finds the end. */
+            if (wsp_queue_at_frame_boundary(&p->q)
+                && (p->b->owed.pong_due
+                    || (p->client && p->client->out_bytes >= WSP_OUT_HIGH))
+                && wsp_bconn_peer_closed(bc, 0)) {
+                return progress;
+            }
             nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
             rv = wsp_bconn_sendv(bc, vec, nvec, &n);
             wsp_queue_consumed(&p->q, n);
@@ -172,6 +183,15 @@ int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
             return progress;
         }
         if (rv != APR_SUCCESS) {
+            /* The connection was reset, but what the kernel holds of
+             * what the backend sent whole is the client's (DESIGN 3):
+             * nothing more is written, and the read that reaches the
+             * reset ends the backend (after the old one while it
+             * retires). A failure the reads would not see ends it now. */
+            if (wsp_bconn_peer_closed(bc, 1)) {
+                p->b->write_failed = 1;
+                return 1;
+            }
             wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0, "write failed");
             return 1;
         }
@@ -597,7 +617,7 @@ int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
     }
     if (rv != APR_SUCCESS) {
         p->b->ended = APR_STATUS_IS_EOF(rv) ? "connection closed"
-                                           : "read failed";
+                      : p->b->write_failed ? "write failed" : "read failed";
         return 1;
     }
     apr_atomic_add64(&p->b->be->st->bytes_in, bc->ilen - bc->ipos - before);
@@ -645,7 +665,8 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
         if (rv != APR_SUCCESS) {
             wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0,
                               APR_STATUS_IS_EOF(rv) ? "connection closed"
-                                                    : "read failed");
+                              : p->b->write_failed ? "write failed"
+                                                   : "read failed");
             return 1;
         }
         total += bc->ilen - before;
