@@ -616,8 +616,9 @@ int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
         return 0;
     }
     if (rv != APR_SUCCESS) {
-        p->b->ended = APR_STATUS_IS_EOF(rv) ? "connection closed"
-                      : p->b->write_failed ? "write failed" : "read failed";
+        p->b->ended = p->b->write_failed ? "write failed"
+                      : APR_STATUS_IS_EOF(rv) ? "connection closed"
+                                              : "read failed";
         return 1;
     }
     apr_atomic_add64(&p->b->be->st->bytes_in, bc->ilen - bc->ipos - before);
@@ -663,10 +664,12 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
             return progress;
         }
         if (rv != APR_SUCCESS) {
+            /* after a failed write the reset was reported there: the
+             * read finds EOF, but the reset is the end */
             wsp_backend_ended(p, now, WSP_END_IO, 0, NULL, 0,
-                              APR_STATUS_IS_EOF(rv) ? "connection closed"
-                              : p->b->write_failed ? "write failed"
-                                                   : "read failed");
+                              p->b->write_failed ? "write failed"
+                              : APR_STATUS_IS_EOF(rv) ? "connection closed"
+                                                      : "read failed");
             return 1;
         }
         total += bc->ilen - before;

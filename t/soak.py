@@ -1045,6 +1045,16 @@ def main():
     root = Path(tempfile.mkdtemp(prefix="wsp-soak-"))
     os.chmod(root, 0o755)
     env = Env(root / "root")
+    # The chaos's own warnings: every pipe of a killed or drained backend
+    # fails over, and a killed backend refuses connects until it is back.
+    # Any other ws_persist warning (and any error line) fails the run.
+    env.expect_failover(why=r"connection closed|read failed|write failed"
+                        r"|no pong in time")
+    env.expect_refused(None)
+    env.expect_warn(r"ws_persist: client \S+ \(\S+\) backend \S+: backend "
+                    r"draining: replacement \S+ failed \((connect: Connection "
+                    r"refused|reading the handshake: Connection reset by peer|"
+                    r"connection closed during the handshake)\); staying for now")
     rc = 1
     try:
         clients, stats, child, elapsed = asyncio.run(soak(args, env))
