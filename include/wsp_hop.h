@@ -90,6 +90,8 @@ typedef struct {
                                             * backend retired: held */
     int write_failed;                      /* reset: read up to the end,
                                             * write nothing more */
+    int unread;                            /* input left in the kernel
+                                            * since the last read */
 
     /* the client hop: lives in its request's pool, replaced on a
      * takeover */

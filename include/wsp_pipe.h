@@ -152,6 +152,10 @@ wsp_state_e wsp_pipe_state(const wsp_pipe_t *p);
 /* The first backend answered: the driver sends the client its 101. */
 int wsp_pipe_upgrade_due(const wsp_pipe_t *p);
 
+/* A run may write client messages to the backend even without news from
+ * the client socket: input it left for later, or messages queued. */
+int wsp_pipe_backend_bound(const wsp_pipe_t *p);
+
 /* The client is upgraded and the session not over. */
 int wsp_pipe_open(const wsp_pipe_t *p);
 

@@ -285,7 +285,8 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
      * backend ends thousands of connections at once), and what is
      * written after its FIN is lost. A look (one recv that usually finds
      * nothing) is paid only when the news is old. */
-    if ((ep->rev[WSP_SOCK_CLIENT] & APR_POLLIN)
+    if (((ep->rev[WSP_SOCK_CLIENT] & APR_POLLIN)
+         || wsp_pipe_backend_bound(p))
         && (ep->reg[WSP_SOCK_BACKEND] & APR_POLLIN)
         && !(ep->rev[WSP_SOCK_BACKEND] & APR_POLLIN)
         && apr_time_now() - L->polled_at > WSP_EV_STALE) {

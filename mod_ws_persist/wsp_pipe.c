@@ -62,6 +62,11 @@ int wsp_pipe_upgrade_due(const wsp_pipe_t *p)
     return p->state == WSP_ST_LIVE && !p->client->upgraded;
 }
 
+int wsp_pipe_backend_bound(const wsp_pipe_t *p)
+{
+    return p->q.bytes > 0 || (p->client && p->client->more_input);
+}
+
 int wsp_pipe_open(const wsp_pipe_t *p)
 {
     return !wsp_closing(p) && p->state != WSP_ST_FAILED && p->client

@@ -148,14 +148,12 @@ int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
         }
         else if (p->q.bytes > 0 && (!p->b->close_sent
                                     || !wsp_queue_at_frame_boundary(&p->q))) {
-            /* A backend the pipe does not read now (its client is slow,
-             * or a pong is owed) may have sent its FIN behind data left
-             * unread: what is written after it is lost. The kernel knows;
-             * the messages wait for the read that finds the end. */
-            if (wsp_queue_at_frame_boundary(&p->q)
-                && (p->b->owed.pong_due
-                    || (p->client && p->client->out_bytes >= WSP_OUT_HIGH))
-                && wsp_bconn_peer_closed(bc, 0)) {
+            /* A backend whose input was left unread (its client is
+             * slow, a pong is owed, the budget ran out) may have sent its
+             * FIN behind it: what is written after that is lost. The
+             * kernel knows; the messages wait for the read that finds
+             * the end, and one cut here is sent again whole. */
+            if (p->b->unread && wsp_bconn_peer_closed(bc, 0)) {
                 return progress;
             }
             nvec = wsp_queue_iov(&p->q, vec, WSP_IOV);
@@ -607,12 +605,17 @@ int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
     apr_size_t before;
     apr_status_t rv;
 
-    if (!ready || p->b->ended || bc->ilen - bc->ipos >= WSP_IBUF_SIZE) {
+    if (bc->ilen - bc->ipos >= WSP_IBUF_SIZE) {
+        p->b->unread = 1;             /* full: the rest waits, see flush */
+        return 0;
+    }
+    if (!ready || p->b->ended) {
         return 0;
     }
     before = bc->ilen - bc->ipos;
     rv = wsp_bconn_fill(bc);
     if (APR_STATUS_IS_EAGAIN(rv)) {
+        p->b->unread = 0;
         return 0;
     }
     if (rv != APR_SUCCESS) {
@@ -630,7 +633,7 @@ int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready)
 int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
 {
     apr_size_t total = 0;
-    int progress = 0;
+    int progress = 0, drained = 0;
 
     if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && wsp_retiring(p)) {
         return wsp_backend_hold(p, now, ready);
@@ -661,6 +664,7 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
         before = 0;
         rv = wsp_bconn_fill(bc);
         if (APR_STATUS_IS_EAGAIN(rv)) {
+            p->b->unread = 0;
             return progress;
         }
         if (rv != APR_SUCCESS) {
@@ -677,10 +681,19 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
         if (bc->ilen - before < WSP_IBUF_SIZE
             && !wsp_bconn_buffers_input(bc)) {
             ready = 0;              /* a short read drained the socket */
+            drained = 1;
         }
         p->b->last_rx = now;
         p->b->ping_sent = 0;
         progress = 1;
+    }
+    /* what it sent may wait unread, a FIN behind it: see the flush */
+    if (p->b->bc && (p->b->owed.pong_due || total >= WSP_READ_BUDGET
+                     || (p->client && p->client->out_bytes >= WSP_OUT_HIGH))) {
+        p->b->unread = 1;
+    }
+    else if (drained) {
+        p->b->unread = 0;
     }
     return progress;
 }

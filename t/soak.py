@@ -1051,10 +1051,14 @@ def main():
     env.expect_failover(why=r"connection closed|read failed|write failed"
                         r"|no pong in time")
     env.expect_refused(None)
+    died = (r"(connect: Connection refused|(reading|sending) the handshake: "
+            r"(Connection reset by peer|Broken pipe)|connection closed during "
+            r"the handshake)")
     env.expect_warn(r"ws_persist: client \S+ \(\S+\) backend \S+: backend "
-                    r"draining: replacement \S+ failed \((connect: Connection "
-                    r"refused|reading the handshake: Connection reset by peer|"
-                    r"connection closed during the handshake)\); staying for now")
+                    r"draining: replacement \S+ failed \(%s\); staying for now"
+                    % died)
+    env.expect_warn(r"ws_persist: client \S+ \(\S+\) backend \S+: handshake "
+                    r"failed: %s$" % died)
     rc = 1
     try:
         clients, stats, child, elapsed = asyncio.run(soak(args, env))
