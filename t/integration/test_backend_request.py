@@ -4,7 +4,8 @@ fresh key, never Sec-WebSocket-Extensions."""
 
 import asyncio
 
-from wsp_env import HOST, connect, hget, new_id, whoami
+from wsp_env import (HOST, await_until, connect, hget, interruptions,
+                     new_id, whoami)
 
 FAST = ("WSPersistConnectTimeout 10", "WSPersistRetry 50ms 500ms")
 
@@ -56,7 +57,8 @@ def test_client_id_and_resume_headers(env):
         second = b2 if first is b1 else b1
 
         first.kill()
-        await asyncio.sleep(0.2)
+        await await_until(lambda: interruptions(env, cid) == 1, 30,
+                          what="the proxy to see the first kill")
         me = await whoami(ws)
         assert me["name"] == second.name
         assert hget(me["headers"], "X-WS-Persist-Client-Id") == cid
@@ -64,7 +66,8 @@ def test_client_id_and_resume_headers(env):
 
         await first.astart()
         second.kill()
-        await asyncio.sleep(0.2)
+        await await_until(lambda: interruptions(env, cid) == 2, 30,
+                          what="the proxy to see the second kill")
         me = await whoami(ws)
         assert me["name"] == first.name
         assert hget(me["headers"], "X-WS-Persist-Resume") == "2"

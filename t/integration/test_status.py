@@ -5,7 +5,8 @@ import asyncio
 import http.client
 import re
 
-from wsp_env import (HOST, MODDIR, await_until, connect, echo, whoami)
+from wsp_env import (HOST, MODDIR, await_until, connect, echo,
+                     interruptions, whoami)
 
 STATUS = """\
 LoadModule status_module {moddir}/mod_status.so
@@ -157,7 +158,8 @@ def test_auto_counts_bytes_and_failovers(env):
         assert f["bytes_out"] >= 1000 + len("whoami")
         assert f["bytes_in"] >= 1000
         victim.kill()
-        await asyncio.sleep(0.3)
+        await await_until(lambda: interruptions(env) == 1, 30,
+                          what="the proxy to see the kill")
         await echo(ws, "after the kill")
         lines = auto(env)
         f = backend_line(lines, victim.url)

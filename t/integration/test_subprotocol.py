@@ -4,8 +4,8 @@ replacement backend must accept the subprotocol the client already has."""
 import asyncio
 import re
 
-from wsp_env import (await_until, connect, echo, hget, new_id, recv,
-                     whoami)
+from wsp_env import (await_until, connect, echo, hget, interruptions,
+                     new_id, recv, whoami)
 
 OFFER = ["chat", "superchat"]
 
@@ -63,7 +63,8 @@ def test_replacement_must_accept_pinned_subprotocol(env):
         assert (await whoami(ws))["name"] == "b1"
         await b2.astart()
         b1.kill()
-        await asyncio.sleep(0.2)
+        await await_until(lambda: interruptions(env, cid) == 1, 30,
+                          what="the proxy to see the kill")
         await ws.send("during-failover")
         await await_until(lambda: b2.opens(cid), 20,
                           what="the proxy to try b2")

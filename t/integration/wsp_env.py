@@ -87,6 +87,14 @@ def wait_until(pred, timeout=15.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def interruptions(env, cid=None):
+    """How many times the proxy has logged cid's backend (any pipe's:
+    None) interrupted: its own word that it saw a kill."""
+    return len(env.httpd.log_lines(
+        r"ws_persist: client %s .* backend interrupted " % (
+            re.escape(cid) if cid else r"\S+")))
+
+
 async def await_until(pred, timeout=15.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
