@@ -82,6 +82,20 @@ int wsp_backpressure(const wsp_pipe_t *p)
            || (p->state == WSP_ST_FAILING_OVER && p->full_at_outage);
 }
 
+/* A hop the pipe does not read, by its own choice, cannot show its pong:
+ * the client while a slow backend holds the buffer full, the backend
+ * while a slow client's output is full. Such a hop counts as heard from
+ * now; its wait for a pong starts once the pipe reads it again. */
+static int wsp_client_held(const wsp_pipe_t *p)
+{
+    return wsp_backpressure(p) && p->q.cost >= p->conf->buffer_limit;
+}
+
+static int wsp_backend_held(const wsp_pipe_t *p)
+{
+    return p->client && p->client->out_bytes >= WSP_OUT_HIGH;
+}
+
 static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
 {
     apr_interval_time_t iv = p->conf->ping_interval;
@@ -92,6 +106,10 @@ static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
         return;
     }
     if (cl && cl->upgraded && !cl->gone) {
+        if (wsp_client_held(p)) {
+            cl->last_rx = now;
+            cl->ping_sent = 0;
+        }
         if (cl->ping_sent && now - cl->ping_sent >= iv) {
             wsp_client_gone(p, now, "no pong", APR_TIMEUP);
             return;
@@ -102,6 +120,10 @@ static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
         }
     }
     if (wsp_relaying(p) && p->b->bc && !wsp_retiring(p)) {
+        if (wsp_backend_held(p)) {
+            p->b->last_rx = now;
+            p->b->ping_sent = 0;
+        }
         if (p->b->ping_sent && now - p->b->ping_sent >= iv) {
             wsp_backend_ended(p, now, WSP_END_NO_PONG, 0, NULL, 0, "no pong");
             return;

@@ -80,3 +80,39 @@ def test_silent_client_is_closed(env):
                         what="the backend to be closed")
     assert [(c["code"], c["reason"], c["by"]) for c in closes] == \
         [(1001, "client went away", "peer")], closes
+
+
+def test_backend_behind_a_slow_client_is_not_failed(env):
+    """A client that stops reading for 4 s (it keeps sending, so it is
+    alive) fills its output, and the proxy stops reading the backend: the
+    backend's pongs wait unread behind its messages. A backend the pipe
+    does not read cannot be held to a pong: it is not failed over, and
+    everything reaches the client once it reads again."""
+    b1 = env.backend("b1")
+    env.start_httpd(env.location("/ws/", [b1], "WSPersistPingInterval 1"))
+    cid = new_id()
+    n, size = 30, 200000
+
+    async def run():
+        ws = await connect(env, cid)
+        await echo(ws, "hello")
+        ws.transport.pause_reading()
+        for _ in range(n):
+            await ws.send("big:%d" % size)
+        ticks = 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 4
+        while loop.time() < until:
+            await ws.send("tick")
+            ticks += 1
+            await asyncio.sleep(0.2)
+        ws.transport.resume_reading()
+        got = [await asyncio.wait_for(ws.recv(), 20)
+               for _ in range(n + ticks)]
+        assert got[:n] == ["b" * size] * n
+        assert got[n:] == ["tick"] * ticks
+        me = await whoami(ws)
+        assert me["conn"] == 1 and len(b1.opens(cid)) == 1, \
+            "the backend connection was replaced"
+        await ws.close()
+    asyncio.run(run())
