@@ -42,6 +42,9 @@ typedef struct {
     const char *id_name;               /* header, query or cookie name */
     int dup_replace;
     int exclusive;
+    int ack;                           /* WSPersistAck: keep client
+                                        * messages until a backend
+                                        * acknowledges them */
     apr_interval_time_t ping_interval; /* 0: no pings */
     int failover_codes[WSP_MAX_FAILOVER_CODES];
     int nfailover_codes;
@@ -58,6 +61,7 @@ typedef struct {
     unsigned int id_source_set:1;
     unsigned int dup_set:1;
     unsigned int exclusive_set:1;
+    unsigned int ack_set:1;
     unsigned int ping_set:1;
     unsigned int failover_set:1;
     unsigned int origins_set:1;

@@ -38,6 +38,8 @@ typedef struct {
     const char *offered;           /* Sec-WebSocket-Protocol we sent */
     int require_protocol;
     const char *protocol;          /* what the backend chose */
+    int has_received;              /* its X-WS-Persist-Received, if any */
+    apr_uint64_t received;
     unsigned char *ibuf;           /* bytes read, ibuf[ipos..ilen) unused:
                                     * NULL, this thread's buffer during a
                                     * run, or own */

@@ -119,4 +119,10 @@ int wsp_utf8_valid(const unsigned char *s, apr_size_t len);
 apr_size_t wsp_close_payload(unsigned char *out, int code,
                              const char *reason, apr_size_t reason_len);
 
+/* An acknowledgement (DESIGN 7): a pong whose payload is "wsp-ack:K",
+ * K in ASCII decimal. Returns 1 with *k set, or 0 for any other pong. */
+#define WSP_ACK_PREFIX "wsp-ack:"
+int wsp_ack_parse(const unsigned char *payload, apr_size_t len,
+                  apr_uint64_t *k);
+
 #endif /* WSP_FRAME_H */

@@ -33,18 +33,26 @@ char *wsp_handshake_request(apr_pool_t *p, const wsp_backend_req_t *req);
 #define WSP_HS_OK    0     /* 101 with a valid accept; *head_len set */
 #define WSP_HS_FAIL -1     /* anything else; *why says what */
 
+/* What a 101 told besides yes. */
+typedef struct {
+    apr_size_t head_len;       /* the head and its blank line: bytes after
+                                * it are frames */
+    const char *protocol;      /* the chosen subprotocol or NULL */
+    int has_received;          /* X-WS-Persist-Received was given */
+    apr_uint64_t received;     /* its value: client messages processed */
+} wsp_hs_answer_t;
+
 /* Parse the head of a backend response in buf (not NUL terminated).
  * expect_accept is the accept for the key we sent; offered is the
  * Sec-WebSocket-Protocol we sent (NULL if none): the answer must pick one
  * of its tokens or none, and none when offered is NULL; with
  * require_protocol set, answering none fails too (a replacement backend
  * must take the pinned subprotocol). Sec-WebSocket-Extensions in the answer
- * fails (we never offer any). On WSP_HS_OK,
- * *head_len is the length of the head including the blank line (bytes
- * after it are frames) and *protocol the chosen subprotocol or NULL. */
+ * fails (we never offer any), so does an X-WS-Persist-Received that is not
+ * one decimal number (DESIGN 7). On WSP_HS_OK *ans is filled in. */
 int wsp_handshake_response(apr_pool_t *p, const char *buf, apr_size_t len,
                            const char *expect_accept, const char *offered,
-                           int require_protocol, apr_size_t *head_len,
-                           const char **protocol, const char **why);
+                           int require_protocol, wsp_hs_answer_t *ans,
+                           const char **why);
 
 #endif /* WSP_HANDSHAKE_H */

@@ -12,6 +12,10 @@ const char *wsp_parse_size(const char *arg, apr_off_t *bytes);
 /* "10" (seconds), "2s", "250ms", "1m": a time. Returns NULL or an error. */
 const char *wsp_parse_time(const char *arg, apr_interval_time_t *t);
 
+/* A message count (DESIGN 7): 1 to 19 decimal digits, nothing else, in
+ * s[0..len). Returns 1 with *n set, or 0. */
+int wsp_parse_count(const char *s, apr_size_t len, apr_uint64_t *n);
+
 /* A canonical UUID: 8-4-4-4-12 hex digits, either case. */
 int wsp_uuid_valid(const char *s);
 

@@ -71,6 +71,10 @@ struct wsp_pipe_t {
     wsp_hop_t *b;
     wsp_hop_t *b2;                     /* b2->bc NULL: no move */
     apr_time_t move_at;                /* no replacement: try again then */
+    apr_time_t quiesce_at;             /* WSPersistAck: since then no new
+                                        * message goes to the draining
+                                        * backend, whose acknowledgements
+                                        * the move waits for */
     wsp_backend_t *req_be;             /* whom a handshake is built for */
 
     /* timers */

@@ -21,6 +21,9 @@
  * gets its 1001 once it has been quiet this long, or after the cap. */
 #define WSP_RETIRE_QUIET apr_time_from_msec(250)
 #define WSP_RETIRE_CAP   apr_time_from_sec(2)
+/* WSPersistAck: a move waits this long at most for the draining
+ * backend to acknowledge what it was written */
+#define WSP_ACK_WAIT     apr_time_from_sec(2)
 
 /* wsp_pipe.c: the state */
 void wsp_transit(wsp_pipe_t *p, wsp_state_e to, const char *why);
@@ -38,6 +41,7 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now);
 int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now);
 int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready);
 void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev);
+void wsp_backend_acked(wsp_pipe_t *p, const wsp_hop_in_t *in);
 int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready);
 int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready);
 
@@ -64,12 +68,16 @@ const char *wsp_backend_request(void *baton, apr_pool_t *tp,
                                 const char *key);
 apr_interval_time_t wsp_attempt_time(const wsp_pipe_t *p);
 void wsp_connected(wsp_pipe_t *p, apr_time_t now);
+const char *wsp_received_check(wsp_pipe_t *p, wsp_bconn_t *bc);
+int wsp_resume_at(wsp_pipe_t *p, apr_time_t now);
 int wsp_connect_step(wsp_pipe_t *p, apr_time_t now);
 void wsp_connect_timeout(wsp_pipe_t *p, apr_time_t now);
 
 /* wsp_move.c: moving off a draining backend */
 int wsp_retiring(const wsp_pipe_t *p);
 int wsp_pipe_should_move(const wsp_pipe_t *p);
+int wsp_move_due(const wsp_pipe_t *p, apr_time_t now);
+int wsp_quiescing(const wsp_pipe_t *p);
 void wsp_aux_end(wsp_pipe_t *p);
 void wsp_move_start(wsp_pipe_t *p, apr_time_t now);
 int wsp_move_switch(wsp_pipe_t *p, apr_time_t now);

@@ -138,7 +138,7 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
         }
     }
     for (;;) {
-        apr_size_t head_len;
+        wsp_hs_answer_t ans;
 
         rv = wsp_bconn_fill(bc);
         if (APR_STATUS_IS_EAGAIN(rv)) {
@@ -155,10 +155,12 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
         }
         res = wsp_handshake_response(bc->pool, (const char *)bc->ibuf,
                                      bc->ilen, bc->accept, bc->offered,
-                                     bc->require_protocol, &head_len,
-                                     &bc->protocol, why);
+                                     bc->require_protocol, &ans, why);
         if (res == WSP_HS_OK) {
-            bc->ipos = head_len;
+            bc->protocol = ans.protocol;
+            bc->has_received = ans.has_received;
+            bc->received = ans.received;
+            bc->ipos = ans.head_len;
             bc->state = WSP_BC_OPEN;
             return WSP_HS_OK;
         }

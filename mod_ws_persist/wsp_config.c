@@ -61,6 +61,7 @@ void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv)
     WSP_OVERLAY(connect_timeout, connect_timeout_set);
     WSP_OVERLAY(max_errors, max_errors_set);
     WSP_OVERLAY(exclusive, exclusive_set);
+    WSP_OVERLAY(ack, ack_set);
     WSP_OVERLAY(ping_interval, ping_set);
     WSP_OVERLAY(dup_replace, dup_set);
     WSP_OVERLAY(retry_min, retry_set);
@@ -432,6 +433,16 @@ static const char *set_exclusive(cmd_parms *cmd, void *dconf, int on)
     return NULL;
 }
 
+static const char *set_ack(cmd_parms *cmd, void *dconf, int on)
+{
+    wsp_dir_conf_t *conf = dconf;
+
+    (void)cmd;
+    conf->ack = on;
+    conf->ack_set = 1;
+    return NULL;
+}
+
 static const char *set_failover_codes(cmd_parms *cmd, void *dconf,
                                       const char *arg)
 {
@@ -550,6 +561,10 @@ const command_rec wsp_cmds[] = {
     AP_INIT_FLAG("WSPersistExclusive", set_exclusive, NULL,
                  RSRC_CONF | ACCESS_CONF,
                  "On: a backend serves one pipe at a time"),
+    AP_INIT_FLAG("WSPersistAck", set_ack, NULL, RSRC_CONF | ACCESS_CONF,
+                 "On: client messages are kept until a backend "
+                 "acknowledges them (wsp-ack:K pongs, "
+                 "X-WS-Persist-Received) and resent after a failover"),
     AP_INIT_TAKE1("WSPersistPingInterval", set_ping, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "ping a quiet hop after this long; 0 disables (30)"),

@@ -54,9 +54,15 @@ void wsp_backend_drop(wsp_pipe_t *p)
  * client sent for the next one and start looking for it. */
 static void wsp_failover(wsp_pipe_t *p, apr_time_t now, const char *why)
 {
+    char kept[64] = "";
+
+    if (p->q.kept_msgs) {
+        apr_snprintf(kept, sizeof(kept), ", %" APR_SIZE_T_FMT " written "
+                     "but not acknowledged", p->q.kept_msgs);
+    }
     WSP_LOG(p, APLOG_WARNING, 0, "backend interrupted (%s); failing over "
             "with %" APR_SIZE_T_FMT " message(s), %" APR_OFF_T_FMT
-            " byte(s) buffered", why, p->q.messages, p->q.bytes);
+            " byte(s) buffered%s", why, p->q.messages, p->q.bytes, kept);
     if (p->b->be) {
         wsp_pool_failed(p->conf->pool, &p->opts, p->b->be, now);
         wsp_pool_failover(p->b->be);
@@ -66,6 +72,7 @@ static void wsp_failover(wsp_pipe_t *p, apr_time_t now, const char *why)
     }
     wsp_backend_drop(p);
     wsp_queue_rewind(&p->q);
+    p->quiesce_at = 0;
     wsp_transit(p, WSP_ST_FAILING_OVER, why);
     /* a slow backend filled the buffer under backpressure: keep that up
      * until the next backend has it, rather than 1013 at the next byte */
@@ -185,6 +192,11 @@ const char *wsp_backend_request(void *baton, apr_pool_t *tp,
     apr_table_setn(h, "X-WS-Persist-Client-Id", p->id);
     apr_table_setn(h, "X-WS-Persist-Resume",
                    apr_itoa(tp, p->connections));
+    /* the first message this connection is sent, unless it answers
+     * X-WS-Persist-Received (WSPersistAck On; a move then waits for the
+     * draining backend's acknowledgements before it connects) */
+    apr_table_setn(h, "X-WS-Persist-Next", apr_psprintf(tp, "%"
+                   APR_UINT64_T_FMT, wsp_queue_first(&p->q)));
     req.path = apr_pstrcat(tp, p->req_be->path, p->rest, NULL);
     req.host = p->req_be->hostport;
     req.key = key;
@@ -258,6 +270,52 @@ void wsp_connected(wsp_pipe_t *p, apr_time_t now)
     wsp_transit(p, WSP_ST_LIVE, p->b->be->url);
 }
 
+/* WSPersistAck: an X-WS-Persist-Received beyond what the client sent
+ * is the backend's mistake: NULL, or why its handshake fails. */
+const char *wsp_received_check(wsp_pipe_t *p, wsp_bconn_t *bc)
+{
+    if (!p->conf->ack || !bc->has_received || bc->received <= p->q.pushed) {
+        return NULL;
+    }
+    return apr_psprintf(bc->pool, "X-WS-Persist-Received %" APR_UINT64_T_FMT
+                        " beyond the %" APR_UINT64_T_FMT " message(s) the "
+                        "client sent", bc->received, p->q.pushed);
+}
+
+/* WSPersistAck: the new current backend gets every message not
+ * acknowledged again, from K+1 when it answered X-WS-Persist-Received: K
+ * (it has processed 1..K, DESIGN 7). Returns 0, or -1 when the session
+ * cannot keep its promise (K+1 was acknowledged before and is not kept):
+ * it is closed with 1011. */
+int wsp_resume_at(wsp_pipe_t *p, apr_time_t now)
+{
+    wsp_bconn_t *bc = p->b->bc;
+    apr_uint64_t first;
+
+    if (!p->conf->ack) {
+        return 0;
+    }
+    wsp_queue_rewind(&p->q);
+    first = wsp_queue_first(&p->q);
+    if (!bc->has_received) {
+        return 0;
+    }
+    if (wsp_queue_skip(&p->q, bc->received) < 0) {
+        WSP_LOG(p, APLOG_ERR, 0, "backend has processed client messages "
+                "1..%" APR_UINT64_T_FMT " only, but 1..%" APR_UINT64_T_FMT
+                " were acknowledged and are not kept: closing with 1011",
+                bc->received, first - 1);
+        wsp_backend_drop(p);
+        wsp_client_close(p, now, WSP_CLOSE_INTERNAL, "session state lost",
+                         18);
+        return -1;
+    }
+    WSP_LOG(p, APLOG_DEBUG, 0, "backend has processed client messages 1..%"
+            APR_UINT64_T_FMT ": sending from %" APR_UINT64_T_FMT,
+            bc->received, wsp_queue_next(&p->q));
+    return 0;
+}
+
 int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
 {
     const char *why = NULL;
@@ -279,8 +337,13 @@ int wsp_connect_step(wsp_pipe_t *p, apr_time_t now)
     if (res == WSP_HS_MORE) {
         return 0;
     }
+    if (res == WSP_HS_OK && (why = wsp_received_check(p, p->b->bc))) {
+        res = WSP_HS_FAIL;
+    }
     if (res == WSP_HS_OK) {
-        wsp_connected(p, now);
+        if (wsp_resume_at(p, now) == 0) {
+            wsp_connected(p, now);
+        }
         return 1;
     }
     WSP_LOG(p, APLOG_WARNING, 0, "handshake failed: %s", why);

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "wsp_frame.h"
+#include "wsp_parse.h"
 
 void wsp_reader_init(wsp_reader_t *rd, wsp_from_e from,
                      apr_uint64_t max_message)
@@ -384,4 +385,13 @@ apr_size_t wsp_close_payload(unsigned char *out, int code,
         memcpy(out + 2, reason, reason_len);
     }
     return 2 + reason_len;
+}
+
+int wsp_ack_parse(const unsigned char *payload, apr_size_t len,
+                  apr_uint64_t *k)
+{
+    apr_size_t pre = sizeof(WSP_ACK_PREFIX) - 1;
+
+    return len > pre && !memcmp(payload, WSP_ACK_PREFIX, pre)
+           && wsp_parse_count((const char *)payload + pre, len - pre, k);
 }

@@ -232,8 +232,10 @@ typedef struct {
     int connection;            /* Connection lists upgrade */
     int extensions;            /* Sec-WebSocket-Extensions seen */
     int accepts, protocols;    /* how often each was seen */
+    int receiveds;
     const char *accept;
     const char *protocol;
+    const char *received;
 } wsp_hs_fields_t;
 
 /* Note one header line; returns NULL or what is wrong with it. */
@@ -272,6 +274,10 @@ static const char *wsp_hs_field(wsp_hs_fields_t *f, char *line)
     else if (!apr_cstr_casecmp(line, "Sec-WebSocket-Protocol")) {
         f->protocols++;
         f->protocol = *val ? val : NULL;
+    }
+    else if (!apr_cstr_casecmp(line, "X-WS-Persist-Received")) {
+        f->receiveds++;
+        f->received = val;
     }
     return NULL;
 }
@@ -320,8 +326,8 @@ static const char *wsp_hs_protocol(apr_pool_t *p, const wsp_hs_fields_t *f,
 
 int wsp_handshake_response(apr_pool_t *p, const char *buf, apr_size_t len,
                            const char *expect_accept, const char *offered,
-                           int require_protocol, apr_size_t *head_len,
-                           const char **protocol, const char **why)
+                           int require_protocol, wsp_hs_answer_t *ans,
+                           const char **why)
 {
     wsp_hs_fields_t f;
     apr_ssize_t end;
@@ -379,6 +385,15 @@ int wsp_handshake_response(apr_pool_t *p, const char *buf, apr_size_t len,
     else if (f.extensions) {
         err = "Sec-WebSocket-Extensions in the answer, none offered";
     }
+    else if (f.receiveds > 1) {
+        err = "more than one X-WS-Persist-Received";
+    }
+    else if (f.receiveds && !wsp_parse_count(f.received, strlen(f.received),
+                                             &ans->received)) {
+        err = apr_pstrcat(p, "X-WS-Persist-Received \"",
+                          wsp_log_text(p, f.received),
+                          "\" is not a message count", NULL);
+    }
     else {
         err = wsp_hs_protocol(p, &f, offered, require_protocol);
     }
@@ -386,7 +401,11 @@ int wsp_handshake_response(apr_pool_t *p, const char *buf, apr_size_t len,
         *why = err;
         return WSP_HS_FAIL;
     }
-    *head_len = (apr_size_t)end;
-    *protocol = f.protocol;
+    ans->head_len = (apr_size_t)end;
+    ans->protocol = f.protocol;
+    ans->has_received = f.receiveds;
+    if (!f.receiveds) {
+        ans->received = 0;
+    }
     return WSP_HS_OK;
 }

@@ -17,6 +17,28 @@ int wsp_pipe_should_move(const wsp_pipe_t *p)
            && p->client->upgraded && wsp_pool_leaving(p->b->be);
 }
 
+/* WSPersistAck: before a replacement connects, the draining backend is
+ * written no new message and acknowledges what it has, so that the
+ * replacement's X-WS-Persist-Received is where the session stands. */
+int wsp_quiescing(const wsp_pipe_t *p)
+{
+    return p->quiesce_at && !wsp_closing(p)
+           && wsp_queue_at_message_boundary(&p->q);
+}
+
+static int wsp_quiet(const wsp_pipe_t *p)
+{
+    return p->q.kept_msgs == 0 && wsp_queue_at_message_boundary(&p->q);
+}
+
+/* A move may begin: its time has come, or, waiting for acknowledgements,
+ * they are all in. */
+int wsp_move_due(const wsp_pipe_t *p, apr_time_t now)
+{
+    return wsp_pipe_should_move(p)
+           && (now >= p->move_at || (p->quiesce_at && wsp_quiet(p)));
+}
+
 /* Let go of the second backend connection, whichever role it had. */
 void wsp_aux_end(wsp_pipe_t *p)
 {
@@ -24,6 +46,7 @@ void wsp_aux_end(wsp_pipe_t *p)
         wsp_transit(p, WSP_ST_LIVE, "replacement let go");
     }
     wsp_bhop_end(p, p->b2);
+    p->quiesce_at = 0;
     if (p->b2->in.msg && p->client && !p->client->spare) {
         p->client->spare = p->b2->in.msg;   /* the next move's */
     }
@@ -39,15 +62,36 @@ void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
                                          p->b->be, &next);
     apr_status_t rv;
 
+    if (p->conf->ack && !wsp_quiet(p)) {
+        if (!p->quiesce_at) {
+            p->quiesce_at = now;
+            p->move_at = now + WSP_ACK_WAIT;
+            WSP_LOG(p, APLOG_DEBUG, 0, "backend draining: waiting for its "
+                    "acknowledgement of %" APR_SIZE_T_FMT " message(s)",
+                    p->q.kept_msgs);
+            if (be) {
+                wsp_pool_release(p->conf->pool, be);
+            }
+            return;
+        }
+        WSP_LOG(p, APLOG_INFO, 0, "backend draining: %" APR_SIZE_T_FMT
+                " message(s) not acknowledged in time, sent again to the "
+                "replacement", p->q.kept_msgs);
+    }
+    else if (p->conf->ack) {
+        p->quiesce_at = p->quiesce_at ? p->quiesce_at : now;
+    }
     p->move_at = now + WSP_MOVE_RETRY;
     if (!be) {
         WSP_LOG(p, APLOG_DEBUG, 0, "backend draining, no other usable yet");
+        p->quiesce_at = 0;
         return;
     }
     p->req_be = be;
     rv = wsp_bconn_open(&p->b2->bc, p->pool, p->s, be, wsp_backend_request, p,
                         p->protocol, p->protocol != NULL);
     if (rv != APR_SUCCESS) {
+        p->quiesce_at = 0;
         WSP_LOG(p, APLOG_WARNING, rv, "backend draining: cannot connect "
                 "to %s", be->url);
         wsp_pool_failed(p->conf->pool, &p->opts, be, now);
@@ -87,6 +131,10 @@ int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
     old->deadline = now + WSP_RETIRE_CAP;
     old->last_rx = now;
     old->want_write = 0;
+    p->quiesce_at = 0;
+    if (wsp_resume_at(p, now) < 0) {
+        return 1;
+    }
     wsp_connected(p, now);
     WSP_LOG(p, APLOG_INFO, 0, "moved off draining backend %s with %"
             APR_SIZE_T_FMT " message(s) still to send", old->be->url,
@@ -107,6 +155,9 @@ static int wsp_move_handshake(wsp_pipe_t *p, apr_time_t now)
     res = wsp_bhop_handshake(p->b2, now, &why);
     if (res == WSP_HS_MORE) {
         return 0;
+    }
+    if (res == WSP_HS_OK && (why = wsp_received_check(p, p->b2->bc))) {
+        res = WSP_HS_FAIL;
     }
     if (res == WSP_HS_OK) {
         return 1;
@@ -140,7 +191,10 @@ static int wsp_retire_feed(wsp_pipe_t *p)
         }
         else if (in->rd.hdr.opcode == WSP_OP_CLOSE) {
             return 1;
-        }                            /* pings go unanswered: it is closing */
+        }
+        else {                       /* pings go unanswered: it is closing */
+            wsp_backend_acked(p, in);
+        }
     }
     return 0;
 }

@@ -226,3 +226,21 @@ int wsp_origin_allowed(const apr_array_header_t *allowed,
     }
     return 0;
 }
+
+int wsp_parse_count(const char *s, apr_size_t len, apr_uint64_t *n)
+{
+    apr_uint64_t v = 0;
+    apr_size_t i;
+
+    if (len == 0 || len > 19) {
+        return 0;
+    }
+    for (i = 0; i < len; i++) {
+        if (!apr_isdigit(s[i])) {
+            return 0;
+        }
+        v = v * 10 + (apr_uint64_t)(s[i] - '0');
+    }
+    *n = v;
+    return 1;
+}

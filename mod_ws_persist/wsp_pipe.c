@@ -178,7 +178,7 @@ static void wsp_pipe_run_once(wsp_pipe_t *p,
         && wsp_bconn_buffers_input(p->b2->bc)) {
         aready = 1;
     }
-    if (wsp_pipe_should_move(p) && now >= p->move_at) {
+    if (wsp_move_due(p, now)) {
         wsp_move_start(p, now);
     }
     do {
@@ -313,7 +313,9 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
         }
     }
     else if (wsp_pipe_should_move(p)) {
-        WSP_SOONER(p->move_at ? p->move_at : apr_time_now());
+        /* waiting for acknowledgements, the last one starts the move */
+        WSP_SOONER(p->move_at && !wsp_move_due(p, 0) ? p->move_at
+                                                     : apr_time_now());
     }
 #undef WSP_SOONER
     want->wake_at = t;
@@ -373,6 +375,7 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     p->state = WSP_ST_CONNECTING;
     p->rest = "";
     wsp_queue_init(&p->q, pool, p->ba);
+    p->q.keep = conf->ack;
     apr_generate_random_bytes((unsigned char *)&p->rng, sizeof(p->rng));
     p->rng |= 1;
     p->hops[0].kind = p->hops[1].kind = WSP_HOP_BACKEND;

@@ -146,8 +146,9 @@ int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now)
             p->b->ctrl_off += n;
             apr_atomic_add64(&p->b->be->st->bytes_out, n);
         }
-        else if (p->q.bytes > 0 && (!p->b->close_sent
-                                    || !wsp_queue_at_frame_boundary(&p->q))) {
+        else if (p->q.bytes > 0 && !wsp_quiescing(p)
+                 && (!p->b->close_sent
+                     || !wsp_queue_at_frame_boundary(&p->q))) {
             /* A backend whose input was left unread (its client is
              * slow, a pong is owed, the budget ran out) may have sent its
              * FIN behind it: what is written after that is lost. The
@@ -529,6 +530,18 @@ int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready)
     return progress;
 }
 
+/* A backend's acknowledgement pong frees the client messages it names
+ * (WSPersistAck); the retiring backend of a move may send them too. */
+void wsp_backend_acked(wsp_pipe_t *p, const wsp_hop_in_t *in)
+{
+    apr_uint64_t k;
+
+    if (p->conf->ack && in->rd.hdr.opcode == WSP_OP_PONG
+        && wsp_ack_parse(in->cpay, (apr_size_t)in->rd.hdr.len, &k)) {
+        wsp_queue_ack(&p->q, k);
+    }
+}
+
 static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
 {
     const char *reason;
@@ -537,6 +550,7 @@ static void wsp_backend_control(wsp_pipe_t *p, apr_time_t now)
     int res = wsp_control(p, &p->b->in, wsp_backend_ctrl, &p->b->ping_sent,
                           &code, &reason, &rlen);
 
+    wsp_backend_acked(p, &p->b->in);
     if (res >= 1000) {
         wsp_backend_ended(p, now, WSP_END_PROTOCOL, res, NULL, 0,
                           "its close frame");

@@ -17,6 +17,21 @@ commands:
                             it never finishes (logs "sent-fragment")
     big:<n>                 answers a text message of n "b" characters
 
+With --state DIR it is a backend that keeps session state (DESIGN 7,
+WSPersistAck): per client id (X-WS-Persist-Client-Id) the file DIR/<id>
+holds K, the number of client messages it has processed; backends sharing
+DIR share the sessions. Its 101 answers X-WS-Persist-Received: K (not with
+--no-received); the first message of a connection is then K+1, else the
+request's X-WS-Persist-Next. Each data message it is sent is numbered so;
+one numbered K or below was processed before and is dropped ("repeat"),
+any other is processed: K is stored, "processed" logged, then it is
+echoed. It acknowledges with a pong "wsp-ack:K" after every --ack-every
+messages (0: only on SIGUSR1, which acknowledges everything processed).
+
+    {"ev": "processed", "conn": N, "id": ..., "seq": S, "head": ...}
+    {"ev": "repeat",    "conn": N, "id": ..., "seq": S}
+    {"ev": "acked",     "conn": N, "id": ..., "k": K}
+
 With --tls-cert and --tls-key it speaks wss:// (TLS with that certificate
 chain and key). Prints "ready <name> <port>" on stdout once listening.
 With --log, every event is appended to FILE as one JSON object per line,
@@ -180,6 +195,11 @@ class Backend:
                              if p.strip()] if args.subprotocols else None
         self.log = open(args.log, "a", encoding="utf-8") if args.log else None
         self.conns = 0
+        self.state = args.state
+        self.answer_received = not args.no_received
+        self.ack_every = args.ack_every
+        self.promised = {}          # client id: K answered in the 101
+        self.live = set()           # (ws, client id) of stateful sessions
         self.ssl = None
         if args.tls_cert:
             self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -199,6 +219,66 @@ class Backend:
         for k, v in ws.request_headers.raw_items():
             out[k] = out[k] + ", " + v if k in out else v
         return out
+
+    def load(self, cid):
+        try:
+            with open(os.path.join(self.state, cid)) as f:
+                return int(f.read() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def store(self, cid, k):
+        path = os.path.join(self.state, cid)
+        with open(path + ".tmp", "w") as f:
+            f.write(str(k))
+        os.replace(path + ".tmp", path)
+
+    def extra_headers(self, path, request_headers):
+        cid = request_headers.get("X-WS-Persist-Client-Id")
+        if not self.state or not cid or not self.answer_received:
+            return []
+        self.promised[cid] = self.load(cid)
+        return [("X-WS-Persist-Received", str(self.promised[cid]))]
+
+    async def ack(self, ws, conn, cid):
+        k = self.load(cid)
+        try:
+            await ws.pong(b"wsp-ack:%d" % k)
+        except websockets.ConnectionClosed:
+            return
+        self.event("acked", conn=conn, id=cid, k=k)
+
+    def ack_all(self):
+        for ws, conn, cid in list(self.live):
+            asyncio.ensure_future(self.ack(ws, conn, cid))
+
+    async def stateful(self, ws, conn, headers):
+        """The --state session: number, drop repeats, store, echo, ack."""
+        cid = headers.get("X-WS-Persist-Client-Id")
+        promised = self.promised.pop(cid, None)
+        seq = promised + 1 if promised is not None else int(
+            headers.get("X-WS-Persist-Next", "1"))
+        me = (ws, conn, cid)
+        self.live.add(me)
+        try:
+            async for msg in ws:
+                k = self.load(cid)
+                head = msg[:HEAD_CHARS]
+                head = head if isinstance(head, str) else head.decode(
+                    "latin-1")
+                if seq <= k:
+                    self.event("repeat", conn=conn, id=cid, seq=seq)
+                    seq += 1
+                    continue
+                self.store(cid, seq)
+                self.event("processed", conn=conn, id=cid, seq=seq,
+                           head=head)
+                seq += 1
+                await self.echo(ws, conn, msg)
+                if self.ack_every and (seq - 1) % self.ack_every == 0:
+                    await self.ack(ws, conn, cid)
+        finally:
+            self.live.discard(me)
 
     def new_conn(self):
         self.conns += 1
@@ -224,6 +304,9 @@ class Backend:
             headers.get("X-WS-Persist-Resume")), flush=True)
         closed_by = "peer"
         try:
+            if self.state:
+                await self.stateful(ws, conn, headers)
+                return
             async for msg in ws:
                 if isinstance(msg, str):
                     self.event("msg", conn=conn, type="text", len=len(msg),
@@ -284,11 +367,14 @@ class Backend:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(
                 sig, lambda: stop.done() or stop.set_result(None))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1,
+                                                      self.ack_all)
         async with websockets.serve(
                 self.handler, self.host, self.port,
                 subprotocols=self.subprotocols,
                 max_size=None, compression=None, ping_interval=None,
                 close_timeout=5, ssl=self.ssl,
+                extra_headers=self.extra_headers,
                 create_protocol=LoggingProtocol):
             self.event("ready", port=self.port,
                        subprotocols=self.subprotocols)
@@ -306,6 +392,12 @@ def main():
     ap.add_argument("--log", help="append JSON events to this file")
     ap.add_argument("--tls-cert", help="serve wss:// with this PEM chain")
     ap.add_argument("--tls-key", help="the key of --tls-cert")
+    ap.add_argument("--state", help="keep session state in this directory")
+    ap.add_argument("--no-received", action="store_true",
+                    help="with --state: no X-WS-Persist-Received answer")
+    ap.add_argument("--ack-every", type=int, default=1,
+                    help="with --state: a wsp-ack pong every N messages "
+                         "(0: on SIGUSR1 only)")
     args = ap.parse_args()
     try:
         asyncio.run(Backend(args).run())

@@ -4,6 +4,7 @@
     /usr/bin/python3 t/soak.py [--duration 120] [--clients 50]
         [--backends 3] [--rate 20] [--kill-every 0.3] [--driver event]
         [--children 2] [--drain-every 2] [--big-every 50] [--hang 0.03]
+        [--ack]
 
 Starts the real apache2 with the built module in front of --backends echo
 backends (t/soak_backend.py, each logging what it reads and echoes),
@@ -97,6 +98,13 @@ kill whose backend could not be frozen between callbacks, a proxy that
 holds a backend connection after its FIN, a killed connection whose end
 the proxy never logged, and a run without kills, failovers or moves.
 Only loopback is used. Figures go to build/soak.json.
+
+With --ack the location has WSPersistAck On and the backends keep session
+state in a shared directory (t/soak_backend.py --state), answer
+X-WS-Persist-Received and acknowledge every message: then the backends'
+session files must show every message sent processed exactly once, in
+order (0 lost, 0 twice, 0 out of order), kills and drains included. The
+buckets above still judge the echoes.
 """
 
 import argparse
@@ -138,6 +146,7 @@ class SoakBackend(wsp_env.Backend):
     callback."""
 
     inc = 0                            # processes started so far
+    state = None                       # --ack: the shared state directory
 
     def _spawn(self):
         assert self.proc is None or self.proc.poll() is not None
@@ -145,6 +154,8 @@ class SoakBackend(wsp_env.Backend):
         cmd = [wsp_env.PYTHON, str(SOAK_BACKEND), "--port", str(self.port),
                "--name", self.name, "--log", str(self.log_path),
                "--inc", str(self.inc)]
+        if self.state:
+            cmd += ["--state", str(self.state)]
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out,
                                          stderr=subprocess.STDOUT,
@@ -516,6 +527,9 @@ async def drainer(env, backends, args, stats):
 
 async def soak(args, env):
     backends = []
+    if args.ack:
+        SoakBackend.state = env.root / "state"
+        SoakBackend.state.mkdir(parents=True, exist_ok=True)
     for i in range(args.backends):
         be = SoakBackend(env, "b%d" % i, env.port())
         env.backends.append(be)
@@ -529,7 +543,9 @@ async def soak(args, env):
         "/ws/", backends,
         "WSPersistConnectTimeout 10",
         "WSPersistRetry 100ms 2s",
-        "WSPersistBufferLimit 5M") + "LogLevel warn ws_persist:debug\n")
+        "WSPersistBufferLimit 5M",
+        *(["WSPersistAck On"] if args.ack else []))
+        + "LogLevel warn ws_persist:debug\n")
     wsp_env.wait_until(lambda: len(env.httpd.children()) == args.children,
                        20, what="%d children" % args.children)
     child = env.httpd.children()
@@ -715,8 +731,10 @@ def proxy_ends(log):
     return ends
 
 
-def account(clients, backends, kills, log):
-    """Every missing message into its bucket, with the evidence."""
+def account(clients, backends, kills, log, ack=False):
+    """Every missing message into its bucket, with the evidence. ack:
+    WSPersistAck On, where what a backend never read is sent again and
+    only what backends processed counts."""
     conns = backend_conns(backends)
     by_client = {c.id: c for c in clients}
     ends = proxy_ends(log)
@@ -785,7 +803,8 @@ def account(clients, backends, kills, log):
                     t = next(t for n, t in marks[1:] if end <= n)
                     deliv.setdefault(ks, []).append(("after_fin", c, t))
                     res["after_fin_frames"] += 1
-                seqs.append(ks)
+                if not ack:
+                    seqs.append(ks)
             if part:
                 partials.setdefault(part, []).append(c)
             if not c.proxy_end:
@@ -796,8 +815,11 @@ def account(clients, backends, kills, log):
         cl = by_client.get(c.client_id)
         if cl is not None and seqs:
             order.setdefault(cl.k, []).append((c.open_t, seqs))
+    # with WSPersistAck On a message written to a backend that never
+    # read it is sent again: only what backends processed counts twice
     res["backend_duplicates"] = sorted(
-        ks for ks, ds in deliv.items() if len(ds) > 1)
+        ks for ks, ds in deliv.items()
+        if len([d for d in ds if not ack or d[0] == "recv"]) > 1)
     bad_order = 0
     for k, lst in order.items():
         last = -1
@@ -816,7 +838,10 @@ def account(clients, backends, kills, log):
             if seq in cl.got:
                 continue
             ks = (cl.k, seq)
-            ds = [d for d in deliv.get(ks, []) if d[1].client_id == cl.id]
+            # with WSPersistAck On one written but never read was sent
+            # again: only a backend that processed it can explain its echo
+            ds = [d for d in deliv.get(ks, []) if d[1].client_id == cl.id
+                  and (not ack or d[0] == "recv")]
             bucket, why = classify(ds, partials.get(ks, []))
             buckets[bucket].append((cl, seq, why))
     res["buckets"] = buckets
@@ -889,9 +914,38 @@ ALLOWED = ("in_flight_at_kill", "unread_at_kill", "written_after_fin",
            "echo_cut_by_reset")
 
 
+def state_account(clients, state):
+    """--ack: what the backends' session files (the record of every
+    message processed, t/soak_backend.py --state) say of each client's
+    messages: each must be processed once, in order, numbered 1..sent."""
+    out = {"processed": 0, "lost": [], "twice": [], "out_of_order": [],
+           "misnumbered": []}
+    for c in clients:
+        try:
+            lines = (state / c.id).read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        seen = set()
+        last = -1
+        for i, line in enumerate(lines):
+            seq, head = line.split(" ")[:2]
+            n = int(MSG_RE.match(head + ":").group(2))
+            if int(seq) != i + 1:
+                out["misnumbered"].append((c.k, n, int(seq)))
+            if n in seen:
+                out["twice"].append((c.k, n))
+            elif n < last:
+                out["out_of_order"].append((c.k, n))
+            seen.add(n)
+            last = max(last, n)
+        out["processed"] += len(seen)
+        out["lost"] += [(c.k, n) for n in range(c.sent) if n not in seen]
+    return out
+
+
 def report(args, env, clients, stats, child, elapsed, stop_problems):
     log = env.httpd.log_text() if env.httpd else ""
-    acc = account(clients, env.backends, stats["kill_list"], log)
+    acc = account(clients, env.backends, stats["kill_list"], log, args.ack)
     b = acc["buckets"]
     failovers = len(re.findall(r"backend interrupted", log))
     moves = len(re.findall(r"moved off draining backend", log))
@@ -959,6 +1013,19 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
             p.startswith("crash: ") for p in problems), "nonzero"),
         ("httpd stop problems", len(stop_problems), "nonzero"),
     ]
+    if args.ack:
+        st = state_account(clients, SoakBackend.state)
+        repeats = sum(1 for be in env.backends for _ in be.events("repeat"))
+        rows += [
+            ("WSPersistAck On: processed (backends' state files)",
+             st["processed"], "zero"),
+            ("  sent, never processed", len(st["lost"]), "nonzero"),
+            ("  processed twice", len(st["twice"]), "nonzero"),
+            ("  processed out of order", len(st["out_of_order"]), "nonzero"),
+            ("  numbered unlike the client's order", len(st["misnumbered"]),
+             "nonzero"),
+            ("  sent again, dropped by number (repeats)", repeats, None),
+        ]
     failed = []
     print("\nsoak report (driver %s)" % wsp_env.DRIVER)
     print("  %-50s %10s  %-9s %s" % ("", "count", "rule", "verdict"))
@@ -997,6 +1064,11 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
         return time.strftime("%H:%M:%S", time.localtime(w)) \
             + ".%06d" % (w % 1 * 1e6)
 
+    if args.ack:
+        for what in ("lost", "twice", "out_of_order", "misnumbered"):
+            for x in st[what][:10]:
+                print("  state file: %s: client %d seq %s" % (
+                    what, x[0], " ".join(str(v) for v in x[1:])))
     for bucket in ("echo_lost", "unexplained"):
         for cl, seq, why in b[bucket][:20]:
             print("  %s: client %d seq %d sent %s: %s" % (
@@ -1034,6 +1106,9 @@ def main():
     ap.add_argument("--drain-every", type=float, default=2.0)
     ap.add_argument("--driver", choices=sorted(wsp_env.DRIVER_CONF),
                     default=wsp_env.DRIVER)
+    ap.add_argument("--ack", action="store_true",
+                    help="WSPersistAck On with backends that keep session "
+                    "state: every message must be processed exactly once")
     ap.add_argument("--keep", action="store_true",
                     help="keep the server root (logs) afterwards")
     ap.add_argument("--verbose", action="store_true",

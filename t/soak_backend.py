@@ -2,7 +2,7 @@
 """The echo backend of the chaos soak (t/soak.py).
 
     /usr/bin/python3 t/soak_backend.py --port N --name NAME --log FILE
-        [--inc N]
+        [--inc N] [--state DIR]
 
 One thread, one epoll loop (selectors) over non-blocking raw sockets, not
 python3-websockets nor asyncio's transports: every byte it takes from a
@@ -42,6 +42,18 @@ logged):
 Echoes every text or binary message in one frame once it is whole (the
 proxy may fragment a message differently than the client sent it),
 answers pings, answers a close then closes once its output is out.
+
+With --state DIR it keeps session state as an application would
+(WSPersistAck On, DESIGN 7): processing a message is appending the line
+"SEQ HEAD NAME INC" to DIR/<client id> in one write (O_APPEND: a SIGKILL
+cannot cut it), so the file is both the state and the record the soak
+checks. K, the last SEQ in the file, is answered in the 101 as
+X-WS-Persist-Received; the connection's messages are numbered from K+1.
+A message numbered K or below (the file says it was processed) is not
+processed again nor echoed:
+    {"ev": "repeat", "conn": N, "seq": S, "head": ...}
+Each processed message is echoed, then acknowledged with a pong
+"wsp-ack:SEQ"; its "msg" line carries "seq".
 """
 
 import argparse
@@ -97,6 +109,8 @@ class Conn:
         self.open = False
         self.closing = False           # close once the output is out
         self.gone = False
+        self.cid = None                # --state: the session's file
+        self.seq = 0                   # the number of the next message
 
     def event(self, ev, **fields):
         self.server.event(ev, conn=self.conn, **fields)
@@ -160,9 +174,16 @@ class Conn:
                 key.encode() + GUID).digest())
             self.open = True
             self.event("open", peer=self.peer, headers=headers)
+            extra = b""
+            if self.server.state:
+                self.cid = headers.get("X-WS-Persist-Client-Id")
+                k = self.server.processed(self.cid)
+                self.seq = k + 1
+                extra = b"X-WS-Persist-Received: %d\r\n" % k
             self.send(b"HTTP/1.1 101 Switching Protocols\r\n"
                       b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                      b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+                      + extra + b"\r\n")
         while not self.gone and not self.closing and self.frame():
             pass
         self.after_callback()
@@ -203,10 +224,20 @@ class Conn:
             if fin:
                 payload = b"".join(self.parts)
                 self.parts = None
+                head = payload[:HEAD].decode("latin-1")
+                seq = None
+                if self.cid:
+                    seq, self.seq = self.seq, self.seq + 1
+                    if seq <= self.server.processed(self.cid):
+                        self.event("repeat", seq=seq, head=head)
+                        return True
+                    self.server.record(self.cid, seq, head)
                 self.send(frame(self.msg_op, payload))
-                self.event("msg", head=payload[:HEAD].decode("latin-1"),
-                           whole=True, end=self.qend, kout=self.kout)
+                self.event("msg", head=head, whole=True, end=self.qend,
+                           kout=self.kout, seq=seq)
                 self.kout_logged = self.kout
+                if seq is not None:
+                    self.send(frame(10, b"wsp-ack:%d" % seq))
         elif op == 9:
             self.send(frame(10, payload))
         elif op == 8:
@@ -255,7 +286,33 @@ class Server:
         self.port = args.port
         self.log = open(args.log, "a", encoding="utf-8")
         self.conns = 0
+        self.state = args.state
         self.sel = selectors.EpollSelector()
+
+    def _path(self, cid):
+        return os.path.join(self.state, cid)
+
+    def processed(self, cid):
+        """K: the last message number the session's file records."""
+        try:
+            with open(self._path(cid), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 512))
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return 0
+        return int(lines[-1].split(b" ", 1)[0]) if lines else 0
+
+    def record(self, cid, seq, head):
+        msg = head.split(":", 2)
+        line = "%d %s %s %d\n" % (seq, ":".join(msg[:2]), self.name,
+                                   self.inc)
+        fd = os.open(self._path(cid), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
     def event(self, ev, **fields):
         rec = {"ev": ev, "name": self.name, "inc": self.inc,
@@ -317,6 +374,8 @@ def main():
     ap.add_argument("--inc", type=int, default=0,
                     help="which start of this backend this process is "
                     "(pids are reused within a soak)")
+    ap.add_argument("--state", help="keep session state in this directory "
+                    "(WSPersistAck On)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     try:

@@ -39,6 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                     "a,b,,c" };
     const char *offered, *proto = NULL, *why = NULL, *c;
     apr_size_t head_len = 0, have, step;
+    wsp_hs_answer_t ans;
     apr_pool_t *p;
     int require, res = WSP_HS_MORE;
 
@@ -55,8 +56,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (have = 0; have < size && res == WSP_HS_MORE;) {
         have = size - have < step ? size : have + step;
         res = wsp_handshake_response(p, (const char *)data, have, RFC_ACCEPT,
-                                     offered, require, &head_len, &proto,
-                                     &why);
+                                     offered, require, &ans, &why);
+    }
+    if (res == WSP_HS_OK) {
+        head_len = ans.head_len;
+        proto = ans.protocol;
     }
     if (res == WSP_HS_OK) {
         FUZZ_CHECK(head_len >= 4 && head_len <= have);

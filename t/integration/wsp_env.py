@@ -287,11 +287,12 @@ def client_messages(data, under_way=None):
 class Backend:
     """One t/backend.py process on a fixed port; restartable on that port."""
 
-    def __init__(self, env, name, port, subprotocols=None):
+    def __init__(self, env, name, port, subprotocols=None, args=()):
         self.env = env
         self.name = name
         self.port = port
         self.subprotocols = subprotocols
+        self.args = list(args)
         self.log_path = env.root / ("backend-%s.jsonl" % name)
         self.out_path = env.root / ("backend-%s.out" % name)
         self.proc = None
@@ -306,6 +307,7 @@ class Backend:
                "--name", self.name, "--log", str(self.log_path)]
         if self.subprotocols:
             cmd += ["--subprotocols", ",".join(self.subprotocols)]
+        cmd += self.args
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out,
                                          stderr=subprocess.STDOUT,
@@ -759,8 +761,9 @@ class Env:
                 self.ports.add(p)
                 return p
 
-    def backend(self, name, subprotocols=None, start=True):
-        be = Backend(self, name, self.port(), subprotocols)
+    def backend(self, name, subprotocols=None, start=True, args=()):
+        """A t/backend.py; args are more of its options (e.g. --state)."""
+        be = Backend(self, name, self.port(), subprotocols, args)
         self.backends.append(be)
         if start:
             be.start()

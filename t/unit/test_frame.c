@@ -910,7 +910,34 @@ static void test_close_payload_cut_every_offset(apr_pool_t *p)
     CHECK(wsp_utf8_valid(out + 2, 123));
 }
 
+/* Acknowledgement pongs: "wsp-ack:" and a count, nothing else. */
+static void test_ack_parse(apr_pool_t *p)
+{
+    static const char *bad[] = { "", "wsp-ack:", "wsp-ack:-1", "wsp-ack: 1",
+                                 "wsp-ack:1 ", "WSP-ACK:1", "wsp-ack1",
+                                 "wsp-ack:12345678901234567890",
+                                 "wsp" };
+    apr_uint64_t k = 7;
+    apr_size_t i;
+
+    (void)p;
+    CHECK(wsp_ack_parse((const unsigned char *)"wsp-ack:0", 9, &k));
+    CHECK_INT(k, 0);
+    CHECK(wsp_ack_parse((const unsigned char *)"wsp-ack:1234", 12, &k));
+    CHECK_INT(k, 1234);
+    /* the length counts, not a NUL */
+    CHECK(wsp_ack_parse((const unsigned char *)"wsp-ack:99x", 10, &k));
+    CHECK_INT(k, 99);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        k = 7;
+        CHECK(!wsp_ack_parse((const unsigned char *)bad[i], strlen(bad[i]),
+                             &k));
+        CHECK_INT(k, 7);
+    }
+}
+
 WSP_TEST_MAIN(
+    RUN(test_ack_parse);
     RUN(test_header_bytes);
     RUN(test_length_boundaries);
     RUN(test_header_bytewise);

@@ -160,6 +160,7 @@ typedef struct {
     apr_size_t head_len;
     const char *protocol;
     const char *why;
+    wsp_hs_answer_t ans;
 } hs_result_t;
 
 static hs_result_t parse(apr_pool_t *p, const char *buf, apr_size_t len,
@@ -171,7 +172,11 @@ static hs_result_t parse(apr_pool_t *p, const char *buf, apr_size_t len,
     r.protocol = "unset";
     r.why = NULL;
     r.rv = wsp_handshake_response(p, buf, len, RFC_ACCEPT, offered, require,
-                                  &r.head_len, &r.protocol, &r.why);
+                                  &r.ans, &r.why);
+    if (r.rv == WSP_HS_OK) {
+        r.head_len = r.ans.head_len;
+        r.protocol = r.ans.protocol;
+    }
     return r;
 }
 
@@ -385,6 +390,39 @@ static void test_response_malformed(apr_pool_t *p)
                     NULL, 0).rv, WSP_HS_FAIL);
 }
 
+/* X-WS-Persist-Received (DESIGN 7): one decimal count, or the answer
+ * fails; absent, none is reported. */
+static void test_response_received(apr_pool_t *p)
+{
+    static const char *bad[] = { "", "-1", "1.5", "12a", " 7 7",
+                                 "99999999999999999999", "0x10" };
+    hs_result_t r = parse_str(p, GOOD, NULL, 0);
+    apr_size_t i;
+
+    CHECK_INT(r.rv, WSP_HS_OK);
+    CHECK_INT(r.ans.has_received, 0);
+    r = parse_str(p, HEAD_101 GOOD_HEADERS "x-ws-persist-received:  42 \r\n"
+                  "\r\n", NULL, 0);
+    CHECK_INT(r.rv, WSP_HS_OK);
+    CHECK_INT(r.ans.has_received, 1);
+    CHECK_INT(r.ans.received, 42);
+    r = parse_str(p, HEAD_101 GOOD_HEADERS "X-WS-Persist-Received: 0\r\n"
+                  "\r\n", NULL, 0);
+    CHECK_INT(r.rv, WSP_HS_OK);
+    CHECK_INT(r.ans.has_received, 1);
+    CHECK_INT(r.ans.received, 0);
+    r = parse_str(p, HEAD_101 GOOD_HEADERS "X-WS-Persist-Received: 1\r\n"
+                  "X-WS-Persist-Received: 2\r\n\r\n", NULL, 0);
+    CHECK_INT(r.rv, WSP_HS_FAIL);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        r = parse_str(p, apr_pstrcat(p, HEAD_101 GOOD_HEADERS,
+                                     "X-WS-Persist-Received: ", bad[i],
+                                     "\r\n\r\n", NULL), NULL, 0);
+        CHECK_INT(r.rv, WSP_HS_FAIL);
+        CHECK(r.why && strstr(r.why, "X-WS-Persist-Received"));
+    }
+}
+
 WSP_TEST_MAIN(
     RUN(test_accept_rfc_example);
     RUN(test_key_valid);
@@ -406,4 +444,5 @@ WSP_TEST_MAIN(
     RUN(test_response_protocol_pinned);
     RUN(test_response_frames_follow);
     RUN(test_response_malformed);
+    RUN(test_response_received);
 )

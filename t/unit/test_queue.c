@@ -426,6 +426,138 @@ static void test_bytes_exact_throughout(apr_pool_t *p)
     CHECK_INT(q->messages, 0);
 }
 
+/* Write everything the queue offers now, as one backend would take it. */
+static void write_all(wsp_queue_t *q)
+{
+    struct iovec vec[64];
+    int i, n;
+
+    while ((n = wsp_queue_iov(q, vec, 64)) > 0) {
+        for (i = 0; i < n; ++i) {
+            wsp_queue_consumed(q, vec[i].iov_len);
+        }
+    }
+}
+
+/* Messages are numbered from 1 as pushed; without keep, a message
+ * written whole is gone and the next is the one after it. */
+static void test_numbers(apr_pool_t *p)
+{
+    apr_bucket_alloc_t *ba;
+    wsp_queue_t *q = mkqueue(p, &ba);
+
+    CHECK_INT(wsp_queue_next(q), 1);
+    push1(q, p, ba, NULL, "one");
+    push1(q, p, ba, NULL, "two");
+    CHECK_INT(q->pushed, 2);
+    CHECK_INT(wsp_queue_first(q), 1);
+    write_all(q);
+    CHECK_INT(q->done, 2);
+    CHECK_INT(wsp_queue_next(q), 3);
+    CHECK_INT(wsp_queue_first(q), 3);
+    CHECK_INT(q->kept_msgs, 0);
+    CHECK_INT(q->cost, 0);
+    wsp_queue_rewind(q);
+    CHECK_INT(wsp_queue_next(q), 3);
+    CHECK_INT(q->bytes, 0);
+}
+
+/* With keep, written messages stay (in cost, not in bytes) until
+ * acknowledged, and a rewind writes them again first, in order. */
+static void test_keep_rewind(apr_pool_t *p)
+{
+    apr_bucket_alloc_t *ba;
+    wsp_queue_t *q = mkqueue(p, &ba);
+    wire_t wire = { {0}, 0 };
+    wire_t *w;
+    apr_off_t cost;
+
+    q->keep = 1;
+    push1(q, p, ba, &wire, "one");
+    push(q, p, ba, &wire, 3, three);
+    cost = q->cost;
+    write_all(q);
+    CHECK_INT(q->bytes, 0);
+    CHECK_INT(q->cost, cost);
+    CHECK_INT(q->kept_msgs, 2);
+    CHECK_INT(q->messages, 0);
+    CHECK_INT(wsp_queue_first(q), 1);
+    CHECK_INT(wsp_queue_next(q), 3);
+    push1(q, p, ba, &wire, "tail");
+    wsp_queue_rewind(q);
+    CHECK_INT(q->kept_msgs, 0);
+    CHECK_INT(q->messages, 3);
+    CHECK_INT(wsp_queue_next(q), 1);
+    CHECK_INT(q->bytes, (apr_off_t)wire.n);
+    w = offered(p, q);
+    CHECK_WIRE(*w, wire, 0);
+}
+
+/* An acknowledgement frees kept messages up to its number, never one
+ * not written whole yet. */
+static void test_ack_frees(apr_pool_t *p)
+{
+    apr_bucket_alloc_t *ba;
+    wsp_queue_t *q = mkqueue(p, &ba);
+    struct iovec vec[4];
+
+    q->keep = 1;
+    push1(q, p, ba, NULL, "one");
+    push1(q, p, ba, NULL, "two");
+    push(q, p, ba, NULL, 3, three);
+    write_all(q);
+    CHECK_INT(wsp_queue_ack(q, 1), 1);
+    CHECK_INT(q->kept_msgs, 2);
+    CHECK_INT(wsp_queue_first(q), 2);
+    CHECK_INT(wsp_queue_ack(q, 1), 0);
+    push1(q, p, ba, NULL, "four");
+    /* 4 is pushed but not written: an ack of 9 frees 2 and 3 only */
+    CHECK_INT(wsp_queue_ack(q, 9), 2);
+    CHECK_INT(q->kept_msgs, 0);
+    CHECK_INT(q->messages, 1);
+    CHECK_INT(wsp_queue_first(q), 4);
+    CHECK(wsp_queue_iov(q, vec, 4) == 1);
+    write_all(q);
+    CHECK_INT(wsp_queue_ack(q, 4), 1);
+    CHECK_INT(q->cost, 0);
+    CHECK(APR_BRIGADE_EMPTY(q->kept));
+}
+
+/* After a rewind a backend that processed 1..k gets k+1 on; a k it
+ * cannot honour (beyond what was pushed, or below what was freed)
+ * changes nothing. */
+static void test_skip(apr_pool_t *p)
+{
+    apr_bucket_alloc_t *ba;
+    wsp_queue_t *q = mkqueue(p, &ba);
+    wire_t wire = { {0}, 0 };
+    wire_t *w;
+
+    q->keep = 1;
+    push1(q, p, ba, NULL, "one");
+    push(q, p, ba, NULL, 3, three);
+    push1(q, p, ba, &wire, "three");
+    write_all(q);
+    push1(q, p, ba, &wire, "four");
+    CHECK_INT(wsp_queue_ack(q, 1), 1);
+    wsp_queue_rewind(q);
+    CHECK_INT(wsp_queue_skip(q, 5), -1);
+    CHECK_INT(wsp_queue_skip(q, 0), -1);
+    CHECK_INT(q->messages, 3);
+    CHECK_INT(wsp_queue_skip(q, 1), 0);
+    CHECK_INT(wsp_queue_next(q), 2);
+    CHECK_INT(wsp_queue_skip(q, 2), 0);
+    CHECK_INT(wsp_queue_next(q), 3);
+    CHECK_INT(q->messages, 2);
+    CHECK_INT(q->bytes, (apr_off_t)wire.n);
+    w = offered(p, q);
+    CHECK_WIRE(*w, wire, 0);
+    CHECK_INT(wsp_queue_skip(q, 4), 0);
+    CHECK_INT(q->messages, 0);
+    CHECK_INT(q->bytes, 0);
+    CHECK_INT(q->cost, 0);
+}
+
 WSP_TEST_MAIN(
     RUN(test_empty);
     RUN(test_push_counts);
@@ -443,4 +575,8 @@ WSP_TEST_MAIN(
     RUN(test_clear);
     RUN(test_frame_cost);
     RUN(test_bytes_exact_throughout);
+    RUN(test_numbers);
+    RUN(test_keep_rewind);
+    RUN(test_ack_frees);
+    RUN(test_skip);
 )
