@@ -294,6 +294,8 @@ static const char wsp_page_head[] =
     "td,th{border:1px solid #999;padding:.2em .5em}\n"
     "th{background:#ddd}\n"
     ".state{font-weight:bold}\n"
+    ".actions{white-space:nowrap}\n"
+    "form{margin:.3em 0}\n"
     ".state-ok{background:#c8f0c8;color:#064}\n"
     ".state-error{background:#f7c6c6;color:#900}\n"
     ".state-removed{background:#999;color:#fff}\n"

@@ -10,6 +10,7 @@ record: its socket never closed, and no echo came twice or out of order.
 import asyncio
 import json
 import os
+import re
 
 import pytest
 
@@ -135,7 +136,9 @@ def test_browser_socket_survives_backend_kill(env, browser, variant):
     page's socket stays open, and every message it sent after the kill
     comes back once, in order (one sent before it may be lost: DESIGN 3,
     a message written whole to the killed backend); what comes back is
-    never twice nor out of order. Over ws:// and wss:// (HTTP/1.1)."""
+    never twice nor out of order; one the page misses from before the
+    kill is one the killed backend had whole. Over ws:// and wss://
+    (HTTP/1.1)."""
     if variant == "wss-h2":
         pytest.skip("HTTP/2 WebSockets: issue 12 part 1")
     scheme = variant
@@ -155,7 +158,7 @@ def test_browser_socket_survives_backend_kill(env, browser, variant):
         env.expect_refused(victim, cid)     # should the pool try it again
         await page.eval("go()")
         await page.until("st.got.length >= 30", 20, what="30 echoes")
-        victim.kill()
+        remains = victim.kill_keeping_sockets()
         after = await page.eval("st.sent")  # later numbers left after it
         await page.until("st.got.length && st.got[st.got.length - 1] > %d"
                          % (after + 40), 30,
@@ -168,6 +171,12 @@ def test_browser_socket_survives_backend_kill(env, browser, variant):
         missing = sorted(set(range(after + 1, sent + 1)) - set(got))
         assert not missing, "sent after the kill, never echoed: %s" % \
             missing[:20]
+        # before it: only what the killed backend had whole (it logged it,
+        # or it sat in its socket unread)
+        whole, _ = await asyncio.to_thread(victim.lost_with, cid, remains)
+        lost = sorted(set(range(1, after + 1)) - set(got))
+        assert set(lost) <= set(int(h) for h in whole if h.isdigit()), \
+            "lost %s, the killed backend had whole only %s" % (lost, whole)
         n = await page.eval("whoami()")
         await page.until("st.who.length === %d" % n, 20)
         assert (await page.eval("st.who"))[-1] == spare.name
@@ -214,6 +223,12 @@ def test_manager_drain_by_click_moves_a_live_page(env, browser):
         page, name = await open_stream(br, url)
         victim = backends[name]
         spare = b2 if victim is b1 else b1
+        # held stopped, the spare may time a replacement handshake out on
+        # a slow machine: the pipe stays on the victim and tries again
+        env.expect_warn(
+            r"ws_persist: client %s \(\S+\) backend %s: backend draining: "
+            r"replacement %s failed \(handshake timed out\); staying for "
+            r"now$" % (cid, re.escape(victim.url), re.escape(spare.url)))
         await page.eval("go()")
         await page.until("st.got.length >= 30", 20, what="30 echoes")
 
