@@ -482,6 +482,25 @@ def test_refused_page_form_answers_the_page_saying_why(env):
     assert headers["content-type"] == "application/json"
 
 
+def test_stale_page_form_gets_a_fresh_page(env):
+    """A page form with a nonce that is not the server's (a page kept
+    across a restart) is refused 403 and answered with the page, whose
+    forms carry the running nonce: the next click works."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    expect_refusal(env, 403, "nonce missing or wrong", "disable", b1.url,
+                   "/ws/")
+    status, headers, body = post(env, "disable", b1.url, nonce="stale",
+                                 then="page")
+    assert status == 403
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    page = Rows()
+    page.feed(body.decode())
+    assert page.result["text"] == "Refused (403): nonce missing or wrong"
+    assert ("nonce", state(env)["nonce"]) in page.hidden
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+
+
 def test_done_line_cannot_carry_markup(env):
     """The line a redirect asks for shows its values as text and only
     for a known action: a crafted link adds no markup to the page."""

@@ -48,6 +48,8 @@ FLAGS = [
     "DialMediaRouteProvider,CertificateTransparencyComponentUpdater,"
     "AutofillServerCommunication,InterestFeedContentSuggestions",
     "--safebrowsing-disable-auto-update",
+    "--disable-field-trial-config",
+    "--no-pings",
     "--metrics-recording-only",
     "--password-store=basic",
     "--use-mock-keychain",
