@@ -20,6 +20,7 @@
 #include "http_core.h"
 #include "http_protocol.h"
 #include "http_request.h"
+#include "util_script.h"
 
 #include "mod_ws_persist.h"
 #include "wsp_manager.h"
@@ -165,36 +166,187 @@ static void wsp_manager_json(request_rec *r)
 
 /* ---------------------------------------------------------------- HTML */
 
+/* What the page says above the tables and how it reloads itself. */
+typedef struct {
+    const char *line;           /* what was done or refused, HTML */
+    int refused;
+    int refresh;                /* seconds between reloads, 0: none */
+} wsp_page_t;
+
+/* The longest auto-refresh period the page accepts, in seconds. */
+#define WSP_REFRESH_MAX 3600
+#define WSP_REFRESH_DEFAULT 5
+
+static const char *const wsp_actions[] = {
+    "drain", "disable", "enable", "remove", NULL
+};
+
 static const char *wsp_h(apr_pool_t *p, const char *s)
 {
     return ap_escape_html2(p, s ? s : "", 1);
 }
 
-/* The hidden fields every form carries. */
+/* refresh=N from a query or a form: N when it is a whole number of
+ * seconds the page may reload at, else 0. */
+static int wsp_refresh_of(const char *v)
+{
+    char *end;
+    long n;
+
+    if (!v || !apr_isdigit(*v)) {
+        return 0;
+    }
+    n = strtol(v, &end, 10);
+    return *end || n < 1 || n > WSP_REFRESH_MAX ? 0 : (int)n;
+}
+
+/* Whether a row offers action: only those that change the backend's
+ * state, so that a click always means something. */
+static int wsp_action_offered(const wsp_be_info_t *b, const char *action)
+{
+    const char *s = b->state ? b->state : "";
+    int admin = !strcmp(s, "draining") || !strcmp(s, "drained")
+                || !strcmp(s, "disabled");
+
+    if (!strcmp(action, "enable")) {
+        return admin || b->removing || !strcmp(s, "removed");
+    }
+    if (b->removing) {
+        return 0;               /* on its way out: only enable undoes it */
+    }
+    if (!strcmp(action, "remove")) {
+        return 1;
+    }
+    if (!strcmp(action, "drain")) {
+        return strcmp(s, "draining") && strcmp(s, "drained")
+               && strcmp(s, "removed");
+    }
+    if (!strcmp(action, "disable")) {
+        return !admin && strcmp(s, "removed");
+    }
+    return 0;
+}
+
+/* The hidden fields every form carries: then=page asks for the page
+ * back (a redirect to it) instead of JSON. */
 static void wsp_form_start(request_rec *r, const char *action_uri,
-                           const char *pool, const char *nonce)
+                           const char *pool, const char *nonce,
+                           const wsp_page_t *pg)
 {
     ap_rvputs(r, "<form method=\"post\" action=\"", action_uri, "\">"
               "<input type=\"hidden\" name=\"pool\" value=\"",
               wsp_h(r->pool, pool), "\">"
               "<input type=\"hidden\" name=\"nonce\" value=\"",
-              wsp_h(r->pool, nonce), "\">", NULL);
+              wsp_h(r->pool, nonce), "\">"
+              "<input type=\"hidden\" name=\"then\" value=\"page\">", NULL);
+    if (pg->refresh) {
+        ap_rprintf(r, "<input type=\"hidden\" name=\"refresh\" "
+                   "value=\"%d\">", pg->refresh);
+    }
 }
 
-static void wsp_manager_html(request_rec *r)
+/* The state cell: the word, and a class the style colours by state. */
+static void wsp_state_cell(request_rec *r, const wsp_be_info_t *b)
+{
+    const char *s = wsp_h(r->pool, b->state);
+
+    ap_rvputs(r, "<td class=\"state state-", s,
+              b->removing ? " removing" : "", "\">", s,
+              b->removing ? " (removing)" : "", "</td>", NULL);
+}
+
+/* The actions cell: one form, one button per action the state allows
+ * (the clicked button's name and value are what the form submits);
+ * remove asks first. */
+static void wsp_actions_cell(request_rec *r, const char *self,
+                             const wsp_pool_info_t *pi,
+                             const wsp_be_info_t *b, const char *nonce,
+                             const wsp_page_t *pg)
+{
+    int k;
+
+    ap_rputs("<td class=\"actions\">", r);
+    wsp_form_start(r, self, pi->name, nonce, pg);
+    ap_rvputs(r, "<input type=\"hidden\" name=\"backend\" value=\"",
+              wsp_h(r->pool, b->url), "\">", NULL);
+    for (k = 0; wsp_actions[k]; ++k) {
+        if (!wsp_action_offered(b, wsp_actions[k])) {
+            continue;
+        }
+        ap_rvputs(r, "<button type=\"submit\" name=\"action\" value=\"",
+                  wsp_actions[k], "\"", NULL);
+        if (!strcmp(wsp_actions[k], "remove")) {
+            ap_rvputs(r, " data-confirm=\"Remove ",
+                      wsp_h(r->pool, b->url), " from pool ",
+                      wsp_h(r->pool, pi->name), "?\"", NULL);
+        }
+        ap_rvputs(r, ">", wsp_actions[k], "</button>", NULL);
+    }
+    ap_rputs("</form></td>", r);
+}
+
+/* Colours by state; the word is always there too. The script asks
+ * before a button with data-confirm submits. */
+static const char wsp_page_head[] =
+    "<style>\n"
+    "body{font-family:sans-serif;margin:1em 2em}\n"
+    "table{border-collapse:collapse}\n"
+    "td,th{border:1px solid #999;padding:.2em .5em}\n"
+    "th{background:#ddd}\n"
+    ".state{font-weight:bold}\n"
+    ".actions{white-space:nowrap}\n"
+    "form{margin:.3em 0}\n"
+    ".state-ok{background:#c8f0c8;color:#064}\n"
+    ".state-error{background:#f7c6c6;color:#900}\n"
+    ".state-removed{background:#999;color:#fff}\n"
+    ".state-draining{background:#fde2a8;color:#840}\n"
+    ".state-drained{background:#c6d8f7;color:#036}\n"
+    ".state-disabled{background:#e4e4e4;color:#555}\n"
+    ".removing{text-decoration:line-through}\n"
+    ".done{background:#c8f0c8;padding:.4em;border:1px solid #064}\n"
+    ".refused{background:#f7c6c6;padding:.4em;border:1px solid #900}\n"
+    "</style>\n";
+
+static const char wsp_page_script[] =
+    "<script>\n"
+    "document.addEventListener('submit', function (e) {\n"
+    "  var b = e.submitter;\n"
+    "  if (b && b.dataset.confirm && !confirm(b.dataset.confirm)) {\n"
+    "    e.preventDefault();\n"
+    "  }\n"
+    "});\n"
+    "</script>\n";
+
+static void wsp_manager_html(request_rec *r, const wsp_page_t *pg)
 {
     apr_array_header_t *pools = wsp_shared_snapshot(r->pool);
     const char *nonce = wsp_shared_nonce();
     const char *self = wsp_h(r->pool, ap_escape_uri(r->pool, r->uri));
-    static const char *const actions[] = {
-        "drain", "remove", "enable", "disable"
-    };
-    int i, j, k;
+    int i, j;
 
-    ap_rputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-             "<title>ws_persist backends</title></head><body>\n"
-             "<h1>ws_persist backends</h1>\n"
-             "<p>Counts are the server's, over all its children. "
+    ap_rputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">", r);
+    if (pg->refresh) {
+        ap_rprintf(r, "<meta http-equiv=\"refresh\" content=\"%d; "
+                   "url=%s?refresh=%d\">", pg->refresh, self, pg->refresh);
+    }
+    ap_rputs("<title>ws_persist backends</title>\n", r);
+    ap_rputs(wsp_page_head, r);
+    ap_rputs("</head><body>\n<h1>ws_persist backends</h1>\n", r);
+    if (pg->line) {
+        ap_rvputs(r, "<p id=\"result\" class=\"",
+                  pg->refused ? "refused" : "done", "\">", pg->line,
+                  "</p>\n", NULL);
+    }
+    if (pg->refresh) {
+        ap_rprintf(r, "<p id=\"refresh\">Reloading every %d s. "
+                   "<a href=\"%s\">Stop</a></p>\n", pg->refresh, self);
+    }
+    else {
+        ap_rprintf(r, "<p id=\"refresh\"><a href=\"%s?refresh=%d\">"
+                   "Reload every %d s</a></p>\n", self,
+                   WSP_REFRESH_DEFAULT, WSP_REFRESH_DEFAULT);
+    }
+    ap_rputs("<p>Counts are the server's, over all its children. "
              "<i>drain</i> moves a backend's pipes to other backends and "
              "takes no new ones; <i>disable</i> takes no new pipes and "
              "keeps the ones it has; <i>remove</i> drains, then forgets "
@@ -211,7 +363,7 @@ static void wsp_manager_html(request_rec *r)
                   NULL);
         ap_rprintf(r, "<p>Live pipes: %d. Free slots for backends added "
                    "at run time: %d.</p>\n", pi->pipes, pi->free_slots);
-        ap_rputs("<table border=\"1\">\n<tr><th>backend</th><th>state</th>"
+        ap_rputs("<table>\n<tr><th>backend</th><th>state</th>"
                  "<th>weight</th><th>pipes</th><th>served</th>"
                  "<th>failovers</th><th>errors</th><th>errors in a row</th>"
                  "<th>bytes in</th><th>bytes out</th><th>added</th>"
@@ -220,39 +372,54 @@ static void wsp_manager_html(request_rec *r)
             const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
                                                     wsp_be_info_t);
 
-            ap_rvputs(r, "<tr><td>", wsp_h(r->pool, b->url), "</td><td>",
-                      wsp_h(r->pool, b->state),
-                      b->removing ? " (removing)" : "", "</td>", NULL);
+            ap_rvputs(r, "<tr><td>", wsp_h(r->pool, b->url), "</td>",
+                      NULL);
+            wsp_state_cell(r, b);
             ap_rprintf(r, "<td>%d</td><td>%d</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
                        APR_UINT64_T_FMT "</td><td>%d</td><td>%"
                        APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-                       "</td><td>%s</td><td>", b->weight, b->pipes,
+                       "</td><td>%s</td>", b->weight, b->pipes,
                        b->served, b->failovers, b->errors,
                        b->consecutive_errors, b->bytes_in, b->bytes_out,
                        b->added ? "yes" : "no");
-            /* one form, one button per action: the clicked button's
-             * name and value are what the form submits */
-            wsp_form_start(r, self, pi->name, nonce);
-            ap_rvputs(r, "<input type=\"hidden\" name=\"backend\" value=\"",
-                      wsp_h(r->pool, b->url), "\">", NULL);
-            for (k = 0; k < (int)(sizeof(actions) / sizeof(*actions));
-                 ++k) {
-                ap_rvputs(r, "<button type=\"submit\" name=\"action\" "
-                          "value=\"", actions[k], "\">", actions[k],
-                          "</button>", NULL);
-            }
-            ap_rputs("</form></td></tr>\n", r);
+            wsp_actions_cell(r, self, pi, b, nonce, pg);
+            ap_rputs("</tr>\n", r);
         }
         ap_rputs("</table>\n", r);
-        wsp_form_start(r, self, pi->name, nonce);
+        wsp_form_start(r, self, pi->name, nonce, pg);
         ap_rputs("<input type=\"hidden\" name=\"action\" value=\"add\">"
                  "<label>backend <input type=\"text\" name=\"backend\" "
                  "size=\"50\" placeholder=\"ws://host:port/path/\">"
                  "</label> <button type=\"submit\">add</button></form>\n",
                  r);
     }
+    ap_rputs(wsp_page_script, r);
     ap_rputs("</body></html>\n", r);
+}
+
+/* The line a redirect after an action asks the page for
+ * (?done=ACTION&pool=P&backend=URL): only a known action, and every
+ * value as text, so that a crafted link can put no markup on the page. */
+static const char *wsp_done_line(request_rec *r, apr_table_t *q)
+{
+    const char *action = apr_table_get(q, "done");
+    const char *pool = apr_table_get(q, "pool");
+    const char *url = apr_table_get(q, "backend");
+    int k;
+
+    for (k = 0; wsp_actions[k] && action; ++k) {
+        if (!strcmp(action, wsp_actions[k])) {
+            break;
+        }
+    }
+    if (!action || (!wsp_actions[k] && strcmp(action, "add"))
+        || !pool || !url) {
+        return NULL;
+    }
+    return apr_pstrcat(r->pool, "Done: ", action, " ",
+                       wsp_h(r->pool, url), " in pool ",
+                       wsp_h(r->pool, pool), ".", NULL);
 }
 
 /* ----------------------------------------------------------------- GET */
@@ -331,9 +498,15 @@ static int wsp_manager_get(request_rec *r)
         }
     }
     else {
+        wsp_page_t pg = { NULL, 0, 0 };
+        apr_table_t *q = NULL;
+
+        ap_args_to_table(r, &q);
+        pg.line = wsp_done_line(r, q);
+        pg.refresh = wsp_refresh_of(apr_table_get(q, "refresh"));
         ap_set_content_type(r, "text/html; charset=utf-8");
         if (!r->header_only) {
-            wsp_manager_html(r);
+            wsp_manager_html(r, &pg);
         }
     }
     return OK;
@@ -552,17 +725,77 @@ static int wsp_error_json(request_rec *r, int status, const char *why)
     return OK;
 }
 
-/* A refused POST: a warning naming what was asked, by whom and why, and
- * the JSON answer. */
-static int wsp_refuse(request_rec *r, int status, const char *action,
-                      const char *pool, const char *url, const char *why)
+/* The warning of a refused POST: what was asked, by whom and why. */
+static void wsp_refuse_log(request_rec *r, int status, const char *action,
+                           const char *pool, const char *url,
+                           const char *why)
 {
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                   "ws_persist: manager: refused %s %s in pool %s by %s: "
                   "%d %s", wsp_logv(r, action), wsp_logv(r, url),
                   wsp_logv(r, pool), r->useragent_ip, status,
                   wsp_logv(r, why));
+}
+
+/* A refused POST: the warning and the JSON answer. */
+static int wsp_refuse(request_rec *r, int status, const char *action,
+                      const char *pool, const char *url, const char *why)
+{
+    wsp_refuse_log(r, status, action, pool, url, why);
     return wsp_error_json(r, status, why);
+}
+
+/* Whether the form came from the page (then=page) and the client wants
+ * a page back: a script that asks for JSON gets JSON whatever it posts. */
+static int wsp_page_wanted(request_rec *r, apr_table_t *form)
+{
+    const char *then = form ? apr_table_get(form, "then") : NULL;
+
+    return then && !strcmp(then, "page") && !wsp_wants_json(r);
+}
+
+/* A refused action from the page: logged as any refusal, and answered
+ * with the page itself (its status the refusal's), saying why. */
+static int wsp_refuse_page(request_rec *r, int status, const char *action,
+                           const char *pool, const char *url,
+                           const char *why, apr_table_t *form)
+{
+    wsp_page_t pg = { NULL, 1, 0 };
+
+    wsp_refuse_log(r, status, action, pool, url, why);
+    pg.line = apr_psprintf(r->pool, "Refused (%d): %s", status,
+                           wsp_h(r->pool, why));
+    pg.refresh = wsp_refresh_of(apr_table_get(form, "refresh"));
+    r->status = status;
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_type(r, "text/html; charset=utf-8");
+    wsp_manager_html(r, &pg);
+    return OK;
+}
+
+/* An applied action from the page: 303 to the page, whose query says
+ * what was done, so that a reload does not post the form again. */
+static int wsp_see_page(request_rec *r, const char *action,
+                        const char *pool, const char *url,
+                        apr_table_t *form)
+{
+    int refresh = wsp_refresh_of(apr_table_get(form, "refresh"));
+    const char *loc;
+
+    loc = apr_pstrcat(r->pool, ap_escape_uri(r->pool, r->uri), "?done=",
+                      ap_escape_urlencoded(r->pool, action), "&pool=",
+                      ap_escape_urlencoded(r->pool, pool), "&backend=",
+                      ap_escape_urlencoded(r->pool, url), NULL);
+    if (refresh) {
+        loc = apr_psprintf(r->pool, "%s&refresh=%d", loc, refresh);
+    }
+    r->status = HTTP_SEE_OTHER;
+    apr_table_setn(r->headers_out, "Location", loc);
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_type(r, "text/html; charset=utf-8");
+    ap_rvputs(r, "<!DOCTYPE html>\n<p>Done: <a href=\"",
+              wsp_h(r->pool, loc), "\">back to the page</a></p>\n", NULL);
+    return OK;
 }
 
 static int wsp_manager_post(request_rec *r)
@@ -592,22 +825,31 @@ static int wsp_manager_post(request_rec *r)
     pool = apr_table_get(form, "pool");
     url = apr_table_get(form, "backend");
     if (!wsp_nonce_ok(apr_table_get(form, "nonce"))) {
-        return wsp_refuse(r, HTTP_FORBIDDEN, action, pool, url,
-                          "nonce missing or wrong");
+        why = "nonce missing or wrong";
+        status = HTTP_FORBIDDEN;
     }
-    if (!action || !*action || !pool || !url || !*url) {
-        return wsp_refuse(r, HTTP_BAD_REQUEST, action, pool, url,
-                          "action, pool and backend are required");
+    else if (!action || !*action || !pool || !url || !*url) {
+        why = "action, pool and backend are required";
+        status = HTTP_BAD_REQUEST;
     }
-    status = wsp_shared_manage(r->pool, action, pool, url, &msg);
+    else if ((status = wsp_shared_manage(r->pool, action, pool, url, &msg))
+             != HTTP_OK) {
+        why = msg ? msg : "refused";
+    }
     if (status != HTTP_OK) {
-        return wsp_refuse(r, status, action, pool, url,
-                          msg ? msg : "refused");
+        /* the page answered to a refused form is what a GET shows: the
+         * Host, Referer and Origin were checked before the form was read */
+        return wsp_page_wanted(r, form)
+               ? wsp_refuse_page(r, status, action, pool, url, why, form)
+               : wsp_refuse(r, status, action, pool, url, why);
     }
     ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r,
                   "ws_persist: manager: %s %s in pool %s by %s",
                   wsp_logv(r, action), wsp_logv(r, url), wsp_logv(r, pool),
                   r->useragent_ip);
+    if (wsp_page_wanted(r, form)) {
+        return wsp_see_page(r, action, pool, url, form);
+    }
     apr_table_setn(r->headers_out, "Cache-Control", "no-store");
     ap_set_content_type(r, "application/json");
     wsp_manager_json(r);

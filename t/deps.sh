@@ -7,7 +7,8 @@ case "$1" in
     # the peer columns: nginx, HAProxy and Caddy, each started by the bench
     bench) pkgs="apache2 apache2-dev uuid-dev gcc make nginx haproxy caddy" ;;
     demo)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-websockets" ;;
-    test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets python3-h2 openssl" ;;
+    # chromium: the headless browser of t/integration/test_browser.py
+    test)  pkgs="apache2 apache2-dev uuid-dev gcc make python3-pytest python3-websockets python3-h2 openssl chromium" ;;
     # libFuzzer and the sanitizer runtimes of clang 14 (Debian 12)
     fuzz)  pkgs="clang libclang-rt-14-dev apache2-dev" ;;
     # gcc's ASan and UBSan runtimes, for SANITIZE=1

@@ -137,9 +137,9 @@ class Forms(HTMLParser):
 
 
 def test_html_page_lists_backends_with_forms(env):
-    """The page shows every backend and, for each, a form with the four
-    actions; each pool has an add form; all carry the nonce and post to
-    the manager's own URI."""
+    """The page shows every backend and, for each, a form with the
+    actions an ok backend allows; each pool has an add form; all carry
+    the nonce and post to the manager's own URI."""
     b1, b2 = env.backend("b1"), env.backend("b2")
     start(env, [b1, b2])
     nonce = state(env)["nonce"]
@@ -158,9 +158,9 @@ def test_html_page_lists_backends_with_forms(env):
         assert (f["method"], f["action"]) == ("post", "/ws-manager")
         assert f["hidden"]["pool"] == "/ws/"
         assert f["hidden"]["nonce"] == nonce
+        assert f["hidden"]["then"] == "page"
         assert sorted(f["buttons"]) == [("action", a) for a in
-                                        ("disable", "drain", "enable",
-                                         "remove")]
+                                        ("disable", "drain", "remove")]
     adds = [f for f in page.forms if f["hidden"].get("action") == "add"]
     assert len(adds) == 1
     assert adds[0]["hidden"]["pool"] == "/ws/"
@@ -360,6 +360,216 @@ def test_added_backend_can_be_removed_and_frees_its_slot(env):
     assert backend_of(doc, b2.url) is None
     assert pool_of(doc)["free_slots"] == 1
     applied(env, "add", b2.url)
+
+
+# --------------------------------------------------------------------------
+# The page as an operator uses it
+
+
+class Rows(HTMLParser):
+    """The page's table rows as lists of cells: (class, text, buttons),
+    buttons as (value, data-confirm); the result line and the meta
+    refresh."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+        self.cell = None
+        self.result = None
+        self.in_result = False
+        self.refresh = None
+        self.hidden = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag == "td" and self.rows:
+            self.cell = {"class": a.get("class", ""), "text": "",
+                         "buttons": []}
+            self.rows[-1].append(self.cell)
+        elif tag == "button" and self.cell is not None:
+            self.cell["buttons"].append((a.get("value"),
+                                         a.get("data-confirm")))
+        elif tag == "p" and a.get("id") == "result":
+            self.result = {"class": a.get("class"), "text": ""}
+            self.in_result = True
+        elif tag == "meta" and a.get("http-equiv") == "refresh":
+            self.refresh = a.get("content")
+        elif tag == "input" and a.get("type") == "hidden":
+            self.hidden.append((a.get("name"), a.get("value")))
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.cell = None
+        elif tag == "p":
+            self.in_result = False
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell["text"] += data
+        if self.in_result:
+            self.result["text"] += data
+
+    def row(self, url):
+        rows = [r for r in self.rows if r and r[0]["text"] == url]
+        assert len(rows) == 1, self.rows
+        return rows[0]
+
+
+def browse(env, path="/ws-manager"):
+    """GET the page as a browser does: (status, parsed page, text)."""
+    status, headers, body = request(env, "GET", path, headers={
+        "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    page = Rows()
+    page.feed(body.decode())
+    return status, page, body.decode()
+
+
+def test_page_form_redirects_to_the_page_saying_what_was_done(env):
+    """A form of the page (then=page) that is applied answers 303 to the
+    manager's page, which says what was done; the action took effect."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    status, headers, body = post(env, "disable", b1.url, then="page")
+    assert status == 303, body
+    assert headers["cache-control"] == "no-store"
+    loc = headers["location"]
+    assert loc.startswith("/ws-manager?"), loc
+    assert b"nonce" not in body
+    status, page, text = browse(env, loc)
+    assert status == 200
+    assert page.result == {
+        "class": "done",
+        "text": "Done: disable %s in pool /ws/." % b1.url}, page.result
+    assert backend_of(state(env), b1.url)["state"] == "disabled"
+    status, page, _ = browse(env)
+    assert page.result is None, "the line is the redirect's, not the page's"
+
+
+def test_page_form_asking_for_json_gets_json(env):
+    """then=page does not change what a client that asks for JSON gets:
+    the state document, 200, as without it."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    status, headers, body = post(env, "drain", b1.url, then="page",
+                                 headers={"Accept": "application/json"})
+    assert status == 200, body
+    assert headers["content-type"] == "application/json"
+    assert backend_of(json.loads(body), b1.url)["state"] == "drained"
+
+
+def test_refused_page_form_answers_the_page_saying_why(env):
+    """A page form the manager refuses gets the page back with the
+    refusal's status and a line saying why (and logs it as any
+    refusal); a script's refusal stays JSON."""
+    b1 = env.backend("b1")
+    start(env, [b1])
+    expect_refusal(env, 409, r"%s is already a backend of pool /ws/"
+                   % re.escape(b1.url), "add", b1.url, "/ws/")
+    status, headers, body = post(env, "add", b1.url, then="page")
+    assert status == 409
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    page = Rows()
+    page.feed(body.decode())
+    assert page.result["class"] == "refused"
+    assert page.result["text"] == (
+        "Refused (409): %s is already a backend of pool /ws/" % b1.url)
+    assert page.row(b1.url), "the page's table is there too"
+    status, headers, body = post(env, "add", b1.url)
+    assert status == 409
+    assert headers["content-type"] == "application/json"
+
+
+def test_stale_page_form_gets_a_fresh_page(env):
+    """A page form with a nonce that is not the server's (a page kept
+    across a restart) is refused 403 and answered with the page, whose
+    forms carry the running nonce: the next click works."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    expect_refusal(env, 403, "nonce missing or wrong", "disable", b1.url,
+                   "/ws/")
+    status, headers, body = post(env, "disable", b1.url, nonce="stale",
+                                 then="page")
+    assert status == 403
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    page = Rows()
+    page.feed(body.decode())
+    assert page.result["text"] == "Refused (403): nonce missing or wrong"
+    assert ("nonce", state(env)["nonce"]) in page.hidden
+    assert backend_of(state(env), b1.url)["state"] == "ok"
+
+
+def test_done_line_cannot_carry_markup(env):
+    """The line a redirect asks for shows its values as text and only
+    for a known action: a crafted link adds no markup to the page."""
+    b1 = env.backend("b1")
+    start(env, [b1])
+    status, page, text = browse(
+        env, "/ws-manager?done=drain&pool=%3Cb%3Ep%3C/b%3E"
+        "&backend=%3Cscript%3Ealert(1)%3C/script%3E")
+    assert "<script>alert" not in text and "<b>p" not in text
+    assert page.result["text"] == \
+        "Done: drain <script>alert(1)</script> in pool <b>p</b>."
+    for action in ("%3Cb%3Ex", "explode", ""):
+        _, page, text = browse(env, "/ws-manager?done=%s&pool=/ws/"
+                               "&backend=x" % action)
+        assert page.result is None, action
+
+
+def test_rows_offer_only_the_actions_their_state_allows(env):
+    """ok: drain, disable, remove; disabled: drain, enable, remove;
+    drained: enable, remove. The state cell names the state in words and
+    in a class the style colours."""
+    b1, b2, b3 = env.backend("b1"), env.backend("b2"), env.backend("b3")
+    start(env, [b1, b2, b3])
+    applied(env, "disable", b2.url)
+    applied(env, "drain", b3.url)
+    _, page, text = browse(env)
+    want = {b1.url: ("ok", ["drain", "disable", "remove"]),
+            b2.url: ("disabled", ["drain", "enable", "remove"]),
+            b3.url: ("drained", ["enable", "remove"])}
+    for url, (word, actions) in want.items():
+        row = page.row(url)
+        assert row[1]["text"] == word
+        assert row[1]["class"] == "state state-" + word
+        assert ".state-%s{" % word in text, "a colour for " + word
+        assert [v for v, _ in row[-1]["buttons"]] == actions, url
+
+
+def test_remove_asks_for_confirmation(env):
+    """Only remove carries a question naming the backend, and the page's
+    script asks it before the form goes (the browser test clicks it)."""
+    b1 = env.backend("b1")
+    start(env, [b1])
+    _, page, text = browse(env)
+    buttons = dict(page.row(b1.url)[-1]["buttons"])
+    assert buttons["remove"] == "Remove %s from pool /ws/?" % b1.url
+    assert buttons["drain"] is None and buttons["disable"] is None
+    assert "confirm(b.dataset.confirm)" in text
+
+
+def test_page_can_reload_itself(env):
+    """?refresh=N reloads the page every N s (to itself without the done
+    line) and the forms keep N through their redirect; without it or with
+    a bad N there is no reload, only a link to turn it on."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1, b2])
+    _, page, text = browse(env)
+    assert page.refresh is None
+    assert 'href="/ws-manager?refresh=5"' in text
+    _, page, _ = browse(env, "/ws-manager?refresh=7")
+    assert page.refresh == "7; url=/ws-manager?refresh=7"
+    assert ("refresh", "7") in page.hidden
+    status, headers, _ = post(env, "disable", b1.url, then="page",
+                              refresh="7")
+    assert status == 303
+    assert headers["location"].endswith("&refresh=7")
+    for bad in ("0", "x", "99999", "5x", "-5"):
+        _, page, _ = browse(env, "/ws-manager?refresh=" + bad)
+        assert page.refresh is None, bad
+        assert not any(n == "refresh" for n, _ in page.hidden), bad
 
 
 # --------------------------------------------------------------------------
@@ -704,7 +914,8 @@ def no_framing(headers):
 
 
 @pytest.mark.parametrize("case", [
-    "page", "json", "action", "host-421", "nonce-403", "method-405"])
+    "page", "json", "action", "host-421", "nonce-403", "method-405",
+    "page-redirect", "page-refused"])
 def test_every_answer_forbids_framing(env, case):
     """The page, the JSON, an applied action, the module's refusals and
     httpd's own error page for the handler all say: not in a frame."""
@@ -728,6 +939,14 @@ def test_every_answer_forbids_framing(env, case):
                        b1.url, "/ws/")
         status, headers, _ = post(env, "disable", b1.url, nonce="wrong")
         want = 403
+    elif case == "page-redirect":
+        status, headers, _ = post(env, "disable", b1.url, then="page")
+        want = 303
+    elif case == "page-refused":
+        expect_refusal(env, 409, ".* is already a backend of pool /ws/",
+                       "add", b1.url, "/ws/")
+        status, headers, _ = post(env, "add", b1.url, then="page")
+        want = 409
     else:
         status, headers, _ = request(env, "PUT", body=b"x")
         want = 405
