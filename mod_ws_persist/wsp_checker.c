@@ -202,7 +202,8 @@ static void wsp_probe_done(wsp_probe_t *pr, int pass, const char *why,
                      pr->pool->name);
     }
     else {
-        ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, wsp_ck_server,
+        /* every interval: below debug */
+        ap_log_error(APLOG_MARK, APLOG_TRACE1, 0, wsp_ck_server,
                      "ws_persist: health check (%s) of backend %s in pool "
                      "%s %s%s%s", kind, pr->be->url, pr->pool->name,
                      pass ? "passed" : "failed", pass ? "" : ": ",

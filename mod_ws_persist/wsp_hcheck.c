@@ -76,7 +76,7 @@ static const char *wsp_hcheck_count(apr_pool_t *p, const char *word,
 }
 
 static const char *wsp_hcheck_option(apr_pool_t *p, const char *word,
-                                     wsp_hcheck_t *hc)
+                                     wsp_hcheck_t *hc, int *timeout_set)
 {
     const char *eq = strchr(word, '='), *val, *err;
     apr_size_t klen;
@@ -94,6 +94,7 @@ static const char *wsp_hcheck_option(apr_pool_t *p, const char *word,
         return NULL;
     }
     if (klen == 7 && !apr_cstr_casecmpn(word, "timeout", 7)) {
+        *timeout_set = 1;
         if ((err = wsp_parse_time(val, &hc->timeout))) {
             return apr_psprintf(p, "'%s': %s", word, err);
         }
@@ -114,7 +115,7 @@ const char *wsp_hcheck_parse(apr_pool_t *p, const char *args,
 {
     char **argv;
     const char *err;
-    int i;
+    int i, timeout_set = 0;
 
     memset(hc, 0, sizeof(*hc));
     hc->interval = WSP_HC_DEFAULT_INTERVAL;
@@ -129,12 +130,15 @@ const char *wsp_hcheck_parse(apr_pool_t *p, const char *args,
         return err;
     }
     for (i = 1; argv[i]; ++i) {
-        if ((err = wsp_hcheck_option(p, argv[i], hc))) {
+        if ((err = wsp_hcheck_option(p, argv[i], hc, &timeout_set))) {
             return err;
         }
     }
     if (hc->interval < WSP_HC_MIN_INTERVAL) {
         return "the interval must be at least 100ms";
+    }
+    if (!timeout_set && hc->timeout > hc->interval) {
+        hc->timeout = hc->interval;   /* the default fits a short interval */
     }
     if (hc->timeout <= 0) {
         return "the timeout must be more than 0";
