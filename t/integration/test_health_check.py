@@ -5,14 +5,17 @@ ok at once, and the manager, mod_status and the error log say so."""
 
 import asyncio
 import http.server
+import os
 import re
+import signal
 import socketserver
 import threading
 
 import pytest
 
 from wsp_env import HOST, MODDIR, await_until, connect, wait_until, whoami
-from wsp_manage import MANAGER, backend_of, request, state
+from wsp_manage import MANAGER, TWO_CHILDREN, backend_of, child_of, request, \
+    state
 
 STATUS = """\
 LoadModule status_module {moddir}/mod_status.so
@@ -376,3 +379,102 @@ def test_two_health_checks_for_one_pool_fail(env):
 def test_good_health_check_passes_configtest(env, args):
     rc, out = env.conf(location("WSPersistHealthCheck " + args)).configtest()
     assert rc == 0, out
+
+
+# --------------------------------------------------------------------------
+# one checker for the whole server
+
+
+RUNS_RX = r"\[pid (\d+):tid \d+\] .*ws_persist: health checks run in this child"
+
+
+def checker_pids(env):
+    return [int(m.group(1)) for m in
+            (re.search(RUNS_RX, l) for l in env.httpd.log_text().splitlines())
+            if m]
+
+
+def start_two(env, backends, check):
+    env.start_httpd(TWO_CHILDREN + MANAGER + env.location(
+        "/ws/", backends, *FAST, "WSPersistHealthCheck " + check))
+    wait_until(lambda: len(env.httpd.children()) == 2, 20,
+               what="two apache2 children")
+
+
+def test_one_child_checks_and_every_child_sees_the_result(env):
+    """With two children one runs the checks; a backend it finds down is
+    out for clients of the other child too."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start_two(env, [b1, b2], "tcp interval=200ms timeout=200ms")
+    wait_check(env, b1, "pass", "b1's first check")
+    env.expect_warn(down_rx(b1, "tcp", "connect: Connection refused"))
+    b1.kill()
+    wait_check(env, b1, "fail", "b1 down")
+    assert len(checker_pids(env)) == 1, env.httpd.log_text()
+
+    async def run():
+        children, names = set(), []
+        for _ in range(200):
+            async with connect(env) as ws:
+                names.append((await whoami(ws))["name"])
+                children.add(child_of(env, ws))
+            if len(children) == 2:
+                break
+        assert len(children) == 2, "every client went to one child"
+        return names
+    assert set(asyncio.run(run())) == {"b2"}
+    assert not log_has(env, r"handshake failed|cannot connect")
+    assert len(checker_pids(env)) == 1
+
+
+def test_another_child_takes_over_when_the_checker_dies(env):
+    """SIGKILL the child that runs the checks: another one takes the
+    watchdog's lock and checks from then on (mod_watchdog waits up to
+    10 s before a new holder runs)."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start_two(env, [b1, b2], "tcp interval=200ms timeout=200ms")
+    wait_check(env, b1, "pass", "b1's first check")
+    first, = checker_pids(env)
+    env.expected_kills.add(first)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: len(checker_pids(env)) == 2, 60,
+               what="another child running the checks")
+    second = checker_pids(env)[1]
+    assert second != first
+    env.expect_warn(down_rx(b1, "tcp", "connect: Connection refused"))
+    b1.kill()
+    wait_check(env, b1, "fail", "b1 down, seen by the new checker")
+    assert re.search(r"\[pid %d:tid \d+\] ws_persist: health check \(tcp\) "
+                     r"of backend %s" % (second, re.escape(b1.url)),
+                     env.httpd.log_text())
+
+
+def graceful(env, body):
+    before = len(env.httpd.log_lines(r"resuming normal operations"))
+    env.httpd.write_conf(MANAGER + body)
+    env.httpd.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: len(env.httpd.log_lines(r"resuming normal operations"))
+               > before, 30, what="the graceful restart")
+
+
+def test_graceful_restart_keeps_a_verdict_and_drops_it_with_the_check(env):
+    """A backend down by its check stays down through a graceful restart
+    that keeps the check (no client tries it in between); a restart
+    whose configuration has no check any more forgets the verdict."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    check = "WSPersistHealthCheck tcp interval=200ms timeout=200ms"
+    start(env, [b1, b2], check[len("WSPersistHealthCheck "):])
+    env.expect_warn(down_rx(b1, "tcp", "connect: Connection refused"))
+    wait_check(env, b1, "pass", "b1's first check")
+    b1.kill()
+    wait_check(env, b1, "fail", "b1 down")
+
+    graceful(env, env.location("/ws/", [b1, b2], *FAST, check))
+    info = check_of(env, b1)
+    assert info["state"] == "error" and info["check"]["result"] == "fail", \
+        info
+    assert served_by(env, 3) == ["b2"] * 3
+
+    graceful(env, env.location("/ws/", [b1, b2], *FAST))
+    info = check_of(env, b1)
+    assert info["check"] is None and info["state"] == "ok", info
