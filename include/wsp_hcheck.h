@@ -49,8 +49,8 @@ const char *wsp_hcheck_kind_name(wsp_hc_kind_e kind);
 /* The status of an HTTP answer's status line in buf (not NUL terminated):
  * WSP_HS_MORE (no complete line yet), WSP_HS_OK with *status set, or
  * WSP_HS_FAIL with *why (not HTTP, or no line within WSP_HC_HEAD_MAX). */
-int wsp_hcheck_status(apr_pool_t *p, const char *buf, apr_size_t len,
-                      int *status, const char **why);
+int wsp_hcheck_status(const char *buf, apr_size_t len, int *status,
+                      const char **why);
 
 /* What a result changed. */
 #define WSP_HC_SAME  0

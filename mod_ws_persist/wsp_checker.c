@@ -119,8 +119,8 @@ static int wsp_probe_read_status(wsp_bconn_t *bc, const char **why)
             *why = wsp_bconn_errtext(bc->pool, "reading the answer", rv);
             return WSP_HS_FAIL;
         }
-        res = wsp_hcheck_status(bc->pool, (const char *)bc->ibuf, bc->ilen,
-                                &status, why);
+        res = wsp_hcheck_status((const char *)bc->ibuf, bc->ilen, &status,
+                                why);
         if (res == WSP_HS_MORE) {
             continue;
         }

@@ -151,8 +151,8 @@ const char *wsp_hcheck_parse(apr_pool_t *p, const char *args,
     return NULL;
 }
 
-int wsp_hcheck_status(apr_pool_t *p, const char *buf, apr_size_t len,
-                      int *status, const char **why)
+int wsp_hcheck_status(const char *buf, apr_size_t len, int *status,
+                      const char **why)
 {
     const char *eol = memchr(buf, '\n', len > WSP_HC_HEAD_MAX
                                         ? WSP_HC_HEAD_MAX : len);
@@ -180,7 +180,6 @@ int wsp_hcheck_status(apr_pool_t *p, const char *buf, apr_size_t len,
         return WSP_HS_FAIL;
     }
     *status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
-    (void)p;
     return WSP_HS_OK;
 }
 

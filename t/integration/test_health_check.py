@@ -8,14 +8,15 @@ import http.server
 import os
 import re
 import signal
+import socket
 import socketserver
 import threading
 
 import pytest
 
 from wsp_env import HOST, MODDIR, await_until, connect, wait_until, whoami
-from wsp_manage import MANAGER, TWO_CHILDREN, backend_of, child_of, request, \
-    state
+from wsp_manage import MANAGER, TWO_CHILDREN, applied, backend_of, child_of, \
+    request, state
 
 STATUS = """\
 LoadModule status_module {moddir}/mod_status.so
@@ -186,6 +187,23 @@ def test_passing_check_clears_a_client_failure_back_off(env):
     assert log_has(env, up_rx(lost, "tcp"))
 
 
+def test_backend_added_at_run_time_is_checked(env):
+    """A backend the manager adds is checked like a configured one: one
+    that does not listen is down before a client meets it."""
+    b1 = env.backend("b1")
+    start(env, [b1], "tcp interval=200ms timeout=200ms")
+    wait_check(env, b1, "pass", "b1's first check")
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        dead = "ws://%s:%d/echo/" % (HOST, s.getsockname()[1])
+    env.expect_warn(down_rx(dead, "tcp", "connect: Connection refused"))
+    applied(env, "add", dead)
+    info = wait_check(env, dead, "fail", "the added backend checked")
+    assert info["state"] == "error", info
+    assert served_by(env, 3) == ["b1"] * 3
+    assert not log_has(env, r"handshake failed")
+
+
 # --------------------------------------------------------------------------
 # get
 
@@ -251,7 +269,6 @@ def test_get_check_wants_2xx(env):
 def test_get_check_bounds_what_it_reads(env):
     """An answer whose first 4 KB hold no status line fails the check:
     the checker reads no further."""
-    import socket
     lsock = socket.socket()
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     port = env.port()
