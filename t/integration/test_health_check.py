@@ -495,3 +495,34 @@ def test_graceful_restart_keeps_a_verdict_and_drops_it_with_the_check(env):
     graceful(env, env.location("/ws/", [b1, b2], *FAST))
     info = check_of(env, b1)
     assert info["check"] is None and info["state"] == "ok", info
+
+
+# --------------------------------------------------------------------------
+# wss:// backends
+
+
+def test_wss_checks_go_through_mod_ssl(env):
+    """A ws check of wss:// backends speaks TLS with the SSLProxy*
+    settings: a trusted backend passes, one whose certificate is not
+    trusted fails at TLS, one whose TLS handshake never finishes is cut
+    at the timeout; each is down before any client."""
+    from test_wss_backend import HungServer, Pki, proxy_tls, tls_backend
+    pki = Pki(env.root)
+    good = tls_backend(env, "good", pki.good)
+    rogue = tls_backend(env, "rogue", pki.rogue)
+    hung = HungServer(env)
+    env.expect_warn(down_rx(rogue, "ws", r"TLS handshake failed .*"))
+    # mod_ssl's own word on the untrusted certificate, at every check
+    env.expect_error(r"AH02039: Certificate Verification: Error \(20\)")
+    env.expect_warn(down_rx(hung, "ws", r"no answer within 400 ms \(in the "
+                            r"TLS handshake\)"))
+    env.start_httpd(MANAGER + proxy_tls(pki) + env.location(
+        "/ws/", [good, rogue, hung], *FAST,
+        "WSPersistHealthCheck ws:/echo/ interval=500ms timeout=400ms"),
+        ssl=True)
+    wait_check(env, good, "pass", "the trusted backend passing")
+    wait_check(env, rogue, "fail", "the untrusted backend failing")
+    info = wait_check(env, hung, "fail", "the hung TLS backend cut")
+    assert "TLS handshake" in info["check"]["reason"], info
+    assert served_by(env, 3) == ["good"] * 3
+    assert not log_has(env, r"ws_persist: client .* handshake failed")
