@@ -402,7 +402,8 @@ def test_good_health_check_passes_configtest(env, args):
 # one checker for the whole server
 
 
-RUNS_RX = r"\[pid (\d+):tid \d+\] .*ws_persist: health checks run in this child"
+RUNS_RX = (r"\[pid (\d+):tid \d+\] .*ws_persist: health checks run in this "
+           r"child")
 
 
 def checker_pids(env):
