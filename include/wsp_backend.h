@@ -71,6 +71,11 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
  * *why. */
 int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why);
 
+/* The first part of wsp_bconn_handshake: connect, TLS, and the request
+ * sent. WSP_HS_OK once it is (state WSP_BC_READING): the health checker
+ * reads answers that are not a 101 itself. */
+int wsp_bconn_request(wsp_bconn_t *bc, const char **why);
+
 /* Poll events the handshake waits for. */
 apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc);
 

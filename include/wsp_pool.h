@@ -26,6 +26,16 @@ typedef enum {
 } wsp_be_admin_e;
 
 #define WSP_URL_MAX 512
+#define WSP_HC_WHY_LEN 128
+
+/* The last active health check (WSPersistHealthCheck) of a backend. */
+typedef enum {
+    WSP_HCR_NONE = 0,      /* not checked (yet) */
+    WSP_HCR_PASS,
+    WSP_HCR_FAIL
+} wsp_hc_result_e;
+
+typedef struct wsp_hcheck_s wsp_hcheck_t;
 
 /* A backend's state as every child sees it: a slot in shared memory
  * (local memory in the unit tests). Changed under the pool lock, except
@@ -50,6 +60,13 @@ typedef struct {
     volatile apr_uint64_t bytes_out;   /* client to backend */
     apr_time_t retry_at;         /* not tried before this */
     apr_interval_time_t retry_delay;
+    apr_uint32_t hc_down;        /* its health check failed: not handed
+                                  * out until it passes again */
+    apr_uint32_t hc_result;      /* wsp_hc_result_e of the last check */
+    apr_int32_t hc_fails;        /* failed checks in a row */
+    apr_int32_t hc_passes;       /* passed checks in a row */
+    apr_time_t hc_at;            /* when the last check ended */
+    char hc_why[WSP_HC_WHY_LEN]; /* why the last check failed */
     char url[WSP_URL_MAX];
 } wsp_be_shared_t;
 
@@ -80,6 +97,7 @@ struct wsp_pool_t {
     int spare;                   /* WSPersistBackendSlots */
     int index;                   /* in shared memory, -1: none */
     apr_uint32_t epoch;          /* of the shared slots backends mirrors */
+    const wsp_hcheck_t *hcheck;  /* WSPersistHealthCheck, NULL: none */
 };
 
 /* Shared memory hooks, none in the unit tests: the pool lock (global
@@ -121,8 +139,9 @@ void wsp_backend_local_state(apr_pool_t *p, wsp_backend_t *be);
 const char *wsp_backend_state_name(const wsp_be_shared_t *st);
 
 /* Pick a usable backend and count a pipe on it. Usable: not removed, not
- * backing off at now, not drained or disabled, not `avoid`, idle when
- * exclusive, and ready (wsp_pool_set_ready). NULL when none; then
+ * backing off at now, not drained or disabled, not down by its health
+ * check, not `avoid`, idle when exclusive, and ready
+ * (wsp_pool_set_ready). NULL when none; then
  * *next_try is the earliest time one may become usable by back-off, or 0
  * when only a released pipe (exclusive), re-enabling or a lookup under
  * way can help. */
@@ -154,6 +173,16 @@ void wsp_pool_failed(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 
 /* be completed a handshake: errors in a row reset, served counted. */
 void wsp_pool_succeeded(wsp_pool_t *pool, wsp_backend_t *be);
+
+/* The backends of pool as every child sees them now, a copy in p (the
+ * health checker's round over them). */
+apr_array_header_t *wsp_pool_backends(wsp_pool_t *pool, apr_pool_t *p);
+
+/* Record a health check's result for be under the pool lock, if be's
+ * slot still holds it (a backend removed meanwhile is left alone).
+ * Returns WSP_HC_SAME, WSP_HC_DOWN or WSP_HC_UP (wsp_hcheck.h). */
+int wsp_pool_checked(wsp_pool_t *pool, wsp_backend_t *be, int pass,
+                     const char *why, apr_time_t now);
 
 /* Seconds until some backend may be tried again (for Retry-After), >= 1. */
 int wsp_pool_retry_after(wsp_pool_t *pool, apr_time_t now);

@@ -27,6 +27,10 @@ typedef struct {
     apr_uint64_t bytes_out;     /* clients to backend */
     int added;                  /* added at run time */
     int removing;               /* remove asked, draining first */
+    const char *check;          /* last health check: pass, fail, or NULL
+                                 * (none configured or not run yet) */
+    const char *check_why;      /* why it failed, else "" */
+    apr_time_t check_at;        /* when it ended */
 } wsp_be_info_t;
 
 typedef struct {
@@ -35,6 +39,10 @@ typedef struct {
     int free_slots;             /* room for backends added at run time */
     apr_array_header_t *backends;   /* of wsp_be_info_t, by value */
 } wsp_pool_info_t;
+
+/* b's last health check for people: "-" when none, else "pass" or
+ * "fail: why", and when it ended (UTC). */
+const char *wsp_shared_check_text(apr_pool_t *p, const wsp_be_info_t *b);
 
 /* pre_config: register the mutex type. */
 int wsp_shared_pre_config(apr_pool_t *pconf);

@@ -8,6 +8,7 @@
 #include "mod_ws_persist.h"
 #include "mpm_common.h"
 
+#include "wsp_checker.h"
 #include "wsp_config.h"
 #include "wsp_evloop.h"
 #include "wsp_handler.h"
@@ -37,6 +38,7 @@ static void wsp_child_init(apr_pool_t *p, server_rec *s)
                      "named by host name stay unreachable");
     }
     wsp_evloop_child_init(p, s);
+    wsp_checker_child_init();
 }
 
 static int wsp_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
@@ -51,15 +53,22 @@ static int wsp_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
 
 static void wsp_register_hooks(apr_pool_t *p)
 {
+    /* the checker registers with mod_watchdog before its post_config
+     * starts what is registered, and attaches the shared state before
+     * its child_init starts the thread */
+    static const char *const before_wd[] = { "mod_watchdog.c", NULL };
+
     (void)p;
     ap_hook_pre_config(wsp_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_check_config(wsp_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(wsp_shared_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(wsp_checker_post_config, NULL, before_wd,
+                        APR_HOOK_MIDDLE);
     ap_hook_child_status(wsp_shared_child_status, NULL, NULL,
                          APR_HOOK_MIDDLE);
     ap_hook_suspend_connection(wsp_evloop_suspended, NULL, NULL,
                                APR_HOOK_MIDDLE);
-    ap_hook_child_init(wsp_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(wsp_child_init, NULL, before_wd, APR_HOOK_MIDDLE);
     ap_hook_handler(wsp_handler, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wsp_manager_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ap, status_hook, wsp_status_hook, NULL, NULL,

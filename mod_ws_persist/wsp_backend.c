@@ -96,7 +96,7 @@ apr_int16_t wsp_bconn_handshake_events(const wsp_bconn_t *bc)
     return bc->state == WSP_BC_READING ? APR_POLLIN : APR_POLLOUT;
 }
 
-int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
+int wsp_bconn_request(wsp_bconn_t *bc, const char **why)
 {
     apr_status_t rv;
     int res;
@@ -120,6 +120,9 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
         }
         bc->state = WSP_BC_SENDING;
     }
+    if (bc->state == WSP_BC_SENDING && !bc->req_len) {
+        bc->state = WSP_BC_READING;      /* a TCP check sends nothing */
+    }
     while (bc->state == WSP_BC_SENDING) {
         apr_size_t n = bc->req_len - bc->req_off;
 
@@ -136,6 +139,18 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
                                      rv);
             return WSP_HS_FAIL;
         }
+    }
+    return WSP_HS_OK;
+}
+
+int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
+{
+    apr_status_t rv;
+    int res;
+
+    if (bc->state != WSP_BC_READING
+        && (res = wsp_bconn_request(bc, why)) != WSP_HS_OK) {
+        return res;
     }
     for (;;) {
         wsp_hs_answer_t ans;

@@ -12,6 +12,8 @@
 #include "wsp_frame.h"
 #include "wsp_evloop.h"
 #include "wsp_resolve.h"
+#include "wsp_hcheck.h"
+#include "wsp_checker.h"
 
 #define WSP_DEFAULT_BUFFER       (5 * 1024 * 1024)
 #define WSP_DEFAULT_CONNECT      apr_time_from_sec(10)
@@ -146,10 +148,20 @@ typedef struct {
 
 static apr_array_header_t *wsp_slots_lines;
 
+/* A WSPersistHealthCheck line, applied like WSPersistBackendSlots. */
+typedef struct {
+    wsp_dir_conf_t *conf;
+    wsp_hcheck_t *hc;
+    const char *where;
+} wsp_hcheck_line_t;
+
+static apr_array_header_t *wsp_hcheck_lines;
+
 void wsp_conf_reset(void)
 {
     wsp_pools = NULL;
     wsp_slots_lines = NULL;
+    wsp_hcheck_lines = NULL;
     wsp_resolve_interval = WSP_RESOLVE_DEFAULT_INTERVAL;
 }
 
@@ -274,6 +286,29 @@ static const char *set_backend_slots(cmd_parms *cmd, void *dconf,
     line = apr_array_push(wsp_slots_lines);
     line->conf = dconf;
     line->spare = spare;
+    line->where = wsp_where(cmd->pool, cmd->directive);
+    return NULL;
+}
+
+/* Checks the pool of its own section only, as WSPersistBackendSlots
+ * sizes it. */
+static const char *set_health_check(cmd_parms *cmd, void *dconf,
+                                    const char *args)
+{
+    wsp_hcheck_line_t *line;
+    wsp_hcheck_t *hc = apr_pcalloc(cmd->pool, sizeof(*hc));
+    const char *err = wsp_hcheck_parse(cmd->pool, args, hc);
+
+    if (err) {
+        return apr_psprintf(cmd->pool, "%s: %s", cmd->cmd->name, err);
+    }
+    hc->server = cmd->server;
+    if (!wsp_hcheck_lines) {
+        wsp_hcheck_lines = apr_array_make(cmd->pool, 4, sizeof(*line));
+    }
+    line = apr_array_push(wsp_hcheck_lines);
+    line->conf = dconf;
+    line->hc = hc;
     line->where = wsp_where(cmd->pool, cmd->directive);
     return NULL;
 }
@@ -537,6 +572,10 @@ const command_rec wsp_cmds[] = {
     AP_INIT_TAKE1("WSPersistBackendSlots", set_backend_slots, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "spare slots for backends added at run time (16)"),
+    AP_INIT_RAW_ARGS("WSPersistHealthCheck", set_health_check, NULL,
+                     RSRC_CONF | ACCESS_CONF, "tcp | ws:/PATH | get:/PATH "
+                     "[interval=5s] [timeout=2s] [fails=1] [passes=1]: "
+                     "check this location's backends in the background"),
     AP_INIT_TAKE1("WSPersistBufferLimit", set_size, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "bytes of client messages a pipe may hold (5M)"),
@@ -655,15 +694,46 @@ static int wsp_apply_slots(server_rec *s)
     return rv;
 }
 
+/* Each WSPersistHealthCheck line onto the pool its section's backends
+ * made; refused without one, and twice for one pool. */
+static int wsp_apply_hchecks(server_rec *s)
+{
+    int i, rv = OK;
+
+    for (i = 0; wsp_hcheck_lines && i < wsp_hcheck_lines->nelts; ++i) {
+        wsp_hcheck_line_t *line = &APR_ARRAY_IDX(wsp_hcheck_lines, i,
+                                                 wsp_hcheck_line_t);
+        wsp_pool_t *pool = line->conf->pool;
+
+        if (pool && !pool->hcheck) {
+            pool->hcheck = line->hc;
+            continue;
+        }
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s,
+                     "ws_persist: WSPersistHealthCheck at %s: %s", line->where,
+                     pool ? "this section's pool has a health check already"
+                          : "this section has no WSPersistBackend of its "
+                            "own; the check belongs beside the "
+                            "WSPersistBackend lines of the pool it is for");
+        rv = !OK;
+    }
+    return rv;
+}
+
 int wsp_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
                      server_rec *s)
 {
-    int tree, slots;
+    int tree, slots, hchecks;
 
     (void)pconf;
     (void)plog;
     (void)ptemp;
     tree = wsp_check_tree(ap_conftree, 0, s);
     slots = wsp_apply_slots(s);
-    return tree == OK && slots == OK ? OK : HTTP_INTERNAL_SERVER_ERROR;
+    hchecks = wsp_apply_hchecks(s);
+    if (hchecks == OK) {
+        hchecks = wsp_checker_check_config(s);
+    }
+    return tree == OK && slots == OK && hchecks == OK
+           ? OK : HTTP_INTERNAL_SERVER_ERROR;
 }

@@ -120,6 +120,20 @@ static const char *wsp_json_str(apr_pool_t *p, const char *s)
     return out;
 }
 
+/* The last health check: null, or its result, why it failed and when it
+ * ended (seconds since the epoch). */
+static const char *wsp_json_check(apr_pool_t *p, const wsp_be_info_t *b)
+{
+    if (!b->check) {
+        return "null";
+    }
+    return apr_psprintf(p, "{\"result\": %s, \"reason\": %s, \"at\": %"
+                        APR_TIME_T_FMT ".%03d}", wsp_json_str(p, b->check),
+                        wsp_json_str(p, b->check_why),
+                        apr_time_sec(b->check_at),
+                        (int)(apr_time_msec(b->check_at) % 1000));
+}
+
 /* The state document: the nonce and every pool with its backends. The
  * GET answer and the answer to an applied action. */
 static void wsp_manager_json(request_rec *r)
@@ -151,13 +165,15 @@ static void wsp_manager_json(request_rec *r)
                        "\"failovers\": %" APR_UINT64_T_FMT ", "
                        "\"bytes_in\": %" APR_UINT64_T_FMT ", "
                        "\"bytes_out\": %" APR_UINT64_T_FMT ", "
-                       "\"added\": %s, \"removing\": %s}",
+                       "\"added\": %s, \"removing\": %s, "
+                       "\"check\": %s}",
                        j ? "," : "", wsp_json_str(r->pool, b->url),
                        wsp_json_str(r->pool, b->state), b->weight, b->pipes,
                        b->errors, b->consecutive_errors, b->served,
                        b->failovers, b->bytes_in, b->bytes_out,
                        b->added ? "true" : "false",
-                       b->removing ? "true" : "false");
+                       b->removing ? "true" : "false",
+                       wsp_json_check(r->pool, b));
         }
         ap_rputs(pi->backends && pi->backends->nelts ? "\n  ]}" : "]}", r);
     }
@@ -367,7 +383,7 @@ static void wsp_manager_html(request_rec *r, const wsp_page_t *pg)
                  "<th>weight</th><th>pipes</th><th>served</th>"
                  "<th>failovers</th><th>errors</th><th>errors in a row</th>"
                  "<th>bytes in</th><th>bytes out</th><th>added</th>"
-                 "<th>actions</th></tr>\n", r);
+                 "<th>check</th><th>actions</th></tr>\n", r);
         for (j = 0; pi->backends && j < pi->backends->nelts; ++j) {
             const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
                                                     wsp_be_info_t);
@@ -383,6 +399,9 @@ static void wsp_manager_html(request_rec *r, const wsp_page_t *pg)
                        b->served, b->failovers, b->errors,
                        b->consecutive_errors, b->bytes_in, b->bytes_out,
                        b->added ? "yes" : "no");
+            ap_rvputs(r, "<td class=\"check\">",
+                      wsp_h(r->pool, wsp_shared_check_text(r->pool, b)),
+                      "</td>", NULL);
             wsp_actions_cell(r, self, pi, b, nonce, pg);
             ap_rputs("</tr>\n", r);
         }

@@ -6,6 +6,7 @@
 #include <apr_lib.h>
 
 #include "wsp_pool.h"
+#include "wsp_hcheck.h"
 
 /* Without hooks (unit tests) nothing is locked or shared. */
 static wsp_pool_hooks_t wsp_hooks;
@@ -69,7 +70,8 @@ const char *wsp_backend_state_name(const wsp_be_shared_t *st)
     case WSP_BE_REMOVED:
         return "removed";
     default:
-        return "ok";
+        /* a handshake begun before the check failed may have completed */
+        return st->hc_down ? "error" : "ok";
     }
 }
 
@@ -221,7 +223,8 @@ static apr_time_t wsp_pool_next_retry(const wsp_pool_t *pool,
     for (i = 0; i < pool->backends->nelts; ++i) {
         const wsp_be_shared_t *st = APR_ARRAY_IDX(pool->backends, i,
                                                   wsp_backend_t *)->st;
-        if (!st->admin && wsp_backing_off(st, now)
+        /* one down by its check comes back by a check, not by time */
+        if (!st->admin && !st->hc_down && wsp_backing_off(st, now)
             && (!next || st->retry_at < next)) {
             next = st->retry_at;
         }
@@ -270,6 +273,7 @@ wsp_backend_t *wsp_pool_acquire(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 
         if (be == avoid || st->admin || st->removing || st->retired
             || st->state == WSP_BE_REMOVED || st->retry_at > now
+            || st->hc_down
             || (o->exclusive && st->pipes > 0)) {
             continue;
         }
@@ -403,6 +407,36 @@ void wsp_pool_succeeded(wsp_pool_t *pool, wsp_backend_t *be)
     }
     st->served++;
     wsp_pool_unlock();
+}
+
+apr_array_header_t *wsp_pool_backends(wsp_pool_t *pool, apr_pool_t *p)
+{
+    apr_array_header_t *out;
+
+    wsp_pool_lock();
+    if (wsp_hooks.sync) {
+        wsp_hooks.sync(pool);
+    }
+    out = apr_array_copy(p, pool->backends);
+    wsp_pool_unlock();
+    return out;
+}
+
+int wsp_pool_checked(wsp_pool_t *pool, wsp_backend_t *be, int pass,
+                     const char *why, apr_time_t now)
+{
+    wsp_be_shared_t *st = be->st;
+    int change = WSP_HC_SAME;
+
+    (void)pool;
+    wsp_pool_lock();
+    /* the slot may have been freed, or given to another backend, while
+     * the check ran */
+    if (st->in_use && !st->retired && !strcmp(st->url, be->url)) {
+        change = wsp_hcheck_record(st, pool->hcheck, pass, why, now);
+    }
+    wsp_pool_unlock();
+    return change;
 }
 
 int wsp_pool_retry_after(wsp_pool_t *pool, apr_time_t now)

@@ -30,7 +30,7 @@
 
 /* bumped when the layout changes: a graceful restart into a new build
  * does not read an old segment with the new layout */
-#define WSP_SHM_MAGIC 0x77737032u
+#define WSP_SHM_MAGIC 0x77737033u
 #define WSP_POOL_NAME_MAX 256
 #define WSP_NONCE_LEN 32
 
@@ -153,6 +153,18 @@ static void wsp_slot_free(wsp_shm_head_t *h, wsp_be_shared_t *st)
 {
     memset(st, 0, sizeof(*st));
     h->epoch++;
+}
+
+static void wsp_slot_hc_clear(wsp_be_shared_t *st)
+{
+    if (st->hc_down && st->state == WSP_BE_ERROR) {
+        st->state = WSP_BE_OK;
+    }
+    st->hc_down = 0;
+    st->hc_result = WSP_HCR_NONE;
+    st->hc_fails = st->hc_passes = 0;
+    st->hc_at = 0;
+    st->hc_why[0] = '\0';
 }
 
 /* A slot for a new backend: never used, else retired and idle. */
@@ -312,6 +324,10 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
                 st->admin = WSP_ADM_NONE;
                 st->weight = be->weight;
                 st->max_errors = be->max_errors;
+                if (!pool->hcheck) {
+                    /* no check any more: none of its verdict stays */
+                    wsp_slot_hc_clear(st);
+                }
             }
             else if ((s = wsp_slot_take(h, claimed)) >= 0) {
                 wsp_slot_init(h, s, (apr_uint32_t)idx, be->url, be->weight,
@@ -796,6 +812,10 @@ apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p)
             bi->bytes_out = apr_atomic_read64(&st->bytes_out);
             bi->added = st->added;
             bi->removing = st->removing;
+            bi->check = st->hc_result == WSP_HCR_PASS ? "pass"
+                        : st->hc_result == WSP_HCR_FAIL ? "fail" : NULL;
+            bi->check_why = apr_pstrdup(p, st->hc_why);
+            bi->check_at = st->hc_at;
             pi->pipes += st->pipes;
             added += st->added;
         }
@@ -804,6 +824,16 @@ apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p)
     }
     wsp_shared_unlock();
     return out;
+}
+
+const char *wsp_shared_check_text(apr_pool_t *p, const wsp_be_info_t *b)
+{
+    if (!b->check) {
+        return "-";
+    }
+    return apr_pstrcat(p, b->check, *b->check_why ? ": " : "", b->check_why,
+                       " (", ap_ht_time(p, b->check_at, "%Y-%m-%d %H:%M:%S",
+                                        1), " UTC)", NULL);
 }
 
 int wsp_shared_process_pipes(void)

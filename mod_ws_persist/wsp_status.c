@@ -11,14 +11,16 @@
  *   WSPersistPool[<pool>]: pipes=N free_slots=N backends=N
  *   WSPersistBackend[<pool>][<url>]: state=S weight=N pipes=N served=N
  *     failovers=N errors=N consecutive_errors=N bytes_in=N bytes_out=N
- *     added=0|1 removing=0|1
+ *     added=0|1 removing=0|1 check=none|pass|fail check_at=<seconds
+ *     since the epoch, 0 when none>
  *
  * (each backend on one line). <pool> is the location path, <url> the
  * backend as configured or added; in both '%', '[', ']', ':', spaces,
  * control characters and bytes from 0x7f up are written %XX, so a key
  * holds no ':' (parsers split a line at its first ':') and its brackets
  * can be split on. S is one of ok, error, removed, draining, drained,
- * disabled. The pool and backend lines are missing when the shared
+ * disabled; check is the last WSPersistHealthCheck result. The pool and
+ * backend lines are missing when the shared
  * state is (the error log says why). */
 #include "apr_strings.h"
 #include "apr_lib.h"
@@ -82,12 +84,15 @@ static void wsp_status_auto(request_rec *r, apr_array_header_t *pools)
                        APR_UINT64_T_FMT " errors=%" APR_UINT64_T_FMT
                        " consecutive_errors=%d bytes_in=%" APR_UINT64_T_FMT
                        " bytes_out=%" APR_UINT64_T_FMT " added=%d "
-                       "removing=%d\n", name,
+                       "removing=%d check=%s check_at=%" APR_TIME_T_FMT
+                       "\n", name,
                        wsp_status_key(r->pool, b->url),
                        wsp_status_key(r->pool, b->state), b->weight,
                        b->pipes, b->served, b->failovers, b->errors,
                        b->consecutive_errors, b->bytes_in, b->bytes_out,
-                       b->added ? 1 : 0, b->removing ? 1 : 0);
+                       b->added ? 1 : 0, b->removing ? 1 : 0,
+                       b->check ? b->check : "none",
+                       b->check ? apr_time_sec(b->check_at) : 0);
         }
     }
 }
@@ -114,7 +119,7 @@ static void wsp_status_html(request_rec *r, apr_array_header_t *pools,
                      "<th>State</th><th>Weight</th><th>Pipes</th>"
                      "<th>Served</th><th>Failovers</th><th>Errors</th>"
                      "<th>In a row</th><th>Bytes in</th><th>Bytes out</th>"
-                     "</tr>\n", r);
+                     "<th>Check</th></tr>\n", r);
         }
         for (j = 0; pi->backends && j < pi->backends->nelts; ++j) {
             const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
@@ -124,6 +129,8 @@ static void wsp_status_html(request_rec *r, apr_array_header_t *pools,
                                             b->added ? ", added" : "",
                                             b->removing ? ", removing" : "",
                                             NULL);
+            const char *check = wsp_h(r->pool,
+                                      wsp_shared_check_text(r->pool, b));
 
             if (notable) {
                 ap_rprintf(r, "<p>%s: %s, weight %d, %d pipes, "
@@ -131,11 +138,12 @@ static void wsp_status_html(request_rec *r, apr_array_header_t *pools,
                            "%" APR_UINT64_T_FMT " failovers, "
                            "%" APR_UINT64_T_FMT " errors (%d in a row), "
                            "%" APR_UINT64_T_FMT " bytes in, "
-                           "%" APR_UINT64_T_FMT " bytes out</p>\n",
+                           "%" APR_UINT64_T_FMT " bytes out, "
+                           "check %s</p>\n",
                            wsp_h(r->pool, b->url), state, b->weight,
                            b->pipes, b->served, b->failovers, b->errors,
                            b->consecutive_errors, b->bytes_in,
-                           b->bytes_out);
+                           b->bytes_out, check);
                 continue;
             }
             ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%d</td><td>%d</td>"
@@ -143,10 +151,11 @@ static void wsp_status_html(request_rec *r, apr_array_header_t *pools,
                        "<td>%" APR_UINT64_T_FMT "</td>"
                        "<td>%" APR_UINT64_T_FMT "</td><td>%d</td>"
                        "<td>%" APR_UINT64_T_FMT "</td>"
-                       "<td>%" APR_UINT64_T_FMT "</td></tr>\n",
+                       "<td>%" APR_UINT64_T_FMT "</td><td>%s</td></tr>\n",
                        wsp_h(r->pool, b->url), state, b->weight, b->pipes,
                        b->served, b->failovers, b->errors,
-                       b->consecutive_errors, b->bytes_in, b->bytes_out);
+                       b->consecutive_errors, b->bytes_in, b->bytes_out,
+                       check);
         }
         if (!notable) {
             ap_rputs("</table>\n", r);

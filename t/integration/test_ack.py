@@ -48,6 +48,18 @@ def unread(pid):
     return total
 
 
+async def kill_with_unread(ws, victim):
+    """SIGSTOP the backend, send m11..m15, which the proxy writes into its
+    socket (it reads none of them), then SIGKILL it."""
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    for i in range(11, 16):
+        await ws.send("m%d" % i)
+    # 5 masked frames of 3 bytes each: 9 bytes each on the wire
+    wait_until(lambda: unread(victim.proc.pid) >= 45, 10,
+               what="m11..m15 written to the stopped backend")
+    victim.kill()
+
+
 @pytest.mark.parametrize("ack", ["On", "Off"])
 def test_written_but_unprocessed_sent_again(env, ack):
     """Messages the proxy wrote into a backend that stopped and was then
@@ -70,16 +82,7 @@ def test_written_but_unprocessed_sent_again(env, ack):
             victim = a if processed(a, cid) else b
             spare = b if victim is a else a
             env.expect_refused(victim, cid)
-            # m10's ack is in: the proxy read it before m10's echo? No:
-            # after it; the ack of m10 arrives before the echo of m11,
-            # and the victim is stopped now, so m11..m15 stay unread
-            os.kill(victim.proc.pid, signal.SIGSTOP)
-            for i in range(11, 16):
-                await ws.send("m%d" % i)
-            # 5 masked frames of 3 bytes each: 9 bytes each on the wire
-            wait_until(lambda: unread(victim.proc.pid) >= 45, 10,
-                       what="m11..m15 written to the stopped backend")
-            victim.kill()
+            await kill_with_unread(ws, victim)
             await ws.send("m16")
             got = await recv(ws)
             return victim, spare, got
@@ -334,12 +337,7 @@ def test_readme_backend_example(env):
                 await echo(ws, "m%d" % i)
             victim = next(be for be in bes if socket_copies(be.proc.pid))
             env.expect_refused(victim, cid)
-            os.kill(victim.proc.pid, signal.SIGSTOP)
-            for i in range(11, 16):
-                await ws.send("m%d" % i)
-            wait_until(lambda: unread(victim.proc.pid) >= 45, 10,
-                       what="m11..m15 written to the stopped backend")
-            victim.kill()
+            await kill_with_unread(ws, victim)
             return [await recv(ws) for _ in range(5)]
     assert asyncio.run(run()) == ["m%d" % i for i in range(11, 16)]
     assert (env.root / "state" / cid).read_text() == "15"

@@ -38,6 +38,8 @@ BAD = [
     ("WSPersistDuplicateClient ignore", "ignore"),
     ("WSPersistFailoverCodes abc", "abc"),
     ("WSPersistFailoverCodes 1001 99", "99"),
+    ("WSPersistHealthCheck ping", "ping"),
+    ("WSPersistHealthCheck tcp interval=soon", "interval=soon"),
 ]
 
 
@@ -70,7 +72,8 @@ def test_good_config_passes(env):
         "WSPersistDuplicateClient replace",
         "WSPersistExclusive On",
         "WSPersistPingInterval 0",
-        "WSPersistFailoverCodes 1001 1006 1011 1012 4000"))
+        "WSPersistFailoverCodes 1001 1006 1011 1012 4000",
+        "WSPersistHealthCheck ws:/health/ interval=10s timeout=1s fails=2"))
     rc, out = h.configtest()
     assert rc == 0, out
     assert "Syntax OK" in out

@@ -72,7 +72,9 @@ def test_json_has_every_documented_field(env):
     assert pool["free_slots"] == 16, "WSPersistBackendSlots' default"
     assert set(pool["backends"][0]) == {
         "url", "state", "weight", "pipes", "errors", "consecutive_errors",
-        "served", "failovers", "bytes_in", "bytes_out", "added", "removing"}
+        "served", "failovers", "bytes_in", "bytes_out", "added", "removing",
+        "check"}
+    assert pool["backends"][0]["check"] is None, "no WSPersistHealthCheck"
 
 
 @pytest.mark.parametrize("accept,json_wanted", [

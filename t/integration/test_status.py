@@ -136,7 +136,8 @@ def test_auto_backend_line_format(env):
     text = get(env, "/server-status?auto")
     rx = (r"^WSPersistBackend\[/ws/\]\[ws%%3A//%s%%3A%d/echo/\]: "
           r"state=ok weight=1 pipes=0 served=0 failovers=0 errors=0 "
-          r"consecutive_errors=0 bytes_in=0 bytes_out=0 added=0 removing=0$"
+          r"consecutive_errors=0 bytes_in=0 bytes_out=0 added=0 removing=0 "
+          r"check=none check_at=0$"
           % (re.escape(HOST), b1.port))
     assert re.search(rx, text, re.M), text
     auto(env)    # every line parses, no key twice
