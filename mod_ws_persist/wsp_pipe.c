@@ -178,6 +178,9 @@ static void wsp_pipe_run_once(wsp_pipe_t *p,
         && wsp_bconn_buffers_input(p->b2->bc)) {
         aready = 1;
     }
+    if (p->quiesce_at && !p->b2->bc && !wsp_pipe_should_move(p)) {
+        p->quiesce_at = 0;            /* the drain was called off */
+    }
     if (wsp_move_due(p, now)) {
         wsp_move_start(p, now);
     }

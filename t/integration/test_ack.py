@@ -341,3 +341,32 @@ def test_readme_backend_example(env):
             return [await recv(ws) for _ in range(5)]
     assert asyncio.run(run()) == ["m%d" % i for i in range(11, 16)]
     assert (env.root / "state" / cid).read_text() == "15"
+
+
+def test_drain_called_off_while_waiting_for_acknowledgements(env):
+    """A drain waits for the draining backend's acknowledgements and
+    writes it no new message meanwhile; an administrator who enables the
+    backend again before the move begins calls it off: the held messages
+    go to the same backend, and the pipe stays there."""
+    from wsp_manage import MANAGER, applied
+
+    a = stateful(env, "a", "--ack-every", "0")
+    b = stateful(env, "b")
+    env.start_httpd(MANAGER + env.location("/ws/", [a, b], *FAST,
+                                           "WSPersistAck On"))
+    applied(env, "disable", b.url)
+    cid = new_id()
+
+    async def run():
+        async with connect(env, cid) as ws:
+            await echo(ws, "m1")            # on a, never acknowledged
+            applied(env, "enable", b.url)
+            applied(env, "drain", a.url)
+            await await_until(lambda: env.httpd.log_lines(
+                r"client %s .* waiting for its acknowledgement of 1 "
+                r"message" % cid), 10, what="the move waiting for acks")
+            applied(env, "enable", a.url)
+            await echo(ws, "m2")
+    asyncio.run(run())
+    assert heads(processed(a, cid)) == ["m1", "m2"]
+    assert not b.opens(cid), "the pipe moved although the drain was off"
