@@ -31,6 +31,7 @@ typedef struct {
     apr_socket_t *sock;
     apr_sockaddr_t *addr;
     wsp_bc_state_e state;
+    apr_pool_t *hpool;             /* the handshake's, NULL once open */
     const char *req;               /* handshake request text */
     apr_size_t req_len;
     apr_size_t req_off;

@@ -49,8 +49,14 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
     bc->pool = p;
     bc->s = s;
     bc->be = be;
-    key = wsp_key_make(p);
-    bc->req = build(baton, p, key);
+    /* the request and the parsed answer are gone once the handshake is:
+     * an open connection holds only what it uses */
+    if ((rv = apr_pool_create(&bc->hpool, p)) != APR_SUCCESS) {
+        apr_pool_destroy(p);
+        return rv;
+    }
+    key = wsp_key_make(bc->hpool);
+    bc->req = build(baton, bc->hpool, key);
     bc->req_len = strlen(bc->req);
     bc->offered = offered ? apr_pstrdup(p, offered) : NULL;
     bc->require_protocol = require_protocol;
@@ -168,11 +174,15 @@ int wsp_bconn_handshake(wsp_bconn_t *bc, const char **why)
                                      rv);
             return WSP_HS_FAIL;
         }
-        res = wsp_handshake_response(bc->pool, (const char *)bc->ibuf,
+        res = wsp_handshake_response(bc->hpool, (const char *)bc->ibuf,
                                      bc->ilen, bc->accept, bc->offered,
                                      bc->require_protocol, &ans, why);
         if (res == WSP_HS_OK) {
-            bc->protocol = ans.protocol;
+            bc->protocol = ans.protocol ? apr_pstrdup(bc->pool, ans.protocol)
+                                        : NULL;
+            apr_pool_destroy(bc->hpool);
+            bc->hpool = NULL;
+            bc->req = NULL;
             bc->has_received = ans.has_received;
             bc->received = ans.received;
             bc->ipos = ans.head_len;
