@@ -1,6 +1,7 @@
 /* One pipe driven by poll() in the request's worker thread. Back-off and
  * ping waits are poll timeouts; another thread wakes it through a pipe
- * when a newer connection wants the pipe (replace mode). */
+ * when a newer connection wants the pipe (replace mode). A client on an
+ * HTTP/2 stream is polled on the pipe mod_http2 signals its input on. */
 #include "apr_file_io.h"
 
 #include "wsp_loop.h"
@@ -58,7 +59,8 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
      * a pipe that goes to the event loop never needs it */
     wsp_waker_t *w = wsp_pipe_open(p) ? wsp_loop_waker(r) : NULL;
     wsp_loop_result_e res;
-    apr_pollfd_t pfd[WSP_SOCKS + 1];
+    apr_pollfd_t pfd[WSP_SOCKS + 2];      /* + an h2 client's file, the
+                                           * waker */
     apr_uint32_t epoch = wsp_shared_admin_epoch();
 
     if (w) {
@@ -89,6 +91,13 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
         }
         wsp_pipe_want(p, &want);
         memset(rev, 0, sizeof(rev));
+        if (want.client_file && want.events[WSP_SOCK_CLIENT]) {
+            pfd[n].desc_type = APR_POLL_FILE;
+            pfd[n].desc.f = want.client_file;
+            pfd[n].reqevents = APR_POLLIN;
+            pfd[n].client_data = &rev[WSP_SOCK_CLIENT];
+            pfd[n++].p = r->pool;
+        }
         for (i = 0; i < WSP_SOCKS; i++) {
             if (want.sock[i] && want.events[i]) {
                 pfd[n].desc_type = APR_POLL_SOCKET;
