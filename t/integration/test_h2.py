@@ -574,6 +574,44 @@ def test_h2_stream_end_leaves_no_pipe(env, how):
     wait_no_pipes(env, b1, "every pipe gone")
 
 
+def test_h2_replace_mode_takeovers(env):
+    """WSPersistDuplicateClient replace across protocols: an HTTP/1.1
+    connection takes over an h2 WebSocket's pipe (the h2 client gets 1008
+    and its stream ends), then an h2 stream takes it back; the backend
+    connection is the same throughout and nothing is lost."""
+    b1 = env.backend("b1")
+    start(env, [b1], False, "WSPersistDuplicateClient replace")
+    cid = new_id()
+    c = H2Client(env)
+    ws = H2WS(c, cid)
+    conn = ws.whoami()["conn"]
+    ws.echo("on h2")
+
+    async def over_http11():
+        async with connect(env, cid) as ws1:
+            await echo(ws1, "on http/1.1")
+            # the h2 client was let go
+            got = await asyncio.to_thread(ws.recv)
+            assert got == ("close", 1008, "replaced")
+            ws2 = await asyncio.to_thread(H2WS, c, cid)
+            code = await asyncio.wait_for(ws1.wait_closed(), 20)
+            assert ws1.close_code == 1008, code
+            return ws2
+    try:
+        ws2 = asyncio.run(over_http11())
+        ws.wait_ended()
+        me = ws2.whoami()
+        assert me["conn"] == conn, "a new backend connection"
+        ws2.echo("back on h2")
+        assert [m["head"] for m in b1.messages(cid)] == [
+            "whoami", "on h2", "on http/1.1", "whoami", "back on h2"]
+        assert ws2.close() == (1000, "")
+    finally:
+        c.close()
+    wait_no_pipes(env, b1, "the pipe gone")
+    assert len(b1.opens(cid)) == 1
+
+
 def test_h2_graceful_stop_closes_with_1001(env):
     """graceful-stop with an h2 WebSocket open: it is relayed on while the
     server stops, closed with 1001 ("server stopping") on both hops a
