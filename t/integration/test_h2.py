@@ -4,8 +4,9 @@ HTTP/1.1-style upgrade on a secondary connection (r->connection->master);
 the pipe runs in the stream's h2 worker, polls the pipe mod_http2 signals
 the stream's input on, and reads and writes through the connection's
 filters. Everything DESIGN 2-3 promise holds as over HTTP/1.1: echo,
-fragments, failover with nothing lost after a kill, close handshakes,
-and no pipe outlives its stream however it ends.
+fragments, failover with nothing lost after a kill, drain, pings, close
+handshakes and codes, replace mode across protocols, 1001 at a graceful
+stop, and no pipe outlives its stream however it ends.
 
 The RFC 8441 client is python3-h2 on a plain socket: cleartext HTTP/2
 with prior knowledge (h2c), and h2 over TLS chosen by ALPN; WebSocket
@@ -30,6 +31,7 @@ import h2.settings
 
 import pytest
 
+from wsp_manage import MANAGER, applied
 from wsp_env import (GRACEFUL_S, HOST, MODDIR, build_frame, close_payload,
                      connect, echo, hget, new_id, wait_until, whoami)
 
@@ -572,6 +574,85 @@ def test_h2_stream_end_leaves_no_pipe(env, how):
                 await echo(ws, "same id over http/1.1")
     asyncio.run(run())
     wait_no_pipes(env, b1, "every pipe gone")
+
+
+def test_h2_pings(env):
+    """WSPersistPingInterval 1: an h2 client that answers the proxy's
+    pings keeps its pipe over several intervals; one that reads and never
+    answers is given up on, its stream ends and its backend gets 1001."""
+    b1 = env.backend("b1")
+    start(env, [b1], False, "WSPersistPingInterval 1")
+    answering, silent = new_id(), new_id()
+    c = H2Client(env)
+    try:
+        ws = H2WS(c, answering)
+        quiet = H2WS(c, silent)
+        quiet.echo("hello")
+        pings = 0
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            c.pump(0.1)
+            while ws._frame_ready():
+                fin, op, payload = ws.recv_frame()
+                assert op == H2WS.PING, op
+                ws.send_frame(H2WS.PONG, payload)
+                pings += 1
+        assert pings >= 2, "the proxy pinged the quiet h2 client %d" % pings
+        ws.echo("still here")
+        ops = []
+        while True:
+            while quiet._frame_ready():
+                ops.append(quiet._frame()[1])
+            if quiet.stream["ended"] or quiet.stream["reset"] is not None:
+                break
+            c.pump(10)
+        assert H2WS.PING in ops and H2WS.CLOSE not in ops, ops
+        ws.echo("the other stream lives on")
+        assert ws.close() == (1000, "")
+    finally:
+        c.close()
+    closes = wait_until(lambda: b1.closes(silent), 30,
+                        what="the silent client's backend closed")
+    assert [(e["code"], e["reason"]) for e in closes] == \
+        [(1001, "client went away")]
+    assert len(b1.opens(answering)) == 1
+
+
+def test_h2_drain_moves_the_stream(env):
+    """The manager drains an h2 WebSocket's backend while it streams: the
+    pipe moves to the other backend at a message boundary, nothing is
+    lost or repeated, and the old backend gets 1001."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    env.start_httpd(H2 + MANAGER + env.location("/ws/", [b1, b2], *FAST))
+    applied(env, "disable", b2.url)
+    cid = new_id()
+    c = H2Client(env)
+    try:
+        ws = H2WS(c, cid)
+        assert ws.whoami()["name"] == "b1"
+        applied(env, "enable", b2.url)
+        sent, got, n, drained = [], [], 0, None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if drained is None or time.monotonic() < drained + 1:
+                n += 1
+                ws.send(str(n))
+                sent.append(n)
+            while ws._frame_ready() or c.pump(0.01):
+                while ws._frame_ready():
+                    got.append(int(ws.recv()))
+            if drained is None and len(got) >= 30:
+                applied(env, "drain", b1.url)
+                drained = time.monotonic()
+            if drained and time.monotonic() > drained + 1 and got \
+                    and got[-1] == sent[-1]:
+                break
+        assert got == sent, "lost, repeated or out of order"
+        assert ws.whoami()["name"] == "b2"
+        assert [e["code"] for e in b1.closes(cid)] == [1001]
+        assert ws.close() == (1000, "")
+    finally:
+        c.close()
 
 
 def test_h2_replace_mode_takeovers(env):
