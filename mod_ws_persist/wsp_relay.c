@@ -55,8 +55,8 @@ static void wsp_client_pong(wsp_pipe_t *p, int opcode,
 /* Pass frames to the client's filters without ever blocking: at most a
  * chunk the core writes or sets aside, and only when nothing is pending.
  * An HTTP/2 stream has no core filter: mod_http2 takes each flushed chunk
- * into its stream buffer, waiting (up to Timeout) while that is full, so
- * a client that does not read holds its own pipe's thread only. */
+ * into its stream buffer, waiting (up to H2StreamTimeout) while that is
+ * full; the wait holds only this pipe's own thread, its h2 worker. */
 int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
 {
     wsp_hop_t *cl = p->client;
