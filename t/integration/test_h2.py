@@ -129,6 +129,8 @@ class H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding="utf-8"))
         self.server_settings = None
+        self.ack = True        # False: grant no more flow-control window
+        self.unacked = []
         self.streams = {}      # id: {"headers", "ended", "reset", "data"}
         self.goaway = None
         self.conn.initiate_connection()
@@ -171,8 +173,12 @@ class H2Client:
             elif isinstance(ev, h2.events.DataReceived):
                 if st:
                     st["data"] += ev.data
-                self.conn.acknowledge_received_data(
-                    ev.flow_controlled_length, ev.stream_id)
+                if self.ack:
+                    self.conn.acknowledge_received_data(
+                        ev.flow_controlled_length, ev.stream_id)
+                else:
+                    self.unacked.append((ev.flow_controlled_length,
+                                         ev.stream_id))
             elif isinstance(ev, h2.events.StreamEnded) and st:
                 st["ended"] = True
             elif isinstance(ev, h2.events.StreamReset) and st:
@@ -229,6 +235,15 @@ class H2Client:
             self.conn.send_data(sid, data[:room].tobytes())
             data = data[room:]
             self._flush()
+
+    def grant(self):
+        """Flow-control window again, for what came meanwhile too (a
+        reset stream's share goes back to the connection)."""
+        self.ack = True
+        for n, sid in self.unacked:
+            self.conn.acknowledge_received_data(n, sid)
+        self.unacked = []
+        self._flush()
 
     def reset(self, sid):
         self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
@@ -653,6 +668,47 @@ def test_h2_drain_moves_the_stream(env):
         assert ws.close() == (1000, "")
     finally:
         c.close()
+
+
+def test_h2_client_that_does_not_read(env):
+    """An h2 client that stops granting flow-control window while its
+    backend sends: mod_http2's stream buffer fills, the pipe's write waits
+    H2StreamTimeout, then the client is gone: the stream is reset or
+    ended, the backend gets 1001, no pipe is left, and another h2
+    WebSocket on the same connection was served all along."""
+    b1 = env.backend("b1")
+    env.start_httpd(H2 + "H2StreamTimeout 2\n" + env.location(
+        "/ws/", [b1], "WSPersistConnectTimeout 5"))
+    stuck, other = new_id(), new_id()
+    c = H2Client(env)
+    try:
+        ws = H2WS(c, stuck)
+        ws2 = H2WS(c, other)
+        ws.echo("hello")
+        c.ack = False
+        for _ in range(20):
+            ws.send("big:100000")
+        c.pump(1)
+        c.grant()
+        ws2.echo("the other stream is served")
+        c.ack = False
+        closes = []
+        deadline = time.monotonic() + 30
+        while not closes and time.monotonic() < deadline:
+            c.pump(0.2)
+            closes = b1.closes(stuck)
+        assert [(e["code"], e["reason"]) for e in closes] == \
+            [(1001, "client went away")]
+        wait_until(lambda: counts(env, b1)[0] == 1, 15,
+                   what="only the other stream's pipe left")
+        assert env.httpd.log_lines(r"client %s .*client went away \(write "
+                                   r"failed\)" % stuck)
+        c.grant()
+        ws2.echo("still served")
+        assert ws2.close() == (1000, "")
+    finally:
+        c.close()
+    wait_no_pipes(env, b1, "no pipe left")
 
 
 def test_h2_replace_mode_takeovers(env):
