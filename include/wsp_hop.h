@@ -97,7 +97,9 @@ typedef struct {
      * takeover */
     request_rec *r;
     conn_rec *c;
-    apr_socket_t *sock;
+    apr_socket_t *sock;                    /* NULL on an HTTP/2 stream */
+    apr_file_t *signal;                    /* an HTTP/2 stream's input is
+                                            * polled on mod_http2's pipe */
     ap_filter_t *core_out;
     apr_bucket_brigade *ibb;
     apr_bucket_brigade *out;               /* frames not yet passed on */
@@ -108,6 +110,9 @@ typedef struct {
     apr_off_t ctrl_out;                    /* control bytes put in out since
                                             * it was last empty */
     int upgraded;
+    int h2;                                /* a stream of mod_http2 (RFC
+                                            * 8441): its filters end in
+                                            * mod_http2's, not the core's */
     int plain;                             /* no TLS on the connection */
     int direct;                            /* plain, and the core holds no
                                             * input: read the socket */

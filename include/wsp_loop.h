@@ -16,4 +16,8 @@ typedef enum {
  * Uses r's pool. */
 wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r);
 
+/* Whether the MPM's graceful stop has gone on long enough that live
+ * pipes must close now (1001); *seen: when the stop was first seen. */
+int wsp_stop_due(apr_time_t *seen, apr_time_t now);
+
 #endif /* WSP_LOOP_H */

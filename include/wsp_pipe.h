@@ -130,9 +130,12 @@ void wsp_pipe_handover_end(wsp_pipe_t *p);
 #define WSP_SOCKS        3
 
 /* What to poll: each socket (NULL: none) with its events (0: none), and
- * when to call wsp_pipe_run() regardless (0: only on events). */
+ * when to call wsp_pipe_run() regardless (0: only on events). A client on
+ * an HTTP/2 stream has no socket: its input is polled on a file (a pipe
+ * mod_http2 signals), for APR_POLLIN only, in the client's slot. */
 typedef struct {
     apr_socket_t *sock[WSP_SOCKS];
+    apr_file_t *client_file;
     apr_int16_t events[WSP_SOCKS];
     apr_time_t wake_at;
 } wsp_want_t;

@@ -24,6 +24,7 @@
 #include "scoreboard.h"
 
 #include "wsp_evloop.h"
+#include "wsp_loop.h"
 #include "wsp_registry.h"
 #include "wsp_shared.h"
 
@@ -335,36 +336,10 @@ static void wsp_ev_shutdown(wsp_evloop_t *L)
     }
 }
 
-/* The MPM waits for every connection at a graceful stop, suspended ones
- * too, and the pipes would only end when the child does: so they are
- * closed with 1001 a second before GracefulShutdownTimeout runs out (the
- * parent then kills the child). With no timeout they stay until they
- * end, as httpd lets any connection. A graceful restart (the parent moved
- * to a new generation first) keeps them too: they end in their time. */
+/* See wsp_stop_due(). */
 static int wsp_ev_stop_due(wsp_evloop_t *L, apr_time_t now)
 {
-    int state = AP_MPMQ_RUNNING, gen = 0;
-    apr_interval_time_t grace;
-
-    if (L->closing_all || ap_mpm_query(AP_MPMQ_MPM_STATE, &state)
-        || state != AP_MPMQ_STOPPING) {
-        return 0;
-    }
-    if (!L->stop_seen) {
-        L->stop_seen = now;
-    }
-    if (ap_mpm_query(AP_MPMQ_GENERATION, &gen) == APR_SUCCESS
-        && ap_scoreboard_image
-        && ap_scoreboard_image->global->running_generation != gen) {
-        return 0;
-    }
-    if (ap_graceful_shutdown_timeout <= 0) {
-        return 0;
-    }
-    grace = apr_time_from_sec(ap_graceful_shutdown_timeout);
-    grace = grace > apr_time_from_sec(2) ? grace - apr_time_from_sec(1)
-                                         : grace / 2;
-    return now >= L->stop_seen + grace;
+    return !L->closing_all && wsp_stop_due(&L->stop_seen, now);
 }
 
 static void wsp_ev_close_all(wsp_evloop_t *L)

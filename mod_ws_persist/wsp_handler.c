@@ -36,6 +36,16 @@ static int wsp_refuse(request_rec *r, int status, const char *id,
     return status;
 }
 
+/* Whether mod_http2 signals this stream's input on something to poll. */
+static int wsp_h2_pollable(conn_rec *c)
+{
+    apr_pollfd_t pfd;
+
+    memset(&pfd, 0, sizeof(pfd));
+    return ap_get_pollfd_from_conn(c, &pfd, NULL) == APR_SUCCESS
+           && pfd.desc_type == APR_POLL_FILE;
+}
+
 static int wsp_check_upgrade(request_rec *r, const char **key)
 {
     const char *upgrade = apr_table_get(r->headers_in, "Upgrade");
@@ -57,7 +67,10 @@ static int wsp_check_upgrade(request_rec *r, const char **key)
         return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "Upgrade is not "
                           "websocket");
     }
-    if (!conn || !wsp_header_has_token(conn, "upgrade")) {
+    /* mod_http2 turns an RFC 8441 CONNECT into a GET with Upgrade and a
+     * key of its own, but no Connection (HTTP/2 has none) */
+    if (!r->connection->master
+        && (!conn || !wsp_header_has_token(conn, "upgrade"))) {
         return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "Connection does not "
                           "list upgrade");
     }
@@ -203,8 +216,11 @@ static void wsp_take_connection(request_rec *r)
     c->keepalive = AP_CONN_CLOSE;
     /* A zero timeout: whatever writes to the connection from now on (the
      * core's blocking paths, finishing the request, the lingering close)
-     * gets EAGAIN instead of waiting for a client that does not read. */
-    apr_socket_timeout_set(ap_get_conn_socket(c), 0);
+     * gets EAGAIN instead of waiting for a client that does not read. An
+     * HTTP/2 stream's socket is mod_http2's dummy, shared by all. */
+    if (!c->master) {
+        apr_socket_timeout_set(ap_get_conn_socket(c), 0);
+    }
 }
 
 static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
@@ -232,10 +248,12 @@ static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
 }
 
 /* Under the event MPM the pipe goes to the child's loop and this thread
- * is free; otherwise this thread runs it to the end. */
+ * is free; otherwise this thread runs it to the end. An HTTP/2 stream is
+ * always run here: mod_http2 ends the stream when the handler returns, and
+ * a SUSPENDED stream would be nobody's. */
 static int wsp_run(request_rec *r, wsp_pipe_t *p)
 {
-    if (wsp_evloop_available()) {
+    if (wsp_evloop_available() && !r->connection->master) {
         /* The event MPM closes an aborted connection even when the
          * handler suspended it: then the MPM owns it, and the pipe must
          * end here, or two parties would close one connection. */
@@ -275,12 +293,12 @@ int wsp_handler(request_rec *r)
     if ((status = wsp_check_upgrade(r, &key)) != OK) {
         return status;
     }
-    /* mod_http2 hands an RFC 8441 stream over as an upgrade; its
-     * connection is not a socket the pipe could poll */
-    if (r->connection->master) {
+    /* mod_http2 hands an RFC 8441 stream over as an upgrade; its input
+     * is polled on a pipe mod_http2 signals, which needs httpd 2.4.58+ */
+    if (r->connection->master && !wsp_h2_pollable(r->connection)) {
         return wsp_refuse(r, HTTP_NOT_IMPLEMENTED, NULL, "WebSockets over "
-                          "HTTP/2 are not supported; the client may retry "
-                          "over HTTP/1.1");
+                          "HTTP/2 need mod_http2 with pollable stream input;"
+                          " the client may retry over HTTP/1.1");
     }
     /* Browsers always send Origin; other clients may send none. */
     if ((origin = apr_table_get(r->headers_in, "Origin"))

@@ -1,7 +1,11 @@
 /* One pipe driven by poll() in the request's worker thread. Back-off and
  * ping waits are poll timeouts; another thread wakes it through a pipe
- * when a newer connection wants the pipe (replace mode). */
+ * when a newer connection wants the pipe (replace mode). A client on an
+ * HTTP/2 stream is polled on the pipe mod_http2 signals its input on. */
 #include "apr_file_io.h"
+#include "ap_mpm.h"
+#include "mpm_common.h"
+#include "scoreboard.h"
 
 #include "wsp_loop.h"
 #include "wsp_registry.h"
@@ -51,6 +55,38 @@ static wsp_waker_t *wsp_loop_waker(request_rec *r)
     return w;
 }
 
+/* The MPM waits for every connection at a graceful stop, and a pipe
+ * would only end when the child does: so it is closed with 1001 a second
+ * before GracefulShutdownTimeout runs out (the parent then kills the
+ * child). With no timeout it stays until it ends, as httpd lets any
+ * connection. A graceful restart (the parent moved to a new generation
+ * first) keeps it too: it ends in its time. */
+int wsp_stop_due(apr_time_t *seen, apr_time_t now)
+{
+    int state = AP_MPMQ_RUNNING, gen = 0;
+    apr_interval_time_t grace;
+
+    if (ap_mpm_query(AP_MPMQ_MPM_STATE, &state)
+        || state != AP_MPMQ_STOPPING) {
+        return 0;
+    }
+    if (!*seen) {
+        *seen = now;
+    }
+    if (ap_mpm_query(AP_MPMQ_GENERATION, &gen) == APR_SUCCESS
+        && ap_scoreboard_image
+        && ap_scoreboard_image->global->running_generation != gen) {
+        return 0;
+    }
+    if (ap_graceful_shutdown_timeout <= 0) {
+        return 0;
+    }
+    grace = apr_time_from_sec(ap_graceful_shutdown_timeout);
+    grace = grace > apr_time_from_sec(2) ? grace - apr_time_from_sec(1)
+                                         : grace / 2;
+    return now >= *seen + grace;
+}
+
 wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
 {
     /* a handover waits for the 101, so the waker (two descriptors, held
@@ -58,8 +94,11 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
      * a pipe that goes to the event loop never needs it */
     wsp_waker_t *w = wsp_pipe_open(p) ? wsp_loop_waker(r) : NULL;
     wsp_loop_result_e res;
-    apr_pollfd_t pfd[WSP_SOCKS + 1];
+    apr_pollfd_t pfd[WSP_SOCKS + 2];      /* + an h2 client's file, the
+                                           * waker */
     apr_uint32_t epoch = wsp_shared_admin_epoch();
+    apr_time_t stop_seen = 0;
+    int stopping = 0;
 
     if (w) {
         wsp_registry_set_wake(p, wsp_loop_wake, w);
@@ -87,8 +126,21 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             wsp_pipe_handover_end(p);
             return WSP_LOOP_HANDED_OVER;
         }
+        if (!stopping && wsp_pipe_open(p)
+            && wsp_stop_due(&stop_seen, apr_time_now())) {
+            stopping = 1;
+            wsp_pipe_going_away(p);
+            continue;
+        }
         wsp_pipe_want(p, &want);
         memset(rev, 0, sizeof(rev));
+        if (want.client_file && want.events[WSP_SOCK_CLIENT]) {
+            pfd[n].desc_type = APR_POLL_FILE;
+            pfd[n].desc.f = want.client_file;
+            pfd[n].reqevents = APR_POLLIN;
+            pfd[n].client_data = &rev[WSP_SOCK_CLIENT];
+            pfd[n++].p = r->pool;
+        }
         for (i = 0; i < WSP_SOCKS; i++) {
             if (want.sock[i] && want.events[i]) {
                 pfd[n].desc_type = APR_POLL_SOCKET;

@@ -227,6 +227,7 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
 
     want->sock[WSP_SOCK_CLIENT] = cl && cl->upgraded && !cl->gone ? cl->sock
                                                                   : NULL;
+    want->client_file = cl && cl->upgraded && !cl->gone ? cl->signal : NULL;
     *cev = 0;
     *bsock = NULL;
     *bev = 0;
@@ -236,7 +237,7 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
         if (!cl->close_rcvd && !cl->more_input && !wsp_client_stalled(cl)) {
             *cev |= APR_POLLIN;
         }
-        if (cl->want_write) {
+        if (cl->want_write && !cl->h2) {
             *cev |= APR_POLLOUT;
         }
         if (cl->more_input && !cl->close_rcvd && !wsp_client_stalled(cl)
@@ -398,8 +399,23 @@ void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
 
     cl->r = r;
     cl->c = c;
-    cl->sock = ap_get_conn_socket(c);
-    cl->plain = !ap_ssl_conn_is_ssl(c);
+    if (c->master) {
+        /* mod_http2's stream: the socket the core hands out is a dummy
+         * shared by every stream; input is signalled on a pipe (the
+         * handler made sure there is one) */
+        apr_pollfd_t pfd;
+
+        memset(&pfd, 0, sizeof(pfd));
+        cl->h2 = 1;
+        if (ap_get_pollfd_from_conn(c, &pfd, NULL) == APR_SUCCESS
+            && pfd.desc_type == APR_POLL_FILE) {
+            cl->signal = pfd.desc.f;
+        }
+    }
+    else {
+        cl->sock = ap_get_conn_socket(c);
+        cl->plain = !ap_ssl_conn_is_ssl(c);
+    }
     for (f = c->output_filters; f->next; f = f->next)
         ;
     cl->core_out = f;

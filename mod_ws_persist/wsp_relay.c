@@ -53,7 +53,10 @@ static void wsp_client_pong(wsp_pipe_t *p, int opcode,
 }
 
 /* Pass frames to the client's filters without ever blocking: at most a
- * chunk the core writes or sets aside, and only when nothing is pending. */
+ * chunk the core writes or sets aside, and only when nothing is pending.
+ * An HTTP/2 stream has no core filter: mod_http2 takes each flushed chunk
+ * into its stream buffer, waiting (up to H2StreamTimeout) while that is
+ * full; the wait holds only this pipe's own thread, its h2 worker. */
 int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
 {
     wsp_hop_t *cl = p->client;
@@ -66,7 +69,7 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
     }
     c = cl->c;
     for (;;) {
-        if (c->data_in_output_filters) {
+        if (c->data_in_output_filters && !cl->h2) {
             rv = cl->core_out->frec->filter_func.out_func(cl->core_out,
                                                           NULL);
             if (rv != APR_SUCCESS) {
@@ -104,6 +107,10 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
                 APR_BRIGADE_INSERT_TAIL(cl->tmp, b);
                 cl->out_bytes -= (apr_off_t)wsp_frame_cost(b->length);
             }
+            if (cl->h2) {
+                APR_BRIGADE_INSERT_TAIL(cl->tmp,
+                    apr_bucket_flush_create(c->bucket_alloc));
+            }
             rv = ap_pass_brigade(c->output_filters, cl->tmp);
             apr_brigade_cleanup(cl->tmp);
             if (rv != APR_SUCCESS) {
@@ -111,6 +118,9 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
                 return 1;
             }
             progress = 1;
+        }
+        if (cl->h2) {
+            continue;
         }
         /* the core only writes at once above its minimum: nudge it */
         rv = cl->core_out->frec->filter_func.out_func(cl->core_out, NULL);
@@ -349,6 +359,12 @@ static int wsp_client_feed_brigade(wsp_pipe_t *p, apr_time_t now)
         apr_size_t n, used = 0;
         int res;
 
+        if (APR_BUCKET_IS_EOS(e) && cl->h2) {
+            /* mod_http2 ends the upgrade request's body with an EOS on
+             * the first read; the stream's end shows as APR_EOF */
+            apr_bucket_delete(e);
+            continue;
+        }
         if (APR_BUCKET_IS_EOS(e)) {
             wsp_client_gone(p, now, "connection closed", APR_EOF);
             apr_brigade_cleanup(cl->ibb);

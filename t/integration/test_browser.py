@@ -15,10 +15,17 @@ import re
 import pytest
 
 import wsp_browser
-from wsp_env import interruptions, new_id
+from wsp_env import MODDIR, interruptions, new_id
 from wsp_manage import MANAGER
 
 FAST = ("WSPersistConnectTimeout 5", "WSPersistRetry 50ms 500ms")
+
+# WebSockets over HTTP/2 as the README's wss:// section turns them on
+H2 = """\
+LoadModule http2_module {moddir}/mod_http2.so
+Protocols h2 http/1.1
+H2WebSockets on
+""".format(moddir=MODDIR)
 
 # static pages need a type: the base config loads no mod_mime
 HTML_TYPE = """\
@@ -138,14 +145,15 @@ def test_browser_socket_survives_backend_kill(env, browser, variant):
     a message written whole to the killed backend); what comes back is
     never twice nor out of order; one the page misses from before the
     kill is one the killed backend had whole. Over ws:// and wss://
-    (HTTP/1.1)."""
-    if variant == "wss-h2":
-        pytest.skip("HTTP/2 WebSockets: issue 12 part 1")
-    scheme = variant
+    (HTTP/1.1), and wss:// over HTTP/2 (RFC 8441: the page came over h2,
+    and chromium opens its socket as a stream of that connection)."""
+    scheme = variant.split("-")[0]
+    h2 = variant.endswith("-h2")
     b1, b2 = env.backend("b1"), env.backend("b2")
     backends = {"b1": b1, "b2": b2}
     serve_page(env)
-    env.start_httpd(HTML_TYPE + env.location("/ws/", [b1, b2], *FAST),
+    env.start_httpd((H2 if h2 else "") + HTML_TYPE
+                    + env.location("/ws/", [b1, b2], *FAST),
                     ssl=scheme == "wss")
     url, cid = stream_urls(env, scheme)
     env.expect_failover(cid)
@@ -181,9 +189,16 @@ def test_browser_socket_survives_backend_kill(env, browser, variant):
         await page.until("st.who.length === %d" % n, 20)
         assert (await page.eval("st.who"))[-1] == spare.name
         print("%s: kill after #%d; %d sent, %d echoed" % (
-            scheme, after, sent, len(got)))
+            variant, after, sent, len(got)))
         await br.stop()
     asyncio.run(run())
+    # the socket's request, as the handler got it, came over HTTP/2 in
+    # the h2 variant (over HTTP/1.1 in the others)
+    access = (env.root / "logs" / "access_log").read_text()
+    ws_lines = [ln for ln in access.splitlines()
+                if "\"GET /ws/%s " % cid in ln]
+    assert len(ws_lines) == 1, ws_lines
+    assert ("HTTP/2.0\"" in ws_lines[0]) == h2, ws_lines[0]
 
 
 # --------------------------------------------------------------------------

@@ -1,20 +1,14 @@
-"""Stopping httpd (graceful-stop) under the event loop: live pipes keep
-working until a second before GracefulShutdownTimeout, then every one is
-closed with 1001 on both hops, whatever phase it is in, and the child
-exits by itself before httpd would kill it."""
+"""Stopping httpd (graceful-stop) under the event MPM, with either driver:
+live pipes keep working until a second before GracefulShutdownTimeout,
+then every one is closed with 1001 on both hops, whatever phase it is in,
+and the child exits by itself before httpd would kill it."""
 
 import asyncio
 import signal
 
-import pytest
-
-from wsp_env import (DRIVER, GRACEFUL_S, await_until, closed, connect, echo,
+from wsp_env import (GRACEFUL_S, await_until, closed, connect, echo,
                      whoami)
 from wsp_hostile import hostile
-
-pytestmark = pytest.mark.skipif(
-    DRIVER != "event", reason="the thread driver's pipes hold workers "
-    "that httpd kills at stop (README: Limits)")
 
 
 async def stop_and_wait(env, ws, meanwhile=None):
