@@ -41,6 +41,9 @@ struct wsp_name_t {
     apr_status_t err;            /* of the last lookup */
     apr_time_t due;              /* of the next lookup */
     apr_time_t began;            /* the last lookup */
+    apr_interval_time_t interval; /* the shortest resolve= of its lines,
+                                  * 0: WSPersistResolveInterval */
+    int members;                 /* lines make its addresses members */
 };
 
 typedef struct {
@@ -56,6 +59,13 @@ typedef struct {
 } wsp_resolver_t;
 
 static wsp_resolver_t *wsp_rs;
+
+static int wsp_numeric_family(const char *host);
+
+int wsp_resolve_numeric(const char *host)
+{
+    return wsp_numeric_family(host) != APR_UNSPEC;
+}
 
 static int wsp_numeric_family(const char *host)
 {
@@ -172,6 +182,10 @@ static void wsp_lookup(wsp_resolver_t *rs, wsp_name_t *n, apr_time_t began)
                      old ? "; connects keep using " : "",
                      old ? wsp_addrs_text(ap, old) : "");
     }
+    if (changed && n->members) {
+        /* no resolver lock held: this takes the pool lock */
+        wsp_shared_members(rs->s, n->host, sa, ap);
+    }
     drop = ap;
     apr_thread_mutex_lock(rs->mutex);
     n->tried = 1;
@@ -222,7 +236,7 @@ static void *APR_THREAD_FUNC wsp_resolver_main(apr_thread_t *t, void *data)
             continue;
         }
         n->began = now;
-        n->due = now + rs->interval;
+        n->due = now + (n->interval ? n->interval : rs->interval);
         apr_thread_mutex_unlock(rs->mutex);
         wsp_lookup(rs, n, now);
         apr_thread_mutex_lock(rs->mutex);
@@ -310,9 +324,10 @@ void wsp_resolve_stale(const char *host)
 
 /* ---- child_init -------------------------------------------------------- */
 
+/* A member connects to its own address: nothing to wait for. */
 static int wsp_resolve_be_ready(const wsp_backend_t *be)
 {
-    return wsp_resolve_ready(be->host);
+    return be->ip || wsp_resolve_ready(be->host);
 }
 
 /* The hosts of the configuration, and of backends the manager added
@@ -329,6 +344,16 @@ static void wsp_learn_all(wsp_resolver_t *rs, apr_pool_t *ptemp)
             wsp_name_get(rs, APR_ARRAY_IDX(pool->backends, j,
                                            wsp_backend_t *)->host);
         }
+        for (j = 0; pool->names && j < pool->names->nelts; ++j) {
+            wsp_backend_t *be = APR_ARRAY_IDX(pool->names, j,
+                                              wsp_backend_t *);
+            wsp_name_t *n = wsp_name_get(rs, be->host);
+
+            n->members = 1;
+            if (be->resolve && (!n->interval || be->resolve < n->interval)) {
+                n->interval = be->resolve;
+            }
+        }
     }
     snap = wsp_shared_snapshot(ptemp);
     for (i = 0; snap && i < snap->nelts; ++i) {
@@ -338,9 +363,9 @@ static void wsp_learn_all(wsp_resolver_t *rs, apr_pool_t *ptemp)
         for (j = 0; j < bes->nelts; ++j) {
             wsp_backend_t be;
 
-            if (!wsp_backend_parse(ptemp, APR_ARRAY_IDX(bes, j,
+            if (!wsp_backend_parse_slot(ptemp, APR_ARRAY_IDX(bes, j,
                                                         wsp_be_info_t).url,
-                                   &be)) {
+                                   &be) && !be.ip) {
                 wsp_name_get(rs, be.host);
             }
         }

@@ -30,7 +30,7 @@
 
 /* bumped when the layout changes: a graceful restart into a new build
  * does not read an old segment with the new layout */
-#define WSP_SHM_MAGIC 0x77737033u
+#define WSP_SHM_MAGIC 0x77737034u
 #define WSP_POOL_NAME_MAX 256
 #define WSP_NONCE_LEN 32
 
@@ -266,6 +266,45 @@ static int wsp_pool_find_index(wsp_shm_head_t *h, const char *name)
 
 /* ---- the configuration's backends onto the slots ------------------------ */
 
+/* Whether st is a member of name line url in pool idx, retired or not. */
+static int wsp_member_of_line(const wsp_be_shared_t *st, apr_uint32_t idx,
+                              const char *url)
+{
+    apr_size_t len = strlen(url);
+
+    return st->in_use && st->member && st->pool == idx
+           && !strncmp(st->url, url, len) && st->url[len] == ' ';
+}
+
+/* The members of a name line that stays keep their slots, health and
+ * pipes across a restart; the resolver adds and removes from there. */
+static void wsp_bind_members(wsp_shm_head_t *h, wsp_pool_t *pool,
+                             apr_uint32_t idx, unsigned char *claimed)
+{
+    wsp_be_shared_t *slots = wsp_slots_of(h);
+    apr_uint32_t k;
+    int j;
+
+    for (j = 0; pool->names && j < pool->names->nelts; ++j) {
+        wsp_backend_t *line = APR_ARRAY_IDX(pool->names, j, wsp_backend_t *);
+
+        for (k = 0; k < h->nslots; ++k) {
+            wsp_be_shared_t *st = &slots[k];
+
+            if (claimed[k] || !wsp_member_of_line(st, idx, line->url)) {
+                continue;
+            }
+            claimed[k] = 1;
+            st->retired = 0;
+            st->weight = line->weight;
+            st->max_errors = line->max_errors;
+            if (!pool->hcheck) {
+                wsp_slot_hc_clear(st);
+            }
+        }
+    }
+}
+
 static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
                      apr_uint32_t gen, apr_pool_t *ptemp)
 {
@@ -341,6 +380,7 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
             be->slot = s;
             be->st = &slots[s];
         }
+        wsp_bind_members(h, pool, (apr_uint32_t)idx, claimed);
         pool->epoch = h->epoch;
     }
     /* what the configuration no longer names: retired for new children */
@@ -514,7 +554,7 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     wsp_retained_t *rt = NULL;
     apr_uint32_t npools = 0, nslots = 0, nrows;
     char nonce[WSP_NONCE_LEN + 1];
-    int daemons = 0, i;
+    int daemons = 0, i, j;
     apr_status_t rv;
 
     (void)pconf;
@@ -548,6 +588,11 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
         npools++;
         nslots += (apr_uint32_t)(pool->backends->nelts + pool->spare);
+        for (j = 0; pool->names && j < pool->names->nelts; ++j) {
+            nslots += (apr_uint32_t)APR_ARRAY_IDX(pool->names, j,
+                                                  wsp_backend_t *)
+                      ->max_members;
+        }
     }
     ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &daemons);
     /* rows for this generation's children and those still finishing */
@@ -645,7 +690,7 @@ static void wsp_shared_sync(wsp_pool_t *pool)
         }
         if (!be || strcmp(be->url, st->url)) {
             be = apr_pcalloc(wsp_vpool, sizeof(*be));
-            if (wsp_backend_parse(wsp_vpool, st->url, be)) {
+            if (wsp_backend_parse_slot(wsp_vpool, st->url, be)) {
                 continue;           /* checked when it was added */
             }
             be->weight = st->weight;
@@ -981,4 +1026,157 @@ int wsp_shared_manage(apr_pool_t *p, const char *action, const char *pool,
     *msg = apr_psprintf(p, "%s: %s in pool %s", action, url, pool);
     wsp_shared_unlock();
     return status;
+}
+
+/* ---- members of name lines ---------------------------------------------- */
+
+typedef struct {
+    int level;
+    const char *text;
+} wsp_note_t;
+
+static void wsp_note(apr_array_header_t *notes, int level, const char *text)
+{
+    wsp_note_t *n = apr_array_push(notes);
+
+    n->level = level;
+    n->text = text;
+}
+
+/* The distinct addresses of an answer, as text, in its order. */
+static apr_array_header_t *wsp_answer_ips(apr_pool_t *p, apr_sockaddr_t *sa)
+{
+    apr_array_header_t *ips = apr_array_make(p, 4, sizeof(char *));
+    char ip[64];
+    int i;
+
+    for (; sa; sa = sa->next) {
+        apr_sockaddr_ip_getbuf(ip, sizeof(ip), sa);
+        for (i = 0; i < ips->nelts
+                    && strcmp(APR_ARRAY_IDX(ips, i, char *), ip); ++i)
+            ;
+        if (i == ips->nelts) {
+            APR_ARRAY_PUSH(ips, char *) = apr_pstrdup(p, ip);
+        }
+    }
+    return ips;
+}
+
+/* Under the lock: the members of one name line become its answer's
+ * addresses. Members whose address left drain and go as a remove does
+ * (back if it returns first); new addresses get a slot each, up to max=,
+ * oldest members first so that a cap does not churn. */
+static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
+                             wsp_backend_t *line, apr_array_header_t *ips,
+                             apr_array_header_t *notes)
+{
+    wsp_be_shared_t *slots = wsp_slots_of(wsp_head);
+    apr_uint32_t idx = (apr_uint32_t)pool->index, k;
+    const char *rest = NULL;
+    int i, kept = 0, over = 0;
+
+    for (k = 0; k < wsp_head->nslots; ++k) {
+        wsp_be_shared_t *st = &slots[k];
+        int found = 0;
+
+        if (st->retired || !wsp_member_of_line(st, idx, line->url)) {
+            continue;
+        }
+        for (i = 0; i < ips->nelts && !found; ++i) {
+            found = !strcmp(st->url, wsp_member_name(p, line->url,
+                                        APR_ARRAY_IDX(ips, i, char *)));
+        }
+        if (found) {
+            if (st->dns_gone) {
+                st->dns_gone = 0;
+                wsp_pool_enable(st);
+                wsp_note(notes, APLOG_INFO, apr_psprintf(p, "ws_persist: "
+                         "pool %s: backend %s stays: %s has its address "
+                         "again", pool->name, st->url, line->host));
+            }
+            kept++;
+        }
+        else if (!st->dns_gone && !st->removing) {
+            wsp_note(notes, APLOG_INFO, apr_psprintf(p, "ws_persist: pool "
+                     "%s: backend %s leaves: %s no longer has its address",
+                     pool->name, st->url, line->host));
+            st->dns_gone = 1;
+            wsp_pool_drain(st, 1);
+            if (st->pipes <= 0) {
+                wsp_slot_free(wsp_head, st);
+            }
+            wsp_head->admin_epoch++;
+        }
+    }
+    for (i = 0; i < ips->nelts; ++i) {
+        const char *ip = APR_ARRAY_IDX(ips, i, char *);
+        const char *name = wsp_member_name(p, line->url, ip);
+        int s;
+
+        for (k = 0; k < wsp_head->nslots; ++k) {
+            if (!slots[k].retired
+                && wsp_member_of_line(&slots[k], idx, line->url)
+                && !strcmp(slots[k].url, name)) {
+                break;
+            }
+        }
+        if (k < wsp_head->nslots) {
+            continue;
+        }
+        if (kept >= line->max_members
+            || (s = wsp_slot_take(wsp_head, NULL)) < 0) {
+            over++;
+            rest = rest ? apr_pstrcat(p, rest, " ", ip, NULL) : ip;
+            continue;
+        }
+        wsp_slot_init(wsp_head, s, idx, name, line->weight,
+                      line->max_errors);
+        slots[s].member = 1;
+        kept++;
+        wsp_note(notes, APLOG_INFO, apr_psprintf(p, "ws_persist: pool %s: "
+                 "backend %s joins: an address of %s", pool->name, name,
+                 line->host));
+    }
+    /* a hostile or huge answer costs one line, not one per lookup */
+    if (over && !line->capped) {
+        wsp_note(notes, APLOG_WARNING, apr_psprintf(p, "ws_persist: pool "
+                 "%s: backend host %s has %d addresses, more than max=%d "
+                 "of %s: %d not used (%s)", pool->name, line->host,
+                 ips->nelts, line->max_members, line->url, over, rest));
+    }
+    line->capped = over > 0;
+}
+
+void wsp_shared_members(server_rec *s, const char *host,
+                        apr_sockaddr_t *addrs, apr_pool_t *p)
+{
+    apr_array_header_t *cpools = wsp_conf_pools(), *ips, *notes;
+    int i, j;
+
+    if (!wsp_head) {
+        return;
+    }
+    ips = wsp_answer_ips(p, addrs);
+    notes = apr_array_make(p, 4, sizeof(wsp_note_t));
+    wsp_shared_lock();
+    for (i = 0; cpools && i < cpools->nelts; ++i) {
+        wsp_pool_t *pool = APR_ARRAY_IDX(cpools, i, wsp_pool_t *);
+
+        for (j = 0; pool->index >= 0 && pool->names
+                    && j < pool->names->nelts; ++j) {
+            wsp_backend_t *line = APR_ARRAY_IDX(pool->names, j,
+                                                wsp_backend_t *);
+
+            if (!strcasecmp(line->host, host)) {
+                wsp_members_sync(p, pool, line, ips, notes);
+            }
+        }
+    }
+    wsp_shared_unlock();
+    /* logged with no lock held */
+    for (i = 0; i < notes->nelts; ++i) {
+        wsp_note_t *n = &APR_ARRAY_IDX(notes, i, wsp_note_t);
+
+        ap_log_error(APLOG_MARK, n->level, 0, s, "%s", n->text);
+    }
 }
