@@ -7,6 +7,7 @@ it found."""
 
 import asyncio
 import re
+import signal
 
 import pytest
 
@@ -527,3 +528,78 @@ def test_good_backend_resolve_options_pass(env, opts):
                                            + opts]))
     rc, out = httpd.configtest()
     assert rc == 0, out
+
+
+def test_members_checked_each(env, dns):
+    """WSPersistHealthCheck checks each member on its own address: the
+    member whose backend dies fails its check and is taken out, the other
+    passes, and new clients all go to it."""
+    name = "checked.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              "resolve=1s",
+                              "WSPersistHealthCheck tcp interval=200ms "
+                              "timeout=200ms")
+    dead = member(name, port, "127.0.0.3")
+    wait_until(lambda: all(b["check"] and b["check"]["result"] == "pass"
+                           for b in members_of(env, name, port).values()),
+               what="both members' first checks")
+    env.expect_warn(r"ws_persist: health check \(tcp\) of backend %s in "
+                    r"pool /ws/ failed: connect: Connection refused; taken "
+                    r"out until it passes$" % re.escape(dead))
+    bes["127.0.0.3"].kill()
+    wait_until(lambda: members_of(env, name, port)["127.0.0.3"]["check"]
+               ["result"] == "fail", what="the dead member's check failing")
+    ms = members_of(env, name, port)
+    assert ms["127.0.0.3"]["state"] == "error", ms
+    assert ms["127.0.0.2"]["state"] == "ok", ms
+    assert ms["127.0.0.2"]["check"]["result"] == "pass", ms
+
+    async def run():
+        on = await spread(env, 3)
+        assert list(on) == ["m2"], on
+        for ws in on["m2"]:
+            await ws.close()
+    asyncio.run(run())
+
+
+def test_members_in_mod_status(env, dns):
+    """mod_status's ?auto lists each member under its "URL (address)"."""
+    from test_status import STATUS, auto, backend_line
+    name = "shown.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              extra=STATUS)
+
+    async def run():
+        on = await spread(env, 2)
+        lines = auto(env)
+        for ip in ("127.0.0.2", "127.0.0.3"):
+            f = backend_line(lines, member(name, port, ip))
+            assert f["state"] == "ok" and f["pipes"] == 1, f
+        for c in on.values():
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
+
+
+def test_members_kept_across_graceful_restart(env, dns):
+    """A graceful restart keeps the members of a line that stays, with
+    their counters and the pipes on them."""
+    from test_graceful import SLOTS, generations
+    name = "kept.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              extra=SLOTS)
+
+    async def run():
+        on = await spread(env, 2)
+        before = generations(env)
+        env.httpd.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: generations(env) > before, 30,
+                   what="the graceful restart")
+        ms = members_of(env, name, port)
+        assert sorted(ms) == ["127.0.0.2", "127.0.0.3"], ms
+        assert [ms[ip]["served"] for ip in sorted(ms)] == [1, 1], ms
+        for c in on.values():
+            for ws in c:
+                await echo(ws, "after the restart")
+                await ws.close()
+    asyncio.run(run())
