@@ -109,6 +109,8 @@ struct wsp_pool_t {
     int index;                   /* in shared memory, -1: none */
     apr_uint32_t epoch;          /* of the shared slots backends mirrors */
     const wsp_hcheck_t *hcheck;  /* WSPersistHealthCheck, NULL: none */
+    apr_array_header_t *synced[2]; /* the views backends alternates
+                                  * between once synced (wsp_shared.c) */
     apr_array_header_t *names;   /* of wsp_backend_t *: lines with
                                   * resolve= or max=, whose members (one
                                   * per address) are made in backends by

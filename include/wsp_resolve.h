@@ -34,6 +34,11 @@ extern apr_interval_time_t wsp_resolve_interval;
 /* Whether host is an address (IPv4 or IPv6), not a name. */
 int wsp_resolve_numeric(const char *host);
 
+/* ip (a member's address) with port, in p: parsed, never looked up, and
+ * not kept by the resolver (members come and go with DNS answers). */
+apr_status_t wsp_resolve_numeric_addr(apr_sockaddr_t **out, const char *ip,
+                                      apr_port_t port, apr_pool_t *p);
+
 /* child_init: learn the host of every backend the child can see and
  * start the resolver thread. */
 apr_status_t wsp_resolve_child_init(apr_pool_t *pchild, server_rec *s);

@@ -60,13 +60,6 @@ typedef struct {
 
 static wsp_resolver_t *wsp_rs;
 
-static int wsp_numeric_family(const char *host);
-
-int wsp_resolve_numeric(const char *host)
-{
-    return wsp_numeric_family(host) != APR_UNSPEC;
-}
-
 static int wsp_numeric_family(const char *host)
 {
     unsigned char buf[sizeof(struct in6_addr)];
@@ -80,6 +73,24 @@ static int wsp_numeric_family(const char *host)
     }
 #endif
     return APR_UNSPEC;
+}
+
+int wsp_resolve_numeric(const char *host)
+{
+    return wsp_numeric_family(host) != APR_UNSPEC;
+}
+
+/* getaddrinfo() given a numeric host and its family does no I/O. */
+apr_status_t wsp_resolve_numeric_addr(apr_sockaddr_t **out, const char *ip,
+                                      apr_port_t port, apr_pool_t *p)
+{
+    int family = wsp_numeric_family(ip);
+
+    *out = NULL;
+    if (family == APR_UNSPEC) {
+        return APR_EINVAL;
+    }
+    return apr_sockaddr_info_get(out, ip, family, port, 0, p);
 }
 
 /* host's entry, made if new; with the mutex held. A numeric host is

@@ -52,6 +52,7 @@ typedef struct {
     apr_uint32_t deaths;         /* rows the parent marked dead */
     apr_uint32_t deaths_seen;    /* ... up to which they were reclaimed */
     apr_uint32_t nonce_at;       /* which of nonces is the current one */
+    apr_uint32_t gen;            /* of the configuration last bound */
     char nonces[2][WSP_NONCE_LEN + 1];
 } wsp_shm_head_t;
 
@@ -420,6 +421,7 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
         }
     }
     h->epoch++;
+    h->gen = gen;
     for (i = 0; cpools && i < cpools->nelts; ++i) {
         APR_ARRAY_IDX(cpools, i, wsp_pool_t *)->epoch = h->epoch;
     }
@@ -671,15 +673,24 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 static void wsp_shared_sync(wsp_pool_t *pool)
 {
     wsp_be_shared_t *slots;
+    apr_array_header_t *out;
     apr_uint32_t i;
 
     if (!wsp_head || pool->index < 0 || pool->epoch == wsp_head->epoch) {
         return;
     }
     slots = wsp_slots_of(wsp_head);
-    /* the config-time array is shared by every thread: a new one, made
-     * from this process's pool of views, replaces it whole */
-    pool->backends = apr_array_make(wsp_vpool, 4, sizeof(wsp_backend_t *));
+    /* the config-time array is shared by every thread: one made from
+     * this process's pool of views replaces it whole, and later the
+     * other of two, so that a reader of its length outside the lock
+     * never sees one half rebuilt, and members coming and going with
+     * DNS answers do not grow the pool of views */
+    out = pool->synced[pool->backends == pool->synced[0] ? 1 : 0];
+    if (!out) {
+        out = apr_array_make(wsp_vpool, 4, sizeof(wsp_backend_t *));
+        pool->synced[pool->backends == pool->synced[0] ? 1 : 0] = out;
+    }
+    apr_array_clear(out);
     for (i = 0; i < wsp_head->nslots; ++i) {
         wsp_be_shared_t *st = &slots[i];
         wsp_backend_t *be = wsp_views[i];
@@ -700,8 +711,9 @@ static void wsp_shared_sync(wsp_pool_t *pool)
         be->slot = (int)i;
         be->st = st;
         be->mine = wsp_row ? &wsp_row->counts[i] : NULL;
-        APR_ARRAY_PUSH(pool->backends, wsp_backend_t *) = be;
+        APR_ARRAY_PUSH(out, wsp_backend_t *) = be;
     }
+    pool->backends = out;
     pool->epoch = wsp_head->epoch;
 }
 
@@ -1159,7 +1171,10 @@ void wsp_shared_members(server_rec *s, const char *host,
     ips = wsp_answer_ips(p, addrs);
     notes = apr_array_make(p, 4, sizeof(wsp_note_t));
     wsp_shared_lock();
-    for (i = 0; cpools && i < cpools->nelts; ++i) {
+    /* a child of an older generation, still finishing its pipes, has an
+     * older configuration's lines: the members are the new one's */
+    for (i = 0; wsp_head->gen == wsp_gen && cpools && i < cpools->nelts;
+         ++i) {
         wsp_pool_t *pool = APR_ARRAY_IDX(cpools, i, wsp_pool_t *);
 
         for (j = 0; pool->index >= 0 && pool->names
