@@ -147,14 +147,25 @@ static int wsp_addrs_same(const apr_sockaddr_t *a, const apr_sockaddr_t *b)
     return wsp_addrs_within(a, b) && wsp_addrs_within(b, a);
 }
 
+/* The log names this many addresses of an answer: one may hold
+ * thousands (a name line's members, a hostile name server). */
+#define WSP_ADDRS_SHOWN 16
+
 static const char *wsp_addrs_text(apr_pool_t *p, apr_sockaddr_t *sa)
 {
     const char *out = NULL;
     char ip[64];
+    int n = 0;
 
     for (; sa; sa = sa->next) {
+        if (++n > WSP_ADDRS_SHOWN) {
+            continue;
+        }
         apr_sockaddr_ip_getbuf(ip, sizeof(ip), sa);
         out = out ? apr_pstrcat(p, out, " ", ip, NULL) : apr_pstrdup(p, ip);
+    }
+    if (n > WSP_ADDRS_SHOWN) {
+        out = apr_psprintf(p, "%s ... (%d addresses)", out, n);
     }
     return out ? out : "nothing";
 }

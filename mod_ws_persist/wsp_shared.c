@@ -1074,6 +1074,9 @@ static apr_array_header_t *wsp_answer_ips(apr_pool_t *p, apr_sockaddr_t *sa)
     return ips;
 }
 
+/* The log names this many of the addresses left out by max=. */
+#define WSP_OVER_SHOWN 8
+
 /* Under the lock: the members of one name line become its answer's
  * addresses. Members whose address left drain and go as a remove does
  * (back if it returns first); new addresses get a slot each, up to max=,
@@ -1084,8 +1087,15 @@ static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
 {
     wsp_be_shared_t *slots = wsp_slots_of(wsp_head);
     apr_uint32_t idx = (apr_uint32_t)pool->index, k;
+    const char **names = apr_palloc(p, sizeof(char *) * (ips->nelts + 1));
     const char *rest = NULL;
     int i, kept = 0, over = 0;
+
+    /* made once: an answer may hold thousands of addresses */
+    for (i = 0; i < ips->nelts; ++i) {
+        names[i] = wsp_member_name(p, line->url,
+                                   APR_ARRAY_IDX(ips, i, char *));
+    }
 
     for (k = 0; k < wsp_head->nslots; ++k) {
         wsp_be_shared_t *st = &slots[k];
@@ -1095,8 +1105,7 @@ static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
             continue;
         }
         for (i = 0; i < ips->nelts && !found; ++i) {
-            found = !strcmp(st->url, wsp_member_name(p, line->url,
-                                        APR_ARRAY_IDX(ips, i, char *)));
+            found = !strcmp(st->url, names[i]);
         }
         if (found) {
             if (st->dns_gone) {
@@ -1122,7 +1131,7 @@ static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
     }
     for (i = 0; i < ips->nelts; ++i) {
         const char *ip = APR_ARRAY_IDX(ips, i, char *);
-        const char *name = wsp_member_name(p, line->url, ip);
+        const char *name = names[i];
         int s;
 
         for (k = 0; k < wsp_head->nslots; ++k) {
@@ -1137,8 +1146,9 @@ static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
         }
         if (kept >= line->max_members
             || (s = wsp_slot_take(wsp_head, NULL)) < 0) {
-            over++;
-            rest = rest ? apr_pstrcat(p, rest, " ", ip, NULL) : ip;
+            if (++over <= WSP_OVER_SHOWN) {
+                rest = rest ? apr_pstrcat(p, rest, " ", ip, NULL) : ip;
+            }
             continue;
         }
         wsp_slot_init(wsp_head, s, idx, name, line->weight,
@@ -1153,8 +1163,9 @@ static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
     if (over && !line->capped) {
         wsp_note(notes, APLOG_WARNING, apr_psprintf(p, "ws_persist: pool "
                  "%s: backend host %s has %d addresses, more than max=%d "
-                 "of %s: %d not used (%s)", pool->name, line->host,
-                 ips->nelts, line->max_members, line->url, over, rest));
+                 "of %s: %d not used (%s%s)", pool->name, line->host,
+                 ips->nelts, line->max_members, line->url, over, rest,
+                 over > WSP_OVER_SHOWN ? " ..." : ""));
     }
     line->capped = over > 0;
 }
