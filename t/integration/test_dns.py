@@ -604,3 +604,23 @@ def test_members_kept_across_graceful_restart(env, dns):
                 await echo(ws, "after the restart")
                 await ws.close()
     asyncio.run(run())
+
+
+def test_member_drained_by_name(env, dns):
+    """The manager's actions take a member by its "URL (address)": a
+    drained member's clients move to the other member."""
+    name = "managed.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"])
+    gone = member(name, port, "127.0.0.3")
+
+    async def run():
+        on = await spread(env, 2)
+        applied(env, "drain", gone)
+        await await_until(lambda: backend_of(state(env), gone)["state"]
+                          == "drained", 15, what="the member drained")
+        for ws in on["m3"]:
+            assert (await whoami(ws))["name"] == "m2"
+        for c in on.values():
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
