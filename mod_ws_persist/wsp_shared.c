@@ -278,7 +278,8 @@ static int wsp_member_of_line(const wsp_be_shared_t *st, apr_uint32_t idx,
 }
 
 /* The members of a name line that stays keep their slots, health and
- * pipes across a restart; the resolver adds and removes from there. */
+ * pipes across a restart, up to its max= (which may have shrunk); the
+ * resolver adds and removes from there. */
 static void wsp_bind_members(wsp_shm_head_t *h, wsp_pool_t *pool,
                              apr_uint32_t idx, unsigned char *claimed)
 {
@@ -288,14 +289,17 @@ static void wsp_bind_members(wsp_shm_head_t *h, wsp_pool_t *pool,
 
     for (j = 0; pool->names && j < pool->names->nelts; ++j) {
         wsp_backend_t *line = APR_ARRAY_IDX(pool->names, j, wsp_backend_t *);
+        int kept = 0;
 
-        for (k = 0; k < h->nslots; ++k) {
+        for (k = 0; k < h->nslots && kept < line->max_members; ++k) {
             wsp_be_shared_t *st = &slots[k];
 
-            if (claimed[k] || !wsp_member_of_line(st, idx, line->url)) {
+            if (claimed[k] || !wsp_member_of_line(st, idx, line->url)
+                || st->dns_gone) {
                 continue;
             }
             claimed[k] = 1;
+            kept++;
             st->retired = 0;
             st->weight = line->weight;
             st->max_errors = line->max_errors;
