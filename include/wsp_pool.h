@@ -119,6 +119,8 @@ struct wsp_pool_t {
 
 #define WSP_MEMBERS_DEFAULT 8
 #define WSP_MEMBERS_MAX     256
+/* what a member's name adds to its line's URL: " (" address ")" */
+#define WSP_MEMBER_SUFFIX_MAX 64
 
 /* Shared memory hooks, none in the unit tests: the pool lock (global
  * across children) and a re-read of a pool's backends when slots were

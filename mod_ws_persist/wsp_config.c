@@ -287,7 +287,7 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
     const char *url = ap_getword_conf(cmd->pool, &args);
     const char *err;
     wsp_pool_t *pool;
-    int by_name;
+    int by_name, longest;
 
     if (!*url) {
         return apr_pstrcat(cmd->pool, cmd->cmd->name,
@@ -302,13 +302,14 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
                        "ssl_module before this line, then SSLProxyEngine "
                        "on)");
     }
-    /* room for a member's " (IPv6 address)" too */
-    if (strlen(url) >= WSP_URL_MAX - 64) {
-        return wsp_bad(cmd, url, apr_psprintf(cmd->pool, "longer than %d "
-                       "characters", WSP_URL_MAX - 65));
-    }
     if ((err = wsp_backend_opts(cmd, args, be, &by_name))) {
         return err;
+    }
+    /* a member's name is the URL and " (IPv6 address)" */
+    longest = WSP_URL_MAX - 1 - (by_name ? WSP_MEMBER_SUFFIX_MAX : 0);
+    if (strlen(url) > (apr_size_t)longest) {
+        return wsp_bad(cmd, url, apr_psprintf(cmd->pool, "longer than %d "
+                       "characters", longest));
     }
     be->st->weight = be->weight;
     be->st->max_errors = be->max_errors;

@@ -383,11 +383,11 @@ static void wsp_learn_all(wsp_resolver_t *rs, apr_pool_t *ptemp)
                                                 wsp_pool_info_t).backends;
 
         for (j = 0; j < bes->nelts; ++j) {
+            const char *url = APR_ARRAY_IDX(bes, j, wsp_be_info_t).url;
             wsp_backend_t be;
 
-            if (!wsp_backend_parse_slot(ptemp, APR_ARRAY_IDX(bes, j,
-                                                        wsp_be_info_t).url,
-                                   &be) && !be.ip) {
+            /* a member connects to its address: nothing to learn */
+            if (!wsp_backend_parse_slot(ptemp, url, &be) && !be.ip) {
                 wsp_name_get(rs, be.host);
             }
         }
