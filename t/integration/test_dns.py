@@ -625,3 +625,32 @@ def test_member_drained_by_name(env, dns):
             for ws in c:
                 await ws.close()
     asyncio.run(run())
+
+
+def test_two_children_agree_on_members(env, dns):
+    """Two children, each with its resolver, see one set of members in
+    the shared memory: no address twice, and a dropped address leaves
+    once for both."""
+    from wsp_manage import TWO_CHILDREN
+    name = "shared.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              extra=TWO_CHILDREN)
+    wait_until(lambda: len(env.httpd.children()) == 2,
+               what="two children")
+    prefix = "ws://%s:%d/echo/ (" % (name, port)
+
+    def urls():
+        return sorted(b["url"] for b in pool_of(state(env))["backends"]
+                      if b["url"].startswith(prefix))
+
+    wait_queries(dns, name, 2)          # both children looked it up
+    assert urls() == [member(name, port, "127.0.0.2"),
+                      member(name, port, "127.0.0.3")]
+    dns.set(name, ["127.0.0.2"])
+    wait_until(lambda: urls() == [member(name, port, "127.0.0.2")], 15,
+               interval=0.1, what="the dropped address's member to leave")
+    n = dns.count(name)
+    wait_queries(dns, name, n + 4)      # both children looked again
+    assert urls() == [member(name, port, "127.0.0.2")]
+    assert len(env.httpd.log_lines(r"backend %s leaves" % re.escape(
+        member(name, port, "127.0.0.3")))) == 1
