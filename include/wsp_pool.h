@@ -52,6 +52,10 @@ typedef struct {
     apr_int32_t max_errors;
     apr_int32_t consecutive_errors;
     apr_int32_t pipes;           /* pipes using or connecting to it */
+    apr_uint32_t member;         /* an address of a name's backend line
+                                  * (resolve=, max=): url is "URL (IP)" */
+    apr_uint32_t dns_gone;       /* its address left the name's answer:
+                                  * removing, back if it returns */
     apr_uint32_t pad;
     apr_uint64_t errors;
     apr_uint64_t served;         /* handshakes that succeeded */
@@ -82,6 +86,13 @@ typedef struct wsp_backend_t {
     int weight;                  /* >= 1 */
     int max_errors;              /* 0: the pool's WSPersistMaxErrors */
     apr_sockaddr_t *addr;        /* resolved on first use */
+    const char *ip;              /* a member's address: connects go there,
+                                  * Host and SNI stay host; NULL: host's
+                                  * addresses */
+    apr_interval_time_t resolve; /* a name line's resolve=, 0: the
+                                  * server's WSPersistResolveInterval */
+    int max_members;             /* a name line's max= */
+    int capped;                  /* its answer passed max= (logged once) */
 
     wsp_be_shared_t *st;         /* shared state */
     apr_uint32_t *mine;          /* this process's pipes on it, or NULL */
@@ -98,7 +109,18 @@ struct wsp_pool_t {
     int index;                   /* in shared memory, -1: none */
     apr_uint32_t epoch;          /* of the shared slots backends mirrors */
     const wsp_hcheck_t *hcheck;  /* WSPersistHealthCheck, NULL: none */
+    apr_array_header_t *synced[2]; /* the views backends alternates
+                                  * between once synced (wsp_shared.c) */
+    apr_array_header_t *names;   /* of wsp_backend_t *: lines with
+                                  * resolve= or max=, whose members (one
+                                  * per address) are made in backends by
+                                  * the resolver; NULL: none */
 };
+
+#define WSP_MEMBERS_DEFAULT 8
+#define WSP_MEMBERS_MAX     256
+/* what a member's name adds to its line's URL: " (" address ")" */
+#define WSP_MEMBER_SUFFIX_MAX 64
 
 /* Shared memory hooks, none in the unit tests: the pool lock (global
  * across children) and a re-read of a pool's backends when slots were
@@ -129,6 +151,13 @@ typedef struct {
  * Returns NULL or an error text. */
 const char *wsp_backend_parse(apr_pool_t *p, const char *url,
                               wsp_backend_t *be);
+
+/* The name of a member of a name line: "URL (IP)". */
+const char *wsp_member_name(apr_pool_t *p, const char *url, const char *ip);
+
+/* Parse a slot's name, a URL or a member's "URL (IP)", into be. */
+const char *wsp_backend_parse_slot(apr_pool_t *p, const char *name,
+                                   wsp_backend_t *be);
 
 /* Give be local shared state (unit tests, config time before the shared
  * memory exists). */
@@ -173,6 +202,9 @@ void wsp_pool_failed(wsp_pool_t *pool, const wsp_pool_opts_t *o,
 
 /* be completed a handshake: errors in a row reset, served counted. */
 void wsp_pool_succeeded(wsp_pool_t *pool, wsp_backend_t *be);
+
+/* How many backends pool has as every child sees them now. */
+int wsp_pool_size(wsp_pool_t *pool);
 
 /* The backends of pool as every child sees them now, a copy in p (the
  * health checker's round over them). */

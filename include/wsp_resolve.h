@@ -1,8 +1,10 @@
 /* Backend host names, resolved where no pipe waits for them: one resolver
  * thread per child looks every name up at child_init and again every
- * WSPersistResolveInterval, and keeps the addresses for connects to copy
- * (DESIGN 8: a loop thread never does a blocking lookup). Numeric
- * addresses are parsed once and never looked up. */
+ * WSPersistResolveInterval (or its line's resolve=), and keeps the
+ * addresses for connects to copy (DESIGN 8: a loop thread never does a
+ * blocking lookup). Numeric addresses are parsed once and never looked
+ * up. The names of lines with resolve= or max= have their answers made
+ * into members of their pools (wsp_shared_members) when they change. */
 #ifndef WSP_RESOLVE_H
 #define WSP_RESOLVE_H
 
@@ -28,6 +30,14 @@
 
 /* WSPersistResolveInterval; wsp_conf_reset() sets the default again. */
 extern apr_interval_time_t wsp_resolve_interval;
+
+/* Whether host is an address (IPv4 or IPv6), not a name. */
+int wsp_resolve_numeric(const char *host);
+
+/* ip (a member's address) with port, in p: parsed, never looked up, and
+ * not kept by the resolver (members come and go with DNS answers). */
+apr_status_t wsp_resolve_numeric_addr(apr_sockaddr_t **out, const char *ip,
+                                      apr_port_t port, apr_pool_t *p);
 
 /* child_init: learn the host of every backend the child can see and
  * start the resolver thread. */

@@ -86,4 +86,12 @@ int wsp_shared_manage(apr_pool_t *p, const char *action, const char *pool,
  * backends when it moves. */
 apr_uint32_t wsp_shared_admin_epoch(void);
 
+/* The resolver found addrs (in p) for host, the name of backend lines
+ * with resolve= or max=: each address, up to the line's max=, is made a
+ * member of the line's pool, and members whose address left take no new
+ * pipe, move their pipes and go (as remove does); in shared memory, so
+ * every child agrees. Logs what changed, with no lock held. */
+void wsp_shared_members(server_rec *s, const char *host,
+                        apr_sockaddr_t *addrs, apr_pool_t *p);
+
 #endif /* WSP_SHARED_H */

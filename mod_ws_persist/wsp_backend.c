@@ -62,10 +62,11 @@ apr_status_t wsp_bconn_open(wsp_bconn_t **out, apr_pool_t *parent,
     bc->require_protocol = require_protocol;
     wsp_accept_make(key, bc->accept);
 
-    rv = wsp_resolve_addr(&bc->addr, be->host, be->port, p);
+    rv = be->ip ? wsp_resolve_numeric_addr(&bc->addr, be->ip, be->port, p)
+                : wsp_resolve_addr(&bc->addr, be->host, be->port, p);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_DEBUG, rv, s, "ws_persist: backend "
-                     "%s: %s: %s", be->url, be->host,
+                     "%s: %s: %s", be->url, be->ip ? be->ip : be->host,
                      rv == WSP_RESOLVE_PENDING ? "not resolved yet"
                                                : "does not resolve");
     }

@@ -40,6 +40,9 @@ typedef struct {
 /* The checker thread's alone. */
 static apr_pool_t *wsp_ck_pool;
 static apr_array_header_t *wsp_probes;   /* of wsp_probe_t * */
+static apr_array_header_t *wsp_spare;    /* of wsp_probe_t *: of backends
+                                          * gone, for reuse (members come
+                                          * and go with DNS answers) */
 static apr_uint32_t wsp_ck_round;
 static server_rec *wsp_ck_server;
 static apr_uint32_t wsp_ck_ready;        /* the child's shared state is
@@ -249,7 +252,13 @@ static wsp_probe_t *wsp_probe_of(wsp_pool_t *pool, wsp_backend_t *be,
             return pr;
         }
     }
-    pr = apr_pcalloc(wsp_ck_pool, sizeof(*pr));
+    if (wsp_spare->nelts > 0) {
+        pr = *(wsp_probe_t **)apr_array_pop(wsp_spare);
+        memset(pr, 0, sizeof(*pr));
+    }
+    else {
+        pr = apr_pcalloc(wsp_ck_pool, sizeof(*pr));
+    }
     pr->pool = pool;
     pr->be = be;
     pr->next_at = now;
@@ -286,8 +295,7 @@ static void wsp_checker_start_due(apr_time_t now, apr_pool_t *ptemp)
         wsp_probe_t *pr = APR_ARRAY_IDX(wsp_probes, i, wsp_probe_t *);
 
         if (pr->round != wsp_ck_round && !pr->bc) {
-            /* a few bytes left in the checker's pool: backends removed
-             * at run time are rare */
+            APR_ARRAY_PUSH(wsp_spare, wsp_probe_t *) = pr;
             APR_ARRAY_IDX(wsp_probes, i, wsp_probe_t *)
                 = APR_ARRAY_IDX(wsp_probes, wsp_probes->nelts - 1,
                                 wsp_probe_t *);
@@ -363,6 +371,7 @@ static void wsp_checker_stop(void)
         }
     }
     wsp_probes = NULL;
+    wsp_spare = NULL;
     if (wsp_ck_pool) {
         apr_pool_destroy(wsp_ck_pool);
         wsp_ck_pool = NULL;
@@ -386,6 +395,7 @@ static apr_status_t wsp_checker_callback(int state, void *data,
         }
         apr_allocator_owner_set(alloc, wsp_ck_pool);
         wsp_probes = apr_array_make(wsp_ck_pool, 8, sizeof(wsp_probe_t *));
+        wsp_spare = apr_array_make(wsp_ck_pool, 8, sizeof(wsp_probe_t *));
         ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, wsp_ck_server,
                      "ws_persist: health checks run in this child");
         break;

@@ -206,12 +206,88 @@ static wsp_pool_t *wsp_conf_pool(cmd_parms *cmd, wsp_dir_conf_t *conf)
     return pool;
 }
 
+#define WSP_BACKEND_OPTS "expected weight=N, max_errors=N, resolve=TIME or " \
+                         "max=N"
+
+/* A whole number option, named whole in its error: "max=0". */
+static const char *wsp_parse_opt_int(cmd_parms *cmd, const char *word,
+                                     const char *val, int min, int max,
+                                     int *out)
+{
+    if (wsp_parse_int(cmd, val, min, max, out)) {
+        return wsp_bad(cmd, word, apr_psprintf(cmd->pool, "expected a "
+                       "whole number from %d to %d", min, max));
+    }
+    return NULL;
+}
+
+/* resolve=: how often this line's name is looked up, at least 1s as
+ * WSPersistResolveInterval. */
+static const char *wsp_parse_resolve(cmd_parms *cmd, const char *word,
+                                     const char *val, wsp_backend_t *be)
+{
+    const char *err = wsp_parse_time(val, &be->resolve);
+
+    if (err) {
+        return wsp_bad(cmd, word, err);
+    }
+    if (be->resolve < WSP_RESOLVE_MIN_INTERVAL) {
+        return wsp_bad(cmd, word, "resolve= must be at least 1s");
+    }
+    return NULL;
+}
+
+/* A line with resolve= or max= names a host whose every address is a
+ * member of the pool; one without is a single backend, as before. */
+static const char *wsp_backend_opts(cmd_parms *cmd, const char *args,
+                                    wsp_backend_t *be, int *by_name)
+{
+    const char *word, *err;
+
+    *by_name = 0;
+    while (*(word = ap_getword_conf(cmd->pool, &args))) {
+        const char *val = ap_strchr_c(word, '=');
+        char *key;
+
+        if (!val) {
+            return wsp_bad(cmd, word, WSP_BACKEND_OPTS);
+        }
+        key = apr_pstrmemdup(cmd->pool, word, val - word);
+        val++;
+        if (!strcasecmp(key, "weight")) {
+            err = wsp_parse_opt_int(cmd, word, val, 1, 1000, &be->weight);
+        }
+        else if (!strcasecmp(key, "max_errors")) {
+            err = wsp_parse_opt_int(cmd, word, val, 1, 1000000,
+                                    &be->max_errors);
+        }
+        else if (!strcasecmp(key, "resolve")) {
+            err = wsp_parse_resolve(cmd, word, val, be);
+            *by_name = 1;
+        }
+        else if (!strcasecmp(key, "max")) {
+            err = wsp_parse_opt_int(cmd, word, val, 1, WSP_MEMBERS_MAX,
+                                    &be->max_members);
+            *by_name = 1;
+        }
+        else {
+            err = wsp_bad(cmd, word, WSP_BACKEND_OPTS);
+        }
+        if (err) {
+            return err;
+        }
+    }
+    return NULL;
+}
+
 static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
 {
     wsp_dir_conf_t *conf = dconf;
     wsp_backend_t *be = apr_pcalloc(cmd->pool, sizeof(*be));
     const char *url = ap_getword_conf(cmd->pool, &args);
-    const char *err, *word;
+    const char *err;
+    wsp_pool_t *pool;
+    int by_name, longest;
 
     if (!*url) {
         return apr_pstrcat(cmd->pool, cmd->cmd->name,
@@ -226,35 +302,33 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, const char *args)
                        "ssl_module before this line, then SSLProxyEngine "
                        "on)");
     }
-    if (strlen(url) >= WSP_URL_MAX) {
-        return wsp_bad(cmd, url, apr_psprintf(cmd->pool, "longer than %d "
-                       "characters", WSP_URL_MAX - 1));
+    if ((err = wsp_backend_opts(cmd, args, be, &by_name))) {
+        return err;
     }
-    while (*(word = ap_getword_conf(cmd->pool, &args))) {
-        const char *val = ap_strchr_c(word, '=');
-        char *key;
-
-        if (!val) {
-            return wsp_bad(cmd, word, "expected weight=N or max_errors=N");
-        }
-        key = apr_pstrmemdup(cmd->pool, word, val - word);
-        val++;
-        if (!strcasecmp(key, "weight")) {
-            err = wsp_parse_int(cmd, val, 1, 1000, &be->weight);
-        }
-        else if (!strcasecmp(key, "max_errors")) {
-            err = wsp_parse_int(cmd, val, 1, 1000000, &be->max_errors);
-        }
-        else {
-            err = wsp_bad(cmd, word, "expected weight=N or max_errors=N");
-        }
-        if (err) {
-            return err;
-        }
+    /* a member's name is the URL and " (IPv6 address)" */
+    longest = WSP_URL_MAX - 1 - (by_name ? WSP_MEMBER_SUFFIX_MAX : 0);
+    if (strlen(url) > (apr_size_t)longest) {
+        return wsp_bad(cmd, url, apr_psprintf(cmd->pool, "longer than %d "
+                       "characters", longest));
     }
     be->st->weight = be->weight;
     be->st->max_errors = be->max_errors;
-    APR_ARRAY_PUSH(wsp_conf_pool(cmd, conf)->backends, wsp_backend_t *) = be;
+    pool = wsp_conf_pool(cmd, conf);
+    if (!by_name) {
+        APR_ARRAY_PUSH(pool->backends, wsp_backend_t *) = be;
+        return NULL;
+    }
+    if (wsp_resolve_numeric(be->host)) {
+        return wsp_bad(cmd, url, "resolve= and max= are for a host name; "
+                       "this host is an address");
+    }
+    if (!be->max_members) {
+        be->max_members = WSP_MEMBERS_DEFAULT;
+    }
+    if (!pool->names) {
+        pool->names = apr_array_make(cmd->pool, 2, sizeof(wsp_backend_t *));
+    }
+    APR_ARRAY_PUSH(pool->names, wsp_backend_t *) = be;
     return NULL;
 }
 
@@ -568,7 +642,9 @@ static const char *set_allowed_origin(cmd_parms *cmd, void *dconf,
 const command_rec wsp_cmds[] = {
     AP_INIT_RAW_ARGS("WSPersistBackend", set_backend, NULL, RSRC_CONF
                      | ACCESS_CONF, "ws://host:port/path [weight=N] "
-                     "[max_errors=N]: a backend of this location's pool"),
+                     "[max_errors=N] [resolve=TIME] [max=N]: a backend of "
+                     "this location's pool; with resolve= or max=, each "
+                     "address of the host is one"),
     AP_INIT_TAKE1("WSPersistBackendSlots", set_backend_slots, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "spare slots for backends added at run time (16)"),

@@ -217,7 +217,8 @@ apr_interval_time_t wsp_attempt_time(const wsp_pipe_t *p)
 /* Start a handshake with the next usable backend, if any. */
 static void wsp_connect_next(wsp_pipe_t *p, apr_time_t now)
 {
-    int tries = p->conf->pool->backends->nelts;
+    /* as every child sees the pool now: members come and go */
+    int tries = wsp_pool_size(p->conf->pool);
 
     while (!p->b->bc && tries-- > 0) {
         apr_time_t next = 0;

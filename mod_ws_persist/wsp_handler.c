@@ -284,7 +284,8 @@ int wsp_handler(request_rec *r)
         return DECLINED;
     }
     conf = ap_get_module_config(r->per_dir_config, &ws_persist_module);
-    if (!conf->pool || conf->pool->backends->nelts == 0) {
+    if (!conf->pool
+        || (conf->pool->backends->nelts == 0 && !conf->pool->names)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ws_persist: client - "
                       "(%s) backend -: no WSPersistBackend for %s",
                       r->useragent_ip, r->uri);

@@ -208,6 +208,37 @@ const char *wsp_backend_parse(apr_pool_t *p, const char *url,
     return NULL;
 }
 
+const char *wsp_member_name(apr_pool_t *p, const char *url, const char *ip)
+{
+    return apr_pstrcat(p, url, " (", ip, ")", NULL);
+}
+
+/* A member's name is its line's URL and its address: the URL cannot hold
+ * a space, so the first one ends it. */
+const char *wsp_backend_parse_slot(apr_pool_t *p, const char *name,
+                                   wsp_backend_t *be)
+{
+    const char *sp = strchr(name, ' '), *err;
+    apr_size_t len;
+
+    if (!sp) {
+        return wsp_backend_parse(p, name, be);
+    }
+    len = strlen(sp);
+    if (len < 4 || sp[1] != '(' || sp[len - 1] != ')') {
+        return apr_psprintf(p, "backend '%s': not a URL", name);
+    }
+    if ((err = wsp_backend_parse(p, apr_pstrmemdup(p, name,
+                                                   (apr_size_t)(sp - name)),
+                                 be))) {
+        return err;
+    }
+    be->ip = apr_pstrmemdup(p, sp + 2, len - 3);
+    be->url = apr_pstrdup(p, name);
+    apr_cpystrn(be->st->url, be->url, WSP_URL_MAX);
+    return NULL;
+}
+
 static int wsp_backing_off(const wsp_be_shared_t *st, apr_time_t now)
 {
     return st->state != WSP_BE_REMOVED && st->retry_at > now;
@@ -407,6 +438,19 @@ void wsp_pool_succeeded(wsp_pool_t *pool, wsp_backend_t *be)
     }
     st->served++;
     wsp_pool_unlock();
+}
+
+int wsp_pool_size(wsp_pool_t *pool)
+{
+    int n;
+
+    wsp_pool_lock();
+    if (wsp_hooks.sync) {
+        wsp_hooks.sync(pool);
+    }
+    n = pool->backends->nelts;
+    wsp_pool_unlock();
+    return n;
 }
 
 apr_array_header_t *wsp_pool_backends(wsp_pool_t *pool, apr_pool_t *p)

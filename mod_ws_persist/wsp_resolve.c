@@ -41,6 +41,9 @@ struct wsp_name_t {
     apr_status_t err;            /* of the last lookup */
     apr_time_t due;              /* of the next lookup */
     apr_time_t began;            /* the last lookup */
+    apr_interval_time_t interval; /* the shortest resolve= of its lines,
+                                  * 0: WSPersistResolveInterval */
+    int members;                 /* lines make its addresses members */
 };
 
 typedef struct {
@@ -70,6 +73,24 @@ static int wsp_numeric_family(const char *host)
     }
 #endif
     return APR_UNSPEC;
+}
+
+int wsp_resolve_numeric(const char *host)
+{
+    return wsp_numeric_family(host) != APR_UNSPEC;
+}
+
+/* getaddrinfo() given a numeric host and its family does no I/O. */
+apr_status_t wsp_resolve_numeric_addr(apr_sockaddr_t **out, const char *ip,
+                                      apr_port_t port, apr_pool_t *p)
+{
+    int family = wsp_numeric_family(ip);
+
+    *out = NULL;
+    if (family == APR_UNSPEC) {
+        return APR_EINVAL;
+    }
+    return apr_sockaddr_info_get(out, ip, family, port, 0, p);
 }
 
 /* host's entry, made if new; with the mutex held. A numeric host is
@@ -126,14 +147,25 @@ static int wsp_addrs_same(const apr_sockaddr_t *a, const apr_sockaddr_t *b)
     return wsp_addrs_within(a, b) && wsp_addrs_within(b, a);
 }
 
+/* The log names this many addresses of an answer: one may hold
+ * thousands (a name line's members, a hostile name server). */
+#define WSP_ADDRS_SHOWN 16
+
 static const char *wsp_addrs_text(apr_pool_t *p, apr_sockaddr_t *sa)
 {
     const char *out = NULL;
     char ip[64];
+    int n = 0;
 
     for (; sa; sa = sa->next) {
+        if (++n > WSP_ADDRS_SHOWN) {
+            continue;
+        }
         apr_sockaddr_ip_getbuf(ip, sizeof(ip), sa);
         out = out ? apr_pstrcat(p, out, " ", ip, NULL) : apr_pstrdup(p, ip);
+    }
+    if (n > WSP_ADDRS_SHOWN) {
+        out = apr_psprintf(p, "%s ... (%d addresses)", out, n);
     }
     return out ? out : "nothing";
 }
@@ -171,6 +203,10 @@ static void wsp_lookup(wsp_resolver_t *rs, wsp_name_t *n, apr_time_t began)
                      "cannot resolve backend host %s%s%s", n->host,
                      old ? "; connects keep using " : "",
                      old ? wsp_addrs_text(ap, old) : "");
+    }
+    if (changed && n->members) {
+        /* no resolver lock held: this takes the pool lock */
+        wsp_shared_members(rs->s, n->host, sa, ap);
     }
     drop = ap;
     apr_thread_mutex_lock(rs->mutex);
@@ -222,7 +258,7 @@ static void *APR_THREAD_FUNC wsp_resolver_main(apr_thread_t *t, void *data)
             continue;
         }
         n->began = now;
-        n->due = now + rs->interval;
+        n->due = now + (n->interval ? n->interval : rs->interval);
         apr_thread_mutex_unlock(rs->mutex);
         wsp_lookup(rs, n, now);
         apr_thread_mutex_lock(rs->mutex);
@@ -310,9 +346,10 @@ void wsp_resolve_stale(const char *host)
 
 /* ---- child_init -------------------------------------------------------- */
 
+/* A member connects to its own address: nothing to wait for. */
 static int wsp_resolve_be_ready(const wsp_backend_t *be)
 {
-    return wsp_resolve_ready(be->host);
+    return be->ip || wsp_resolve_ready(be->host);
 }
 
 /* The hosts of the configuration, and of backends the manager added
@@ -329,6 +366,16 @@ static void wsp_learn_all(wsp_resolver_t *rs, apr_pool_t *ptemp)
             wsp_name_get(rs, APR_ARRAY_IDX(pool->backends, j,
                                            wsp_backend_t *)->host);
         }
+        for (j = 0; pool->names && j < pool->names->nelts; ++j) {
+            wsp_backend_t *be = APR_ARRAY_IDX(pool->names, j,
+                                              wsp_backend_t *);
+            wsp_name_t *n = wsp_name_get(rs, be->host);
+
+            n->members = 1;
+            if (be->resolve && (!n->interval || be->resolve < n->interval)) {
+                n->interval = be->resolve;
+            }
+        }
     }
     snap = wsp_shared_snapshot(ptemp);
     for (i = 0; snap && i < snap->nelts; ++i) {
@@ -336,11 +383,11 @@ static void wsp_learn_all(wsp_resolver_t *rs, apr_pool_t *ptemp)
                                                 wsp_pool_info_t).backends;
 
         for (j = 0; j < bes->nelts; ++j) {
+            const char *url = APR_ARRAY_IDX(bes, j, wsp_be_info_t).url;
             wsp_backend_t be;
 
-            if (!wsp_backend_parse(ptemp, APR_ARRAY_IDX(bes, j,
-                                                        wsp_be_info_t).url,
-                                   &be)) {
+            /* a member connects to its address: nothing to learn */
+            if (!wsp_backend_parse_slot(ptemp, url, &be) && !be.ip) {
                 wsp_name_get(rs, be.host);
             }
         }

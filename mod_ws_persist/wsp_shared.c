@@ -30,7 +30,7 @@
 
 /* bumped when the layout changes: a graceful restart into a new build
  * does not read an old segment with the new layout */
-#define WSP_SHM_MAGIC 0x77737033u
+#define WSP_SHM_MAGIC 0x77737034u
 #define WSP_POOL_NAME_MAX 256
 #define WSP_NONCE_LEN 32
 
@@ -52,6 +52,7 @@ typedef struct {
     apr_uint32_t deaths;         /* rows the parent marked dead */
     apr_uint32_t deaths_seen;    /* ... up to which they were reclaimed */
     apr_uint32_t nonce_at;       /* which of nonces is the current one */
+    apr_uint32_t gen;            /* of the configuration last bound */
     char nonces[2][WSP_NONCE_LEN + 1];
 } wsp_shm_head_t;
 
@@ -266,6 +267,49 @@ static int wsp_pool_find_index(wsp_shm_head_t *h, const char *name)
 
 /* ---- the configuration's backends onto the slots ------------------------ */
 
+/* Whether st is a member of name line url in pool idx, retired or not. */
+static int wsp_member_of_line(const wsp_be_shared_t *st, apr_uint32_t idx,
+                              const char *url)
+{
+    apr_size_t len = strlen(url);
+
+    return st->in_use && st->member && st->pool == idx
+           && !strncmp(st->url, url, len) && st->url[len] == ' ';
+}
+
+/* The members of a name line that stays keep their slots, health and
+ * pipes across a restart, up to its max= (which may have shrunk); the
+ * resolver adds and removes from there. */
+static void wsp_bind_members(wsp_shm_head_t *h, wsp_pool_t *pool,
+                             apr_uint32_t idx, unsigned char *claimed)
+{
+    wsp_be_shared_t *slots = wsp_slots_of(h);
+    apr_uint32_t k;
+    int j;
+
+    for (j = 0; pool->names && j < pool->names->nelts; ++j) {
+        wsp_backend_t *line = APR_ARRAY_IDX(pool->names, j, wsp_backend_t *);
+        int kept = 0;
+
+        for (k = 0; k < h->nslots && kept < line->max_members; ++k) {
+            wsp_be_shared_t *st = &slots[k];
+
+            if (claimed[k] || !wsp_member_of_line(st, idx, line->url)
+                || st->dns_gone) {
+                continue;
+            }
+            claimed[k] = 1;
+            kept++;
+            st->retired = 0;
+            st->weight = line->weight;
+            st->max_errors = line->max_errors;
+            if (!pool->hcheck) {
+                wsp_slot_hc_clear(st);
+            }
+        }
+    }
+}
+
 static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
                      apr_uint32_t gen, apr_pool_t *ptemp)
 {
@@ -341,6 +385,7 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
             be->slot = s;
             be->st = &slots[s];
         }
+        wsp_bind_members(h, pool, (apr_uint32_t)idx, claimed);
         pool->epoch = h->epoch;
     }
     /* what the configuration no longer names: retired for new children */
@@ -380,6 +425,7 @@ static void wsp_bind(wsp_shm_head_t *h, apr_array_header_t *cpools,
         }
     }
     h->epoch++;
+    h->gen = gen;
     for (i = 0; cpools && i < cpools->nelts; ++i) {
         APR_ARRAY_IDX(cpools, i, wsp_pool_t *)->epoch = h->epoch;
     }
@@ -514,7 +560,7 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     wsp_retained_t *rt = NULL;
     apr_uint32_t npools = 0, nslots = 0, nrows;
     char nonce[WSP_NONCE_LEN + 1];
-    int daemons = 0, i;
+    int daemons = 0, i, j;
     apr_status_t rv;
 
     (void)pconf;
@@ -548,6 +594,11 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
         npools++;
         nslots += (apr_uint32_t)(pool->backends->nelts + pool->spare);
+        for (j = 0; pool->names && j < pool->names->nelts; ++j) {
+            nslots += (apr_uint32_t)APR_ARRAY_IDX(pool->names, j,
+                                                  wsp_backend_t *)
+                      ->max_members;
+        }
     }
     ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &daemons);
     /* rows for this generation's children and those still finishing */
@@ -626,15 +677,24 @@ int wsp_shared_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 static void wsp_shared_sync(wsp_pool_t *pool)
 {
     wsp_be_shared_t *slots;
+    apr_array_header_t *out;
     apr_uint32_t i;
 
     if (!wsp_head || pool->index < 0 || pool->epoch == wsp_head->epoch) {
         return;
     }
     slots = wsp_slots_of(wsp_head);
-    /* the config-time array is shared by every thread: a new one, made
-     * from this process's pool of views, replaces it whole */
-    pool->backends = apr_array_make(wsp_vpool, 4, sizeof(wsp_backend_t *));
+    /* the config-time array is shared by every thread: one made from
+     * this process's pool of views replaces it whole, and later the
+     * other of two, so that a reader of its length outside the lock
+     * never sees one half rebuilt, and members coming and going with
+     * DNS answers do not grow the pool of views */
+    out = pool->synced[pool->backends == pool->synced[0] ? 1 : 0];
+    if (!out) {
+        out = apr_array_make(wsp_vpool, 4, sizeof(wsp_backend_t *));
+        pool->synced[pool->backends == pool->synced[0] ? 1 : 0] = out;
+    }
+    apr_array_clear(out);
     for (i = 0; i < wsp_head->nslots; ++i) {
         wsp_be_shared_t *st = &slots[i];
         wsp_backend_t *be = wsp_views[i];
@@ -645,7 +705,7 @@ static void wsp_shared_sync(wsp_pool_t *pool)
         }
         if (!be || strcmp(be->url, st->url)) {
             be = apr_pcalloc(wsp_vpool, sizeof(*be));
-            if (wsp_backend_parse(wsp_vpool, st->url, be)) {
+            if (wsp_backend_parse_slot(wsp_vpool, st->url, be)) {
                 continue;           /* checked when it was added */
             }
             be->weight = st->weight;
@@ -655,8 +715,9 @@ static void wsp_shared_sync(wsp_pool_t *pool)
         be->slot = (int)i;
         be->st = st;
         be->mine = wsp_row ? &wsp_row->counts[i] : NULL;
-        APR_ARRAY_PUSH(pool->backends, wsp_backend_t *) = be;
+        APR_ARRAY_PUSH(out, wsp_backend_t *) = be;
     }
+    pool->backends = out;
     pool->epoch = wsp_head->epoch;
 }
 
@@ -981,4 +1042,171 @@ int wsp_shared_manage(apr_pool_t *p, const char *action, const char *pool,
     *msg = apr_psprintf(p, "%s: %s in pool %s", action, url, pool);
     wsp_shared_unlock();
     return status;
+}
+
+/* ---- members of name lines ---------------------------------------------- */
+
+typedef struct {
+    int level;
+    const char *text;
+} wsp_note_t;
+
+static void wsp_note(apr_array_header_t *notes, int level, const char *text)
+{
+    wsp_note_t *n = apr_array_push(notes);
+
+    n->level = level;
+    n->text = text;
+}
+
+/* The distinct addresses of an answer, as text, in its order. */
+static apr_array_header_t *wsp_answer_ips(apr_pool_t *p, apr_sockaddr_t *sa)
+{
+    apr_array_header_t *ips = apr_array_make(p, 4, sizeof(char *));
+    char ip[64];
+    int i;
+
+    for (; sa; sa = sa->next) {
+        apr_sockaddr_ip_getbuf(ip, sizeof(ip), sa);
+        for (i = 0; i < ips->nelts
+                    && strcmp(APR_ARRAY_IDX(ips, i, char *), ip); ++i)
+            ;
+        if (i == ips->nelts) {
+            APR_ARRAY_PUSH(ips, char *) = apr_pstrdup(p, ip);
+        }
+    }
+    return ips;
+}
+
+/* The log names this many of the addresses left out by max=. */
+#define WSP_OVER_SHOWN 8
+
+/* Under the lock: the members of one name line become its answer's
+ * addresses. Members whose address left drain and go as a remove does
+ * (back if it returns first); new addresses get a slot each, up to max=,
+ * oldest members first so that a cap does not churn. */
+static void wsp_members_sync(apr_pool_t *p, wsp_pool_t *pool,
+                             wsp_backend_t *line, apr_array_header_t *ips,
+                             apr_array_header_t *notes)
+{
+    wsp_be_shared_t *slots = wsp_slots_of(wsp_head);
+    apr_uint32_t idx = (apr_uint32_t)pool->index, k;
+    const char **names = apr_palloc(p, sizeof(char *) * (ips->nelts + 1));
+    const char *rest = NULL;
+    int i, kept = 0, over = 0;
+
+    /* made once: an answer may hold thousands of addresses */
+    for (i = 0; i < ips->nelts; ++i) {
+        names[i] = wsp_member_name(p, line->url,
+                                   APR_ARRAY_IDX(ips, i, char *));
+    }
+
+    for (k = 0; k < wsp_head->nslots; ++k) {
+        wsp_be_shared_t *st = &slots[k];
+        int found = 0;
+
+        if (st->retired || !wsp_member_of_line(st, idx, line->url)) {
+            continue;
+        }
+        for (i = 0; i < ips->nelts && !found; ++i) {
+            found = !strcmp(st->url, names[i]);
+        }
+        if (found) {
+            if (st->dns_gone) {
+                st->dns_gone = 0;
+                wsp_pool_enable(st);
+                wsp_note(notes, APLOG_INFO, apr_psprintf(p, "ws_persist: "
+                         "pool %s: backend %s stays: %s has its address "
+                         "again", pool->name, st->url, line->host));
+            }
+            kept++;
+        }
+        else if (!st->dns_gone && !st->removing) {
+            wsp_note(notes, APLOG_INFO, apr_psprintf(p, "ws_persist: pool "
+                     "%s: backend %s leaves: %s no longer has its address",
+                     pool->name, st->url, line->host));
+            st->dns_gone = 1;
+            wsp_pool_drain(st, 1);
+            if (st->pipes <= 0) {
+                wsp_slot_free(wsp_head, st);
+            }
+            wsp_head->admin_epoch++;
+        }
+    }
+    for (i = 0; i < ips->nelts; ++i) {
+        const char *ip = APR_ARRAY_IDX(ips, i, char *);
+        const char *name = names[i];
+        int s;
+
+        for (k = 0; k < wsp_head->nslots; ++k) {
+            if (!slots[k].retired
+                && wsp_member_of_line(&slots[k], idx, line->url)
+                && !strcmp(slots[k].url, name)) {
+                break;
+            }
+        }
+        if (k < wsp_head->nslots) {
+            continue;
+        }
+        if (kept >= line->max_members
+            || (s = wsp_slot_take(wsp_head, NULL)) < 0) {
+            if (++over <= WSP_OVER_SHOWN) {
+                rest = rest ? apr_pstrcat(p, rest, " ", ip, NULL) : ip;
+            }
+            continue;
+        }
+        wsp_slot_init(wsp_head, s, idx, name, line->weight,
+                      line->max_errors);
+        slots[s].member = 1;
+        kept++;
+        wsp_note(notes, APLOG_INFO, apr_psprintf(p, "ws_persist: pool %s: "
+                 "backend %s joins: an address of %s", pool->name, name,
+                 line->host));
+    }
+    /* a hostile or huge answer costs one line, not one per lookup */
+    if (over && !line->capped) {
+        wsp_note(notes, APLOG_WARNING, apr_psprintf(p, "ws_persist: pool "
+                 "%s: backend host %s has %d addresses, more than max=%d "
+                 "of %s: %d not used (%s%s)", pool->name, line->host,
+                 ips->nelts, line->max_members, line->url, over, rest,
+                 over > WSP_OVER_SHOWN ? " ..." : ""));
+    }
+    line->capped = over > 0;
+}
+
+void wsp_shared_members(server_rec *s, const char *host,
+                        apr_sockaddr_t *addrs, apr_pool_t *p)
+{
+    apr_array_header_t *cpools = wsp_conf_pools(), *ips, *notes;
+    int i, j;
+
+    if (!wsp_head) {
+        return;
+    }
+    ips = wsp_answer_ips(p, addrs);
+    notes = apr_array_make(p, 4, sizeof(wsp_note_t));
+    wsp_shared_lock();
+    /* a child of an older generation, still finishing its pipes, has an
+     * older configuration's lines: the members are the new one's */
+    for (i = 0; wsp_head->gen == wsp_gen && cpools && i < cpools->nelts;
+         ++i) {
+        wsp_pool_t *pool = APR_ARRAY_IDX(cpools, i, wsp_pool_t *);
+
+        for (j = 0; pool->index >= 0 && pool->names
+                    && j < pool->names->nelts; ++j) {
+            wsp_backend_t *line = APR_ARRAY_IDX(pool->names, j,
+                                                wsp_backend_t *);
+
+            if (!strcasecmp(line->host, host)) {
+                wsp_members_sync(p, pool, line, ips, notes);
+            }
+        }
+    }
+    wsp_shared_unlock();
+    /* logged with no lock held */
+    for (i = 0; i < notes->nelts; ++i) {
+        wsp_note_t *n = &APR_ARRAY_IDX(notes, i, wsp_note_t);
+
+        ap_log_error(APLOG_MARK, n->level, 0, s, "%s", n->text);
+    }
 }

@@ -34,6 +34,9 @@ BAD = [
     ("WSPersistBackend ws://:0/", "ws://:0/"),
     ("WSPersistBackend ws://127.0.0.1:99999/", "ws://127.0.0.1:99999/"),
     ("WSPersistBackend ws://127.0.0.1:9/ weight=abc", "abc"),
+    ("WSPersistBackend ws://chat.example:9/ resolve=500ms", "resolve=500ms"),
+    ("WSPersistBackend ws://chat.example:9/ max=0", "max=0"),
+    ("WSPersistBackend ws://127.0.0.1:9/ resolve=5s", "ws://127.0.0.1:9/"),
     ("WSPersistClientId somewhere", "somewhere"),
     ("WSPersistDuplicateClient ignore", "ignore"),
     ("WSPersistFailoverCodes abc", "abc"),
@@ -63,6 +66,7 @@ def test_location_without_backend_rejected(env):
 def test_good_config_passes(env):
     h = env.conf(location(
         "WSPersistBackend ws://127.0.0.1:10/other/ weight=3 max_errors=5",
+        "WSPersistBackend ws://chat.example:10/chat/ resolve=10s max=4",
         "WSPersistBufferLimit 5M",
         "WSPersistMaxMessageSize 64K",
         "WSPersistConnectTimeout 2s",

@@ -7,13 +7,16 @@ it found."""
 
 import asyncio
 import re
+import signal
 
 import pytest
 
 from wsp_dns import (DnsServer, HostBackend, dns_skip_reason, use_dns,
                      wait_queries)
-from wsp_env import HOST, await_until, connect, echo, wait_until, whoami
-from wsp_manage import MANAGER, applied, backend_of, state
+from wsp_env import (HOST, await_until, connect, echo, hget, wait_until,
+                     whoami)
+from wsp_manage import MANAGER, applied, backend_of, pool_of, state
+from test_drain import check_stream, stream
 
 _skip = []
 
@@ -288,3 +291,366 @@ def test_good_resolve_interval_passes(env, value):
     rc, out = httpd.configtest()
     assert rc == 0, out
 
+
+
+# ---- a name whose every address is a member (resolve=, max=) ------------
+
+FAST = ("WSPersistConnectTimeout 10", "WSPersistRetry 50ms 500ms")
+
+
+def member(name, port, ip):
+    """A member's URL as the manager, mod_status and the logs name it."""
+    return "ws://%s:%d/echo/ (%s)" % (name, port, ip)
+
+
+def members_of(env, name, port):
+    """{address: entry} of the manager's members of the name's line."""
+    prefix = "ws://%s:%d/echo/ (" % (name, port)
+    return {b["url"][len(prefix):-1]: b
+            for b in pool_of(state(env))["backends"]
+            if b["url"].startswith(prefix)}
+
+
+def wait_members(env, name, port, ips, timeout=15):
+    wait_until(lambda: sorted(members_of(env, name, port)) == sorted(ips),
+               timeout, interval=0.1,
+               what="members %s of %s" % (sorted(ips), name))
+
+
+def start_members(env, dns, name, ips, opts="resolve=1s", *lines, extra=""):
+    """Backends on each of ips (127.0.0.x), one port, all named name;
+    httpd with the manager and one line for the name."""
+    port = env.port()
+    dns.set(name, list(ips))
+    bes = {ip: HostBackend(env, "m" + ip.rsplit(".", 1)[1], port, ip,
+                           name).start() for ip in ips}
+    env.start_httpd(extra + MANAGER + env.location(
+        "/ws/", ["ws://%s:%d/echo/ %s" % (name, port, opts)], *FAST,
+        *lines))
+    wait_members(env, name, port, ips)
+    return port, bes
+
+
+async def spread(env, n):
+    """n clients; {backend name: [clients]}."""
+    on = {}
+    for _ in range(n):
+        ws = await connect(env)
+        on.setdefault((await whoami(ws))["name"], []).append(ws)
+    return on
+
+
+def test_each_address_is_a_member(env, dns):
+    """A name with two A records: each address is a member of the pool,
+    listed as "URL (address)" with its own state; new pipes spread over
+    both, and the Host header they send is the name."""
+    name = "chat.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"])
+    ms = members_of(env, name, port)
+    assert all(b["state"] == "ok" and b["pipes"] == 0 for b in ms.values())
+
+    async def run():
+        on = await spread(env, 6)
+        assert sorted(on) == ["m2", "m3"] and all(
+            len(c) == 3 for c in on.values()), on
+        info = await whoami(on["m3"][0])
+        assert hget(info["headers"], "Host") == "%s:%d" % (name, port)
+        ms = members_of(env, name, port)
+        assert [ms[ip]["pipes"] for ip in sorted(ms)] == [3, 3], ms
+        for c in on.values():
+            for ws in c:
+                await echo(ws, "hello")
+                await ws.close()
+    asyncio.run(run())
+    assert env.httpd.log_lines(r"pool /ws/: backend %s joins: an address "
+                               r"of %s" % (re.escape(member(name, port,
+                                                            "127.0.0.3")),
+                                           name))
+
+
+def test_dropped_address_member_leaves(env, dns):
+    """One address leaves the DNS answer: after the resolve period its
+    member takes no new pipe, its clients move to the other member while
+    they stream (nothing lost, nothing twice) and it leaves the pool."""
+    name = "shrink.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"])
+
+    async def run():
+        on = await spread(env, 4)
+        assert sorted(on) == ["m2", "m3"], on
+        flags, sent, got = {}, [], []
+        moving = on["m3"][0]
+
+        async def director():
+            await await_until(lambda: len(got) >= 20, 20,
+                              what="echoes before the change")
+            dns.set(name, ["127.0.0.2"])
+            await await_until(lambda: "127.0.0.3" not in members_of(
+                env, name, port), 15, interval=0.1,
+                what="the member of 127.0.0.3 to leave")
+            await asyncio.sleep(0.3)
+            flags["stop"] = True
+
+        await asyncio.wait_for(asyncio.gather(
+            director(), stream(moving, lambda: "stop" in flags, sent,
+                               got)), 60)
+        check_stream(sent, got)
+        for ws in on["m3"] + on["m2"]:
+            assert (await whoami(ws))["name"] == "m2"
+        closes = bes["127.0.0.3"].closes()
+        assert closes and all(c["code"] == 1001 for c in closes), closes
+        more = await spread(env, 3)
+        assert list(more) == ["m2"], "a new pipe went to the leaver"
+        for c in list(on.values()) + list(more.values()):
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
+    assert env.httpd.log_lines(r"backend %s leaves: %s no longer has its "
+                               r"address" % (re.escape(member(
+                                   name, port, "127.0.0.3")), name))
+
+
+def test_new_address_becomes_member(env, dns):
+    """An address added to the answer becomes a member after the resolve
+    period and gets new pipes."""
+    name = "grow.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2"])
+    late = HostBackend(env, "m4", port, "127.0.0.4", name).start()
+
+    async def run():
+        on = await spread(env, 2)
+        assert list(on) == ["m2"], on
+        dns.set(name, ["127.0.0.2", "127.0.0.4"])
+        wait_members(env, name, port, ["127.0.0.2", "127.0.0.4"])
+        more = await spread(env, 2)
+        assert more.get("m4") and len(more["m4"]) == 2, more
+        for c in list(on.values()) + list(more.values()):
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
+    assert len(late.opens()) == 2
+
+
+def test_killed_member_fails_alone(env, dns):
+    """One member's backend dies: only that member errs, its clients fail
+    over to the other member, the other member's clients keep their
+    connections."""
+    name = "half.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"])
+    dead = member(name, port, "127.0.0.3")
+    env.expect_failover(backend=dead)
+    env.expect_refused(dead)
+
+    async def run():
+        on = await spread(env, 4)
+        before = [(await whoami(ws))["conn"] for ws in on["m2"]]
+        bes["127.0.0.3"].kill()
+        for ws in on["m3"]:
+            await echo(ws, "across the kill", timeout=30)
+            assert (await whoami(ws))["name"] == "m2"
+        after = [(await whoami(ws))["conn"] for ws in on["m2"]]
+        assert before == after, "the live member's clients were moved"
+        ms = members_of(env, name, port)
+        assert ms["127.0.0.2"]["state"] == "ok", ms
+        assert ms["127.0.0.3"]["state"] == "error", ms
+        assert ms["127.0.0.3"]["errors"] >= 1
+        assert ms["127.0.0.2"]["errors"] == 0
+        for c in on.values():
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
+
+
+def test_resolve_option_per_backend(env, dns):
+    """resolve= sets the period of its line's name: looked up every
+    second while the server's WSPersistResolveInterval is an hour, which
+    another name keeps."""
+    fast, slow = "fast.wsp.test", "slow.wsp.test"
+    port = env.port()
+    dns.set(fast, HOST)
+    dns.set(slow, HOST)
+    env.start_httpd("WSPersistResolveInterval 1h\n" + env.location(
+        "/ws/", ["ws://%s:%d/echo/ resolve=1s" % (fast, port),
+                 "ws://%s:%d/echo/" % (slow, port)]))
+    wait_queries(dns, slow, 1)
+    n = wait_queries(dns, fast, 4, timeout=20)
+    assert dns.count(slow) == 1, "the other name was looked up again"
+    assert n >= 4
+
+
+def test_more_addresses_than_max_capped(env, dns):
+    """An answer with more addresses than max= makes max members, and
+    the rest is logged once, however often the name is looked up."""
+    name = "many.wsp.test"
+    port = env.port()
+    ips = ["127.0.1.%d" % i for i in range(1, 21)]
+    dns.set(name, ips)
+    env.start_httpd(MANAGER + env.location(
+        "/ws/", ["ws://%s:%d/echo/ resolve=1s max=3" % (name, port)]))
+    line = (r"ws_persist: pool /ws/: backend host %s has 20 addresses, "
+            r"more than max=3 of ws://%s:%d/echo/: 17 not used "
+            r"\(127\.0\.1\.4 127\.0\.1\.5 (\S+ ){5}127\.0\.1\.11 \.\.\.\)$"
+            % (name, name, port))
+    env.expect_warn(line)
+    wait_members(env, name, port, ips[:3])
+    n = dns.count(name)
+    dns.set(name, ips + ["127.0.1.21"])     # changed, still over
+    wait_queries(dns, name, n + 3, timeout=20)
+    assert sorted(members_of(env, name, port)) == sorted(ips[:3])
+    assert len(env.httpd.log_lines(r"backend host %s has \d+ addresses"
+                                   % name)) == 1
+
+
+BAD_BACKEND_OPTS = ["resolve=0", "resolve=500ms", "resolve=abc", "max=0",
+                    "max=abc", "max=100000", "resolve="]
+
+
+@pytest.mark.parametrize("opt", BAD_BACKEND_OPTS)
+def test_bad_backend_resolve_options_rejected(env, opt):
+    """Bad resolve= and max= values fail configtest, naming the
+    directive and the value."""
+    httpd = env.conf(env.location("/ws/", ["ws://chat.wsp.test:9/echo/ "
+                                           + opt]))
+    rc, out = httpd.configtest()
+    assert rc != 0, out
+    assert "WSPersistBackend" in out and opt in out, out
+
+
+def test_resolve_option_needs_a_name(env):
+    httpd = env.conf(env.location("/ws/", ["ws://127.0.0.1:9/echo/ "
+                                           "resolve=5s"]))
+    rc, out = httpd.configtest()
+    assert rc != 0 and "resolve= and max= are for a host name" in out, out
+
+
+@pytest.mark.parametrize("opts", ["resolve=30s", "resolve=5s max=4",
+                                  "max=2", "weight=2 resolve=1min"])
+def test_good_backend_resolve_options_pass(env, opts):
+    httpd = env.conf(env.location("/ws/", ["ws://chat.wsp.test:9/echo/ "
+                                           + opts]))
+    rc, out = httpd.configtest()
+    assert rc == 0, out
+
+
+def test_members_checked_each(env, dns):
+    """WSPersistHealthCheck checks each member on its own address: the
+    member whose backend dies fails its check and is taken out, the other
+    passes, and new clients all go to it."""
+    name = "checked.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              "resolve=1s",
+                              "WSPersistHealthCheck tcp interval=200ms "
+                              "timeout=200ms")
+    dead = member(name, port, "127.0.0.3")
+    wait_until(lambda: all(b["check"] and b["check"]["result"] == "pass"
+                           for b in members_of(env, name, port).values()),
+               what="both members' first checks")
+    env.expect_warn(r"ws_persist: health check \(tcp\) of backend %s in "
+                    r"pool /ws/ failed: connect: Connection refused; taken "
+                    r"out until it passes$" % re.escape(dead))
+    bes["127.0.0.3"].kill()
+    wait_until(lambda: members_of(env, name, port)["127.0.0.3"]["check"]
+               ["result"] == "fail", what="the dead member's check failing")
+    ms = members_of(env, name, port)
+    assert ms["127.0.0.3"]["state"] == "error", ms
+    assert ms["127.0.0.2"]["state"] == "ok", ms
+    assert ms["127.0.0.2"]["check"]["result"] == "pass", ms
+
+    async def run():
+        on = await spread(env, 3)
+        assert list(on) == ["m2"], on
+        for ws in on["m2"]:
+            await ws.close()
+    asyncio.run(run())
+
+
+def test_members_in_mod_status(env, dns):
+    """mod_status's ?auto lists each member under its "URL (address)"."""
+    from test_status import STATUS, auto, backend_line
+    name = "shown.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              extra=STATUS)
+
+    async def run():
+        on = await spread(env, 2)
+        lines = auto(env)
+        for ip in ("127.0.0.2", "127.0.0.3"):
+            f = backend_line(lines, member(name, port, ip))
+            assert f["state"] == "ok" and f["pipes"] == 1, f
+        for c in on.values():
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
+
+
+def test_members_kept_across_graceful_restart(env, dns):
+    """A graceful restart keeps the members of a line that stays, with
+    their counters and the pipes on them."""
+    from test_graceful import SLOTS, generations
+    name = "kept.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              extra=SLOTS)
+
+    async def run():
+        on = await spread(env, 2)
+        before = generations(env)
+        env.httpd.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: generations(env) > before, 30,
+                   what="the graceful restart")
+        ms = members_of(env, name, port)
+        assert sorted(ms) == ["127.0.0.2", "127.0.0.3"], ms
+        assert [ms[ip]["served"] for ip in sorted(ms)] == [1, 1], ms
+        for c in on.values():
+            for ws in c:
+                await echo(ws, "after the restart")
+                await ws.close()
+    asyncio.run(run())
+
+
+def test_member_drained_by_name(env, dns):
+    """The manager's actions take a member by its "URL (address)": a
+    drained member's clients move to the other member."""
+    name = "managed.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"])
+    gone = member(name, port, "127.0.0.3")
+
+    async def run():
+        on = await spread(env, 2)
+        applied(env, "drain", gone)
+        await await_until(lambda: backend_of(state(env), gone)["state"]
+                          == "drained", 15, what="the member drained")
+        for ws in on["m3"]:
+            assert (await whoami(ws))["name"] == "m2"
+        for c in on.values():
+            for ws in c:
+                await ws.close()
+    asyncio.run(run())
+
+
+def test_two_children_agree_on_members(env, dns):
+    """Two children, each with its resolver, see one set of members in
+    the shared memory: no address twice, and a dropped address leaves
+    once for both."""
+    from wsp_manage import TWO_CHILDREN
+    name = "shared.wsp.test"
+    port, bes = start_members(env, dns, name, ["127.0.0.2", "127.0.0.3"],
+                              extra=TWO_CHILDREN)
+    wait_until(lambda: len(env.httpd.children()) == 2,
+               what="two children")
+    prefix = "ws://%s:%d/echo/ (" % (name, port)
+
+    def urls():
+        return sorted(b["url"] for b in pool_of(state(env))["backends"]
+                      if b["url"].startswith(prefix))
+
+    wait_queries(dns, name, 2)          # both children looked it up
+    assert urls() == [member(name, port, "127.0.0.2"),
+                      member(name, port, "127.0.0.3")]
+    dns.set(name, ["127.0.0.2"])
+    wait_until(lambda: urls() == [member(name, port, "127.0.0.2")], 15,
+               interval=0.1, what="the dropped address's member to leave")
+    n = dns.count(name)
+    wait_queries(dns, name, n + 4)      # both children looked again
+    assert urls() == [member(name, port, "127.0.0.2")]
+    assert len(env.httpd.log_lines(r"backend %s leaves" % re.escape(
+        member(name, port, "127.0.0.3")))) == 1

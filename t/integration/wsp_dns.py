@@ -54,7 +54,8 @@ def _parse_query(data):
 
 
 class DnsServer:
-    """UDP DNS on ADDR:53. answers: {name: "127.0.0.x"}; delay in
+    """UDP DNS on ADDR:53. answers: {name: "127.0.0.x" or a list of
+    them, each an A record of the answer}; delay in
     seconds before each answer (each query is answered on its own timer,
     so glibc's parallel A and AAAA queries both wait the delay once)."""
 
@@ -84,6 +85,7 @@ class DnsServer:
         self.thread.start()
 
     def set(self, name, ip):
+        """ip: an address, or a list of addresses (an A record each)."""
         with self.lock:
             self.answers[name.lower()] = ip
 
@@ -119,13 +121,20 @@ class DnsServer:
             rcode, answers = 3, b""                     # NXDOMAIN
         elif qtype == self.A:
             rcode = 0
-            answers = (b"\xc0\x0c" + struct.pack("!HHIH", self.A, 1,
+            ips = [ip] if isinstance(ip, str) else list(ip)
+            answers = [b"\xc0\x0c" + struct.pack("!HHIH", self.A, 1,
                                                  self.ttl, 4)
-                       + socket.inet_aton(ip))
+                       + socket.inet_aton(a) for a in ips]
         else:
-            rcode, answers = 0, b""                     # no such record
-        head = struct.pack("!HHHHHH", qid, 0x8400 | rd | rcode, 1,
-                           1 if answers else 0, 0, 0)
+            rcode, answers = 0, []                      # no such record
+        if len(question) + 12 + 16 * len(answers) > 512:
+            flags_tc = 0x0200       # too long for UDP: glibc asks by TCP
+            answers = []
+        else:
+            flags_tc = 0
+        head = struct.pack("!HHHHHH", qid, 0x8400 | rd | rcode | flags_tc,
+                           1, len(answers), 0, 0)
+        answers = b"".join(answers)
         try:
             self.sock.sendto(head + question + answers, peer)
         except OSError:

@@ -170,6 +170,35 @@ static void test_parse_userinfo(apr_pool_t *p)
     CHECK(err && strstr(err, "user info"));
 }
 
+/* A member of a name's line: its slot name is "URL (IP)"; parsed back,
+ * it connects to the address while its Host stays the name. */
+static void test_parse_member(apr_pool_t *p)
+{
+    wsp_backend_t be;
+    const char *name = wsp_member_name(p, "ws://chat.internal:9000/chat/",
+                                       "10.0.0.11");
+
+    CHECK_STR(name, "ws://chat.internal:9000/chat/ (10.0.0.11)");
+    CHECK(wsp_backend_parse_slot(p, name, &be) == NULL);
+    CHECK_STR(be.url, name);
+    CHECK_STR(be.st->url, name);
+    CHECK_STR(be.ip, "10.0.0.11");
+    CHECK_STR(be.host, "chat.internal");
+    CHECK_STR(be.hostport, "chat.internal:9000");
+    CHECK_STR(be.path, "/chat/");
+    CHECK_INT(be.port, 9000);
+
+    CHECK(wsp_backend_parse_slot(p, "ws://h:1/ (::1)", &be) == NULL);
+    CHECK_STR(be.ip, "::1");
+    CHECK(wsp_backend_parse_slot(p, "ws://h:1/", &be) == NULL);
+    CHECK(be.ip == NULL);
+    CHECK(wsp_backend_parse_slot(p, "ws://h:1/ 10.0.0.1", &be) != NULL);
+    CHECK(wsp_backend_parse_slot(p, "ws://h:1/ ()", &be) != NULL);
+    CHECK(wsp_backend_parse_slot(p, "ftp://h/ (10.0.0.1)", &be) != NULL);
+    /* what the manager's form may add is a plain URL only */
+    CHECK(wsp_backend_parse(p, name, &be) != NULL);
+}
+
 static void test_least_pipes(apr_pool_t *p)
 {
     wsp_pool_t *pool = mkpool(p, 3);
@@ -648,6 +677,7 @@ WSP_TEST_MAIN(
     RUN(test_parse_bad);
     RUN(test_parse_port_message);
     RUN(test_parse_userinfo);
+    RUN(test_parse_member);
     RUN(test_least_pipes);
     RUN(test_weights);
     RUN(test_tie_rotation);
