@@ -30,6 +30,11 @@ void wsp_transit(wsp_pipe_t *p, wsp_state_e to, const char *why);
 int wsp_closing(const wsp_pipe_t *p);
 int wsp_connecting(const wsp_pipe_t *p);
 int wsp_backpressure(const wsp_pipe_t *p);
+/* The pipe holds a hop unread by its own choice: the client while a slow
+ * backend keeps the buffer full, every backend while the client's output
+ * is full. */
+int wsp_client_held(const wsp_pipe_t *p);
+int wsp_client_output_full(const wsp_pipe_t *p);
 
 /* wsp_relay.c: hop I/O */
 int wsp_client_stalled(const wsp_hop_t *cl);

@@ -217,7 +217,6 @@ static void wsp_retire_close(wsp_pipe_t *p, apr_time_t now)
 static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
 {
     wsp_bconn_t *bc = p->b2->bc;
-    wsp_hop_t *cl = p->client;
     const char *done = NULL;
     apr_status_t rv;
     int progress = 0;
@@ -245,7 +244,7 @@ static int wsp_retire_step(wsp_pipe_t *p, apr_time_t now, int ready)
             done = "closed";
             break;
         }
-        if (!ready || (cl && cl->out_bytes >= WSP_OUT_HIGH)) {
+        if (!ready || wsp_client_output_full(p)) {
             break;
         }
         bc->ipos = bc->ilen = 0;

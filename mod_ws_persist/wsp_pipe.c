@@ -86,12 +86,12 @@ int wsp_backpressure(const wsp_pipe_t *p)
  * the client while a slow backend holds the buffer full, the backend
  * while a slow client's output is full. Such a hop counts as heard from
  * now; its wait for a pong starts once the pipe reads it again. */
-static int wsp_client_held(const wsp_pipe_t *p)
+int wsp_client_held(const wsp_pipe_t *p)
 {
     return wsp_backpressure(p) && p->q.cost >= p->conf->buffer_limit;
 }
 
-static int wsp_backend_held(const wsp_pipe_t *p)
+int wsp_client_output_full(const wsp_pipe_t *p)
 {
     return p->client && p->client->out_bytes >= WSP_OUT_HIGH;
 }
@@ -120,7 +120,7 @@ static void wsp_pings(wsp_pipe_t *p, apr_time_t now)
         }
     }
     if (wsp_relaying(p) && p->b->bc && !wsp_retiring(p)) {
-        if (wsp_backend_held(p)) {
+        if (wsp_client_output_full(p)) {
             p->b->last_rx = now;
             p->b->ping_sent = 0;
         }
@@ -241,8 +241,7 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
             *cev |= APR_POLLOUT;
         }
         if (cl->more_input && !cl->close_rcvd && !wsp_client_stalled(cl)
-            && !(wsp_backpressure(p)
-                 && p->q.cost >= p->conf->buffer_limit)) {
+            && !wsp_client_held(p)) {
             t = apr_time_now();       /* go on reading once the rest ran */
         }
         if (iv > 0 && !wsp_closing(p)) {
@@ -265,7 +264,7 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
                 }
             }
             else if (!p->b->close_rcvd && !p->b->owed.pong_due
-                && (!cl || cl->out_bytes < WSP_OUT_HIGH)) {
+                && !wsp_client_output_full(p)) {
                 /* while it is owed a pong it is not read (DESIGN 8) */
                 *bev |= APR_POLLIN;
                 if (wsp_bconn_buffers_input(p->b->bc)
@@ -294,7 +293,7 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
     if (p->b2->bc) {
         *asock = p->b2->bc->sock;
         if (p->b2->retiring) {
-            if (!cl || cl->out_bytes < WSP_OUT_HIGH) {
+            if (!wsp_client_output_full(p)) {
                 *aev |= APR_POLLIN;
                 if (wsp_bconn_buffers_input(p->b2->bc)) {
                     WSP_SOONER(apr_time_now());

@@ -672,7 +672,7 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
      * data left behind (budget, a full client) is reported again. */
     while (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_rcvd
            && !p->b->owed.pong_due
-           && (!p->client || p->client->out_bytes < WSP_OUT_HIGH)) {
+           && !wsp_client_output_full(p)) {
         wsp_bconn_t *bc = p->b->bc;
         apr_size_t before;
         apr_status_t rv;
@@ -719,7 +719,7 @@ int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready)
     }
     /* what it sent may wait unread, a FIN behind it: see the flush */
     if (p->b->bc && (p->b->owed.pong_due || total >= WSP_READ_BUDGET
-                     || (p->client && p->client->out_bytes >= WSP_OUT_HIGH))) {
+                     || wsp_client_output_full(p))) {
         p->b->unread = 1;
     }
     else if (drained) {
