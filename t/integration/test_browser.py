@@ -15,7 +15,7 @@ import re
 import pytest
 
 import wsp_browser
-from wsp_env import MODDIR, interruptions, new_id
+from wsp_env import MODDIR, interruptions, new_id, wait_until
 from wsp_manage import MANAGER
 
 FAST = ("WSPersistConnectTimeout 5", "WSPersistRetry 50ms 500ms")
@@ -194,9 +194,13 @@ def test_browser_socket_survives_backend_kill(env, browser, variant):
     asyncio.run(run())
     # the socket's request, as the handler got it, came over HTTP/2 in
     # the h2 variant (over HTTP/1.1 in the others)
-    access = (env.root / "logs" / "access_log").read_text()
-    ws_lines = [ln for ln in access.splitlines()
+    # (logged when the pipe has ended, which the browser's close starts)
+    def ws_lines():
+        access = (env.root / "logs" / "access_log").read_text()
+        return [ln for ln in access.splitlines()
                 if "\"GET /ws/%s " % cid in ln]
+    wait_until(ws_lines, 10, what="the socket's access log line")
+    ws_lines = ws_lines()
     assert len(ws_lines) == 1, ws_lines
     assert ("HTTP/2.0\"" in ws_lines[0]) == h2, ws_lines[0]
 

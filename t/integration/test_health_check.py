@@ -264,6 +264,7 @@ def test_get_check_wants_2xx(env):
         info = wait_check(env, url, "pass", "the 204 passing")
         assert info["state"] == "ok", info
     finally:
+        env.shutdown()      # no check may meet the server gone
         srv.close()
 
 
