@@ -46,6 +46,10 @@ typedef struct {
                                         * messages until a backend
                                         * acknowledges them */
     apr_interval_time_t ping_interval; /* 0: no pings */
+    apr_interval_time_t resume_window; /* 0: a client's drop ends the
+                                        * session */
+    apr_off_t resume_buffer;           /* backend messages kept once
+                                        * written, for a resume */
     int failover_codes[WSP_MAX_FAILOVER_CODES];
     int nfailover_codes;
     apr_array_header_t *origins;       /* WSPersistAllowedOrigin (const
@@ -63,6 +67,8 @@ typedef struct {
     unsigned int exclusive_set:1;
     unsigned int ack_set:1;
     unsigned int ping_set:1;
+    unsigned int resume_window_set:1;
+    unsigned int resume_buffer_set:1;
     unsigned int failover_set:1;
     unsigned int origins_set:1;
 } wsp_dir_conf_t;

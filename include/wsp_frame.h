@@ -29,6 +29,7 @@
 #define WSP_CLOSE_RESTART        1012
 #define WSP_CLOSE_TRY_AGAIN      1013
 #define WSP_CLOSE_BAD_GATEWAY    1014
+#define WSP_CLOSE_SESSION_GONE   4410   /* a resume cannot be honoured */
 
 /* Who sent the frames a reader parses: a client masks, a server does not. */
 typedef enum {

@@ -109,6 +109,8 @@ typedef struct {
     apr_off_t out_bytes;                   /* wsp_frame_cost() of out */
     apr_off_t ctrl_out;                    /* control bytes put in out since
                                             * it was last empty */
+    apr_off_t out_total;                   /* bytes ever put in out */
+    apr_off_t out_passed;                  /* ... passed to the filters */
     int upgraded;
     int h2;                                /* a stream of mod_http2 (RFC
                                             * 8441): its filters end in

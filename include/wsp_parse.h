@@ -16,6 +16,12 @@ const char *wsp_parse_time(const char *arg, apr_interval_time_t *t);
  * s[0..len). Returns 1 with *n set, or 0. */
 int wsp_parse_count(const char *s, apr_size_t len, apr_uint64_t *n);
 
+/* A query string (no '?') without its parameters called name; *count
+ * says how many there were and *value (NULL: none) is the first one's
+ * value, as sent. Returns the rest, NULL when nothing is left. */
+const char *wsp_query_take(apr_pool_t *p, const char *args, const char *name,
+                           int *count, const char **value);
+
 /* A canonical UUID: 8-4-4-4-12 hex digits, either case. */
 int wsp_uuid_valid(const char *s);
 

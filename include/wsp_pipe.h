@@ -15,6 +15,7 @@
 #include "wsp_queue.h"
 #include "wsp_backend.h"
 #include "wsp_hop.h"
+#include "wsp_retain.h"
 
 /* The pipe's state, read from one field; every change goes through one
  * function that logs it (LogLevel ws_persist:trace1). */
@@ -24,6 +25,8 @@ typedef enum {
     WSP_ST_FAILING_OVER,   /* between backends, buffering the client */
     WSP_ST_MOVING,         /* relaying while a replacement for a draining
                             * backend connects beside it */
+    WSP_ST_DETACHED,       /* the client's connection dropped: the backend
+                            * stays, its messages kept for a resume */
     WSP_ST_CLOSING,        /* session over: the closing handshakes */
     WSP_ST_DONE,           /* over: the driver ends the request */
     WSP_ST_FAILED          /* no backend at connect time: 503 */
@@ -91,6 +94,17 @@ struct wsp_pipe_t {
     void (*on_bclose)(void *baton, apr_socket_t *sock);
     void *driver_baton;
 
+    /* WSPersistResumeWindow (DESIGN 7): backend messages are built in
+     * the pipe's memory and kept for the client; a client that drops
+     * without a close frame leaves the session detached until then */
+    int resumable;
+    wsp_retain_t rt;
+    apr_bucket_brigade *rspare;        /* the spare message brigade a move
+                                        * swaps in (cl->spare otherwise) */
+    apr_time_t detach_until;           /* 0: not detached */
+    int detached;                      /* for the registry, under its
+                                        * lock */
+
     /* replace mode: another request takes the pipe over */
     volatile wsp_handover_e handover;
     void (*wake)(void *baton);
@@ -113,6 +127,19 @@ void wsp_pipe_upgraded(wsp_pipe_t *p);
 /* Let go of the client (a newer connection takes over): close it with
  * 1008 and forget it. */
 void wsp_pipe_detach(wsp_pipe_t *p);
+
+/* The session has no client connection (it dropped; a resume may come). */
+int wsp_pipe_detached(const wsp_pipe_t *p);
+
+/* A new connection resumes the session, attached already: the kept
+ * messages after the client's count n (has_n 0: after what was written
+ * to the old connection) go out first. Returns WSP_RESUME_OK, or why it
+ * cannot (WSP_RESUME_BEYOND, WSP_RESUME_LOST): the session is over, the
+ * client gets 4410 and the backend 1001. */
+int wsp_pipe_resume(wsp_pipe_t *p, int has_n, apr_uint64_t n);
+
+/* The session is over before it began for this connection (4410). */
+void wsp_pipe_gone(wsp_pipe_t *p, const char *why);
 
 /* Replace mode, for the driver: 1 when a newer connection asked for the
  * pipe and it can go now; the driver then stops polling the pipe's
@@ -165,6 +192,10 @@ int wsp_pipe_backend_bound(const wsp_pipe_t *p);
 
 /* The client is upgraded and the session not over. */
 int wsp_pipe_open(const wsp_pipe_t *p);
+
+/* The session is not over: open, or detached (a server stopping closes
+ * it). */
+int wsp_pipe_session(const wsp_pipe_t *p);
 
 /* Whether the pipe's backend is being drained and the pipe has not begun
  * to move (a driver wakes such pipes after an administrator's action). */

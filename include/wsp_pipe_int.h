@@ -29,6 +29,7 @@
 void wsp_transit(wsp_pipe_t *p, wsp_state_e to, const char *why);
 int wsp_closing(const wsp_pipe_t *p);
 int wsp_connecting(const wsp_pipe_t *p);
+void wsp_settle(wsp_pipe_t *p, const char *why);
 int wsp_backpressure(const wsp_pipe_t *p);
 /* The pipe holds a hop unread by its own choice: the client while a slow
  * backend keeps the buffer full, every backend while the client's output
@@ -46,6 +47,7 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now);
 int wsp_backend_flush(wsp_pipe_t *p, apr_time_t now);
 int wsp_client_read(wsp_pipe_t *p, apr_time_t now, int ready);
 void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev);
+void wsp_client_give(wsp_pipe_t *p, wsp_rmsg_t *m);
 void wsp_backend_acked(wsp_pipe_t *p, const wsp_hop_in_t *in);
 int wsp_backend_hold(wsp_pipe_t *p, apr_time_t now, int ready);
 int wsp_backend_read(wsp_pipe_t *p, apr_time_t now, int ready);
@@ -96,5 +98,13 @@ void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
                       const char *reason, apr_size_t rlen);
 void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code);
 void wsp_check_done(wsp_pipe_t *p, apr_time_t now);
+
+/* wsp_resume.c: sessions that outlive a client connection */
+void wsp_detach(wsp_pipe_t *p, apr_time_t now, const char *why,
+                apr_status_t rv);
+void wsp_detached_end(wsp_pipe_t *p, apr_time_t now, const char *why);
+void wsp_detached_step(wsp_pipe_t *p, apr_time_t now);
+void wsp_session_attached(wsp_pipe_t *p);
+void wsp_backend_kept(wsp_pipe_t *p, wsp_hop_in_t *in, int ev);
 
 #endif /* WSP_PIPE_INT_H */

@@ -8,14 +8,23 @@
 apr_status_t wsp_registry_child_init(apr_pool_t *p);
 
 /* Register p under its id. When a live pipe holds the id: in reject mode
- * APR_EEXIST; in replace mode ask that pipe's driver to let its client go
- * and wait up to wait for it: APR_SUCCESS with *taken the old pipe, now
- * the caller's (p is not registered then), APR_EINVAL when p does not
- * offer the old pipe's subprotocol, or APR_TIMEUP (the request is
- * withdrawn: the old driver keeps its pipe). */
-apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
+ * APR_EEXIST; in replace mode, for a resume, or when that pipe's session
+ * is detached, ask its driver to let it go and wait up to wait for it:
+ * APR_SUCCESS with *taken the old pipe, now the caller's (p is not
+ * registered then), APR_EINVAL when p does not offer the old pipe's
+ * subprotocol, or APR_TIMEUP (the request is withdrawn: the old driver
+ * keeps its pipe). A resume finds no pipe: APR_NOTFOUND, p is not
+ * registered. */
+#define WSP_CLAIM_REPLACE 1       /* WSPersistDuplicateClient replace */
+#define WSP_CLAIM_RESUME  2       /* the client says what it received */
+
+apr_status_t wsp_registry_claim(wsp_pipe_t *p, int how,
                                 apr_interval_time_t wait,
                                 wsp_pipe_t **taken);
+
+/* The pipe's session is detached (on) or not: a connection for its id
+ * resumes it whatever WSPersistDuplicateClient says. */
+void wsp_registry_detached(wsp_pipe_t *p, int on);
 
 /* The pipe ended: its id is free at once. */
 void wsp_registry_remove(wsp_pipe_t *p);

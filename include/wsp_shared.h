@@ -37,6 +37,9 @@ typedef struct {
     const char *name;           /* location path ("#2".. if repeated) */
     int pipes;                  /* live pipes, all children */
     int free_slots;             /* room for backends added at run time */
+    int detached;               /* sessions without a client now */
+    apr_uint32_t resumed;       /* sessions resumed since start */
+    apr_uint32_t expired;       /* detached sessions that ended unresumed */
     apr_array_header_t *backends;   /* of wsp_be_info_t, by value */
 } wsp_pool_info_t;
 
@@ -66,6 +69,17 @@ void wsp_shared_child_status(server_rec *s, pid_t pid, ap_generation_t gen,
 /* Every pool with its backends, as all children see them now; NULL
  * when the segment is missing. Of wsp_pool_info_t, by value. */
 apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p);
+
+/* A session of pool changed (DESIGN 7): counted per pool, in every
+ * child's view. */
+typedef enum {
+    WSP_SESSION_DETACHED,       /* its client dropped */
+    WSP_SESSION_ATTACHED,       /* ... and it has one again, or ended */
+    WSP_SESSION_RESUMED,        /* a new connection took it up */
+    WSP_SESSION_EXPIRED         /* it ended detached */
+} wsp_session_ev_e;
+
+void wsp_shared_session_event(const wsp_pool_t *pool, wsp_session_ev_e ev);
 
 /* Pipes live in this process. */
 int wsp_shared_process_pipes(void);

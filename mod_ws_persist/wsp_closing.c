@@ -19,6 +19,12 @@ void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
     if (wsp_closing(p)) {
         return;
     }
+    if (p->resumable && cl->upgraded && !cl->close_sent
+        && !cl->close_rcvd && p->state != WSP_ST_FAILED
+        && p->state != WSP_ST_CONNECTING) {
+        wsp_detach(p, now, why, rv);
+        return;
+    }
     WSP_LOG(p, APLOG_INFO, rv, "client went away (%s)", why);
     wsp_begin_ending(p, now, "client went away");
     if (p->b->bc && p->b->bc->state == WSP_BC_OPEN) {

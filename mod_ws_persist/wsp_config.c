@@ -21,6 +21,7 @@
 #define WSP_DEFAULT_RETRY_MAX    apr_time_from_sec(30)
 #define WSP_DEFAULT_MAX_ERRORS   100
 #define WSP_DEFAULT_PING         apr_time_from_sec(30)
+#define WSP_DEFAULT_RESUME_BUF   (256 * 1024)
 
 static const int wsp_default_failover[] = { 1001, 1006, 1011, 1012, 1013,
                                             1014 };
@@ -39,6 +40,7 @@ void *wsp_create_dir_config(apr_pool_t *p, char *dir)
     conf->max_errors = WSP_DEFAULT_MAX_ERRORS;
     conf->id_source = WSP_ID_PATH;
     conf->ping_interval = WSP_DEFAULT_PING;
+    conf->resume_buffer = WSP_DEFAULT_RESUME_BUF;
     for (i = 0; i < sizeof(wsp_default_failover) / sizeof(int); i++) {
         conf->failover_codes[i] = wsp_default_failover[i];
     }
@@ -65,6 +67,8 @@ void *wsp_merge_dir_config(apr_pool_t *p, void *basev, void *addv)
     WSP_OVERLAY(exclusive, exclusive_set);
     WSP_OVERLAY(ack, ack_set);
     WSP_OVERLAY(ping_interval, ping_set);
+    WSP_OVERLAY(resume_window, resume_window_set);
+    WSP_OVERLAY(resume_buffer, resume_buffer_set);
     WSP_OVERLAY(dup_replace, dup_set);
     WSP_OVERLAY(retry_min, retry_set);
     WSP_OVERLAY(retry_max, retry_set);
@@ -438,6 +442,34 @@ static const char *set_ping(cmd_parms *cmd, void *dconf, const char *arg)
     return NULL;
 }
 
+static const char *set_resume_window(cmd_parms *cmd, void *dconf,
+                                     const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    const char *err = wsp_parse_time(arg, &conf->resume_window);
+
+    if (err) {
+        return wsp_bad(cmd, arg, err);
+    }
+    conf->resume_window_set = 1;
+    return NULL;
+}
+
+static const char *set_resume_buffer(cmd_parms *cmd, void *dconf,
+                                     const char *arg)
+{
+    wsp_dir_conf_t *conf = dconf;
+    apr_off_t v;
+    const char *err = wsp_parse_size(arg, &v);
+
+    if (err) {
+        return wsp_bad(cmd, arg, err);
+    }
+    conf->resume_buffer = v;
+    conf->resume_buffer_set = 1;
+    return NULL;
+}
+
 static const char *set_retry(cmd_parms *cmd, void *dconf, const char *min,
                              const char *max)
 {
@@ -683,6 +715,14 @@ const command_rec wsp_cmds[] = {
     AP_INIT_TAKE1("WSPersistPingInterval", set_ping, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "ping a quiet hop after this long; 0 disables (30)"),
+    AP_INIT_TAKE1("WSPersistResumeWindow", set_resume_window, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "how long a session outlives its client's connection "
+                  "when it drops without a close frame; 0: not at all (0)"),
+    AP_INIT_TAKE1("WSPersistResumeBuffer", set_resume_buffer, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "bytes of backend messages kept once written to the "
+                  "client, for a resume (256K)"),
     AP_INIT_ITERATE("WSPersistFailoverCodes", set_failover_codes, NULL,
                     RSRC_CONF | ACCESS_CONF,
                     "backend close codes that mean fail over"),

@@ -5,6 +5,7 @@
  * same state machine as the worker-thread loop. When a pipe ends the loop
  * finishes the request (logging it), closes the connection lingering and
  * destroys its pool, which the MPM counts out as a suspended connection. */
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "apr_poll.h"
@@ -54,7 +55,8 @@ struct wsp_ev_t {
     struct wsp_evloop_t *loop;
     wsp_pipe_t *p;                 /* NULL once the pipe is gone */
     request_rec *r;                /* NULL once the request is finished */
-    conn_rec *c;
+    conn_rec *c;                   /* NULL: a detached session's entry,
+                                    * in the heap, with no connection */
     apr_pollfd_t pfd[WSP_SOCKS];
     apr_int16_t reg[WSP_SOCKS];    /* events registered, 0: none */
     apr_int16_t rev[WSP_SOCKS];    /* events seen this round */
@@ -207,6 +209,67 @@ static void wsp_ev_release(wsp_evloop_t *L, wsp_ev_t *ep)
     apr_pool_destroy(c->pool);        /* ep lived there too */
 }
 
+/* A detached session's entry leaves the loop (its pipe ended or was
+ * resumed elsewhere). */
+static void wsp_ev_drop_detached(wsp_evloop_t *L, wsp_ev_t *ep)
+{
+    int i;
+
+    for (i = 0; i < WSP_SOCKS; i++) {
+        wsp_ev_watch(L, ep, i, NULL, 0);
+    }
+    wsp_ev_timer(L, ep, 0);
+    APR_RING_REMOVE(ep, link);
+    apr_thread_mutex_lock(L->lock);
+    L->count--;
+    apr_thread_mutex_unlock(L->lock);
+    free(ep);
+}
+
+static void wsp_ev_init_sides(wsp_ev_t *ep)
+{
+    int i;
+
+    for (i = 0; i < WSP_SOCKS; i++) {
+        ep->side[i].ep = ep;
+        ep->side[i].which = i;
+    }
+}
+
+static void wsp_ev_bclose(void *baton, apr_socket_t *sock);
+static void wsp_ev_activate(wsp_evloop_t *L, wsp_ev_t *ep);
+static void wsp_ev_finish(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now);
+
+/* The pipe's client dropped and its session stays (DESIGN 7): the pipe
+ * goes on in an entry of its own, and this one finishes the client's
+ * request and connection as for any pipe's end. */
+static void wsp_ev_detach(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
+{
+    wsp_pipe_t *p = ep->p;
+    wsp_ev_t *dp = calloc(1, sizeof(*dp));
+
+    wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
+    wsp_ev_forget_pipe(L, ep);
+    if (!dp) {
+        /* no memory for the entry: the session cannot stay */
+        wsp_pipe_going_away(p);
+        wsp_pipe_end(p);
+        wsp_ev_finish(L, ep, now);
+        return;
+    }
+    dp->loop = L;
+    dp->p = p;
+    wsp_ev_init_sides(dp);
+    APR_RING_ELEM_INIT(dp, link);
+    APR_RING_INSERT_TAIL(&L->live, dp, wsp_ev_t, link);
+    apr_thread_mutex_lock(L->lock);
+    L->count++;
+    apr_thread_mutex_unlock(L->lock);
+    wsp_pipe_set_driver(p, wsp_ev_bclose, dp);
+    wsp_ev_activate(L, dp);
+    wsp_ev_finish(L, ep, now);
+}
+
 /* Finish the request (logs it, frees r->pool) and start a lingering
  * close of the client connection. */
 static void wsp_ev_finish(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
@@ -277,6 +340,12 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
     if (wsp_pipe_handover_begin(p)) {
         wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
         wsp_ev_forget_pipe(L, ep);
+        if (!ep->c) {
+            /* the entry goes before the pipe is the claimer's */
+            wsp_ev_drop_detached(L, ep);
+            wsp_pipe_handover_end(p);
+            return;
+        }
         wsp_pipe_handover_end(p);
         wsp_ev_finish(L, ep, now);
         return;
@@ -299,7 +368,15 @@ static void wsp_ev_process(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
         wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
         wsp_ev_forget_pipe(L, ep);
         wsp_pipe_end(p);
+        if (!ep->c) {
+            wsp_ev_drop_detached(L, ep);
+            return;
+        }
         wsp_ev_finish(L, ep, now);
+        return;
+    }
+    if (ep->c && wsp_pipe_detached(p)) {
+        wsp_ev_detach(L, ep, now);
         return;
     }
     wsp_pipe_want(p, &w);
@@ -349,7 +426,7 @@ static void wsp_ev_close_all(wsp_evloop_t *L)
     L->closing_all = 1;
     for (ep = APR_RING_FIRST(&L->live); ep != APR_RING_SENTINEL(&L->live,
          wsp_ev_t, link); ep = APR_RING_NEXT(ep, link)) {
-        if (ep->p && wsp_pipe_open(ep->p)) {
+        if (ep->p && wsp_pipe_session(ep->p)) {
             wsp_pipe_going_away(ep->p);
             wsp_ev_activate(L, ep);
         }
@@ -571,10 +648,7 @@ void wsp_evloop_suspended(conn_rec *c, request_rec *r)
     ep->p = p;
     ep->r = r;
     ep->c = c;
-    for (i = 0; i < WSP_SOCKS; i++) {
-        ep->side[i].ep = ep;
-        ep->side[i].which = i;
-    }
+    wsp_ev_init_sides(ep);
     ep->settle_at = apr_time_now() + WSP_EV_SETTLE;
     APR_RING_ELEM_INIT(ep, link);
     wsp_pipe_set_driver(p, wsp_ev_bclose, ep);

@@ -23,8 +23,9 @@ void wsp_bhop_end(wsp_pipe_t *p, wsp_hop_t *h)
     if (h->be) {
         wsp_pool_release(p->conf->pool, h->be);
     }
-    if (p->client) {
-        wsp_hop_drop(&h->in);      /* its frames are the client's memory */
+    if (p->client || p->resumable) {
+        wsp_hop_drop(&h->in);      /* its frames are the client's memory,
+                                    * or the pipe's */
     }
     memset(h, 0, sizeof(*h));
     h->kind = WSP_HOP_BACKEND;
@@ -264,11 +265,12 @@ void wsp_connected(wsp_pipe_t *p, apr_time_t now)
     WSP_LOG(p, APLOG_DEBUG, 0, "connected (resume %d)", p->connections);
     p->connections++;
     wsp_hop_init(&p->b->in, WSP_FROM_SERVER, wsp_conf_max_message(p->conf),
-                 p->client->c->bucket_alloc, p->b->in.msg, &p->rng);
+                 p->resumable ? p->ba : p->client->c->bucket_alloc,
+                 p->b->in.msg, &p->rng);
     p->b->last_rx = now;
     p->b->ping_sent = 0;
     p->b->ended = NULL;
-    wsp_transit(p, WSP_ST_LIVE, p->b->be->url);
+    wsp_settle(p, p->b->be->url);
 }
 
 /* WSPersistAck: an X-WS-Persist-Received beyond what the client sent

@@ -12,10 +12,14 @@
 
 #include <uuid/uuid.h>
 
+/* the query parameter a browser gives its resume count in (DESIGN 7) */
+#define WSP_RECEIVED_PARAM "wsp_received"
+
 #include "mod_ws_persist.h"
 #include "wsp_config.h"
 #include "wsp_evloop.h"
 #include "wsp_handler.h"
+#include "wsp_frame.h"
 #include "wsp_handshake.h"
 #include "wsp_loop.h"
 #include "wsp_parse.h"
@@ -158,7 +162,7 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
     const char *xff = apr_table_get(r->headers_in, "X-Forwarded-For");
     const char *host = apr_table_get(r->headers_in, "Host");
     const char *conn = apr_table_get(r->headers_in, "Connection");
-    const char *v;
+    const char *v, *args = r->args;
     apr_pool_t *pool = p->pool;
     int i;
 
@@ -180,8 +184,16 @@ static void wsp_fill_request(wsp_pipe_t *p, request_rec *r,
         pool = p->rpool;
     }
     p->fwd = apr_table_make(pool, 8);
-    p->rest = apr_pstrcat(pool, path, r->args ? "?" : "",
-                          r->args ? r->args : "", NULL);
+    if (conf->resume_window > 0) {
+        /* the resume count is the proxy's, never a backend's */
+        int n;
+        const char *v;
+
+        args = wsp_query_take(r->pool, args, WSP_RECEIVED_PARAM, &n, &v);
+    }
+    p->rest = apr_pstrcat(pool, path, args ? "?" : "", args ? args : "",
+                          NULL);
+    p->client_ip = apr_pstrdup(pool, r->useragent_ip);
     v = apr_table_get(r->headers_in, "Sec-WebSocket-Protocol");
     p->offered = v ? apr_pstrdup(pool, v) : NULL;
     for (i = 0; pass[i]; i++) {
@@ -223,8 +235,8 @@ static void wsp_take_connection(request_rec *r)
     }
 }
 
-static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
-                         int generated)
+static void wsp_101(request_rec *r, const char *key, const char *protocol,
+                    const char *gen_id, const char *session)
 {
     char accept[WSP_ACCEPT_LEN + 1];
 
@@ -236,15 +248,96 @@ static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
     apr_table_setn(r->headers_out, "Connection", "Upgrade");
     apr_table_setn(r->headers_out, "Sec-WebSocket-Accept",
                    apr_pstrdup(r->pool, accept));
-    if (p->protocol) {
+    if (protocol) {
         apr_table_setn(r->headers_out, "Sec-WebSocket-Protocol",
-                       apr_pstrdup(r->pool, p->protocol));
+                       apr_pstrdup(r->pool, protocol));
     }
-    if (generated) {
-        apr_table_setn(r->headers_out, "X-WS-Persist-Client-Id", p->id);
+    if (gen_id) {
+        apr_table_setn(r->headers_out, "X-WS-Persist-Client-Id", gen_id);
+    }
+    if (session) {
+        apr_table_setn(r->headers_out, "X-WS-Persist-Session", session);
     }
     ap_send_interim_response(r, 1);
+}
+
+static void wsp_send_101(request_rec *r, wsp_pipe_t *p, const char *key,
+                         int generated, const char *session)
+{
+    wsp_101(r, key, p->protocol, generated ? p->id : NULL,
+            p->resumable ? session : NULL);
     wsp_pipe_upgraded(p);
+}
+
+/* A resume for a session this process does not hold (DESIGN 7): 101,
+ * then close 4410 at once, so that a browser, which cannot read an HTTP
+ * status of a WebSocket, learns it too. The 101 names the first
+ * subprotocol offered: a browser fails a connection that offered some
+ * and was given none. */
+static int wsp_gone(request_rec *r, const char *key, const char *id,
+                    const char *why)
+{
+    conn_rec *c = r->connection;
+    const char *offered = apr_table_get(r->headers_in,
+                                        "Sec-WebSocket-Protocol");
+    char *proto = NULL, *last;
+    unsigned char f[WSP_FRAME_HDR_MAX + WSP_CONTROL_MAX], pl[WSP_CONTROL_MAX];
+    apr_size_t n, h;
+    apr_bucket_brigade *bb;
+
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "ws_persist: client %s "
+                  "(%s) backend -: resume refused (%s): 101, then close "
+                  "4410", id, r->useragent_ip, why);
+    if (offered) {
+        proto = apr_strtok(apr_pstrdup(r->pool, offered), ", \t", &last);
+    }
+    wsp_take_connection(r);
+    wsp_101(r, key, proto, NULL, NULL);
+    n = wsp_close_payload(pl, WSP_CLOSE_SESSION_GONE, "session gone", 12);
+    h = wsp_frame_header(f, 1, WSP_OP_CLOSE, n, NULL);
+    memcpy(f + h, pl, n);
+    bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_heap_create((const char *)f,
+                            h + n, NULL, c->bucket_alloc));
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(c->bucket_alloc));
+    ap_pass_brigade(c->output_filters, bb);
+    apr_brigade_cleanup(bb);
+    return DONE;
+}
+
+/* A resume's count of backend messages the client received: header
+ * X-WS-Persist-Received, or the query parameter browsers can set. One
+ * decimal count, else 400. */
+static int wsp_received_count(request_rec *r, int *has_n, apr_uint64_t *n)
+{
+    const char *h = apr_table_get(r->headers_in, "X-WS-Persist-Received");
+    const char *v = NULL;
+    int count = 0;
+
+    *has_n = 0;
+    wsp_query_take(r->pool, r->args, WSP_RECEIVED_PARAM, &count, &v);
+    if (h && count) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "both the "
+                          "X-WS-Persist-Received header and the "
+                          WSP_RECEIVED_PARAM " parameter");
+    }
+    if (count > 1) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, WSP_RECEIVED_PARAM
+                          " given more than once");
+    }
+    if (h) {
+        v = h;
+    }
+    if (!v) {
+        return OK;
+    }
+    if (!wsp_parse_count(v, strlen(v), n)) {
+        return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, apr_psprintf(r->pool,
+                          "received count \"%s\" is not a decimal count",
+                          ap_escape_logitem(r->pool, v)));
+    }
+    *has_n = 1;
+    return OK;
 }
 
 /* Under the event MPM the pipe goes to the child's loop and this thread
@@ -277,7 +370,8 @@ int wsp_handler(request_rec *r)
     wsp_dir_conf_t *conf;
     wsp_pipe_t *p, *taken;
     const char *key = NULL, *id, *origin;
-    int status, generated;
+    int status, generated, has_n = 0, how;
+    apr_uint64_t n = 0;
     apr_status_t rv;
 
     if (!r->handler || strcmp(r->handler, WSP_HANDLER)) {
@@ -312,6 +406,10 @@ int wsp_handler(request_rec *r)
         return wsp_refuse(r, HTTP_BAD_REQUEST, NULL, "client id missing or "
                           "not a UUID");
     }
+    if (conf->resume_window > 0 && !generated
+        && (status = wsp_received_count(r, &has_n, &n)) != OK) {
+        return status;
+    }
     if ((rv = wsp_pipe_create(&p, r, conf, id)) != APR_SUCCESS) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, "ws_persist: client %s "
                       "(%s) backend -: cannot create a pipe", id,
@@ -319,10 +417,14 @@ int wsp_handler(request_rec *r)
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     wsp_fill_request(p, r, conf);
-    rv = wsp_registry_claim(p, conf->dup_replace,
-                            conf->connect_timeout, &taken);
+    how = (conf->dup_replace ? WSP_CLAIM_REPLACE : 0)
+          | (has_n ? WSP_CLAIM_RESUME : 0);
+    rv = wsp_registry_claim(p, how, conf->connect_timeout, &taken);
     if (rv != APR_SUCCESS) {
         wsp_pipe_destroy(p);
+        if (rv == APR_NOTFOUND) {
+            return wsp_gone(r, key, id, "no such session in this process");
+        }
         if (rv == APR_EEXIST) {
             return wsp_refuse(r, HTTP_CONFLICT, id, "client id is live");
         }
@@ -335,13 +437,26 @@ int wsp_handler(request_rec *r)
                           "did not let go in time");
     }
     if (taken) {
+        int res = WSP_RESUME_OK;
+
         wsp_pipe_destroy(p);
         p = taken;
         wsp_fill_request(p, r, conf);
         wsp_take_connection(r);
         wsp_pipe_attach(p, r);
         WSP_LOG(p, APLOG_INFO, 0, "took over the live pipe");
-        wsp_send_101(r, p, key, generated);
+        if (p->resumable) {
+            res = wsp_pipe_resume(p, has_n, n);
+        }
+        if (res != WSP_RESUME_OK) {
+            wsp_send_101(r, p, key, generated, NULL);
+            wsp_pipe_gone(p, res == WSP_RESUME_LOST ? "message after the "
+                          "client's count no longer kept" : "client's "
+                          "count beyond what it was sent");
+        }
+        else {
+            wsp_send_101(r, p, key, generated, "resumed");
+        }
         return wsp_run(r, p);
     }
     wsp_pipe_attach(p, r);
@@ -354,6 +469,6 @@ int wsp_handler(request_rec *r)
         return HTTP_SERVICE_UNAVAILABLE;
     }
     wsp_take_connection(r);
-    wsp_send_101(r, p, key, generated);
+    wsp_send_101(r, p, key, generated, "new");
     return wsp_run(r, p);
 }

@@ -126,7 +126,7 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             wsp_pipe_handover_end(p);
             return WSP_LOOP_HANDED_OVER;
         }
-        if (!stopping && wsp_pipe_open(p)
+        if (!stopping && wsp_pipe_session(p)
             && wsp_stop_due(&stop_seen, apr_time_now())) {
             stopping = 1;
             wsp_pipe_going_away(p);

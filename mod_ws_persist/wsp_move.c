@@ -39,16 +39,28 @@ int wsp_move_due(const wsp_pipe_t *p, apr_time_t now)
            && (now >= p->move_at || (p->quiesce_at && wsp_quiet(p)));
 }
 
+/* Where the message brigade a move swaps in waits: in the pipe when
+ * backend messages are built in its memory, else in the client's. */
+static apr_bucket_brigade **wsp_spare(wsp_pipe_t *p)
+{
+    if (p->resumable) {
+        return &p->rspare;
+    }
+    return p->client ? &p->client->spare : NULL;
+}
+
 /* Let go of the second backend connection, whichever role it had. */
 void wsp_aux_end(wsp_pipe_t *p)
 {
+    apr_bucket_brigade **spare = wsp_spare(p);
+
     if (p->state == WSP_ST_MOVING) {
-        wsp_transit(p, WSP_ST_LIVE, "replacement let go");
+        wsp_settle(p, "replacement let go");
     }
     wsp_bhop_end(p, p->b2);
     p->quiesce_at = 0;
-    if (p->b2->in.msg && p->client && !p->client->spare) {
-        p->client->spare = p->b2->in.msg;   /* the next move's */
+    if (p->b2->in.msg && spare && !*spare) {
+        *spare = p->b2->in.msg;             /* the next move's */
     }
     p->b2->in.msg = NULL;
 }
@@ -111,12 +123,13 @@ void wsp_move_start(wsp_pipe_t *p, apr_time_t now)
  * of the replacement's. */
 int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
 {
-    wsp_hop_t *cl = p->client, *old = p->b;
+    wsp_hop_t *old = p->b;
     wsp_bconn_t *old_bc = p->b->bc;
+    apr_bucket_brigade **spare = wsp_spare(p);
 
     if (!p->b2->bc || p->b2->retiring || p->b2->bc->state != WSP_BC_OPEN
         || p->state != WSP_ST_MOVING || !old_bc
-        || old_bc->state != WSP_BC_OPEN || !cl || !cl->spare
+        || old_bc->state != WSP_BC_OPEN || !spare || !*spare
         || !wsp_queue_at_message_boundary(&p->q)
         || p->b->ctrl_off < p->b->ctrl_len || p->b->close_pending
         || p->b->close_sent || p->b->close_rcvd) {
@@ -125,8 +138,8 @@ int wsp_move_switch(wsp_pipe_t *p, apr_time_t now)
     /* the two hops swap: the old backend is the retiring second one */
     p->b = p->b2;
     p->b2 = old;
-    p->b->in.msg = cl->spare;
-    cl->spare = NULL;
+    p->b->in.msg = *spare;
+    *spare = NULL;
     old->retiring = 1;
     old->deadline = now + WSP_RETIRE_CAP;
     old->last_rx = now;

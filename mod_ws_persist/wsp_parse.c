@@ -244,3 +244,40 @@ int wsp_parse_count(const char *s, apr_size_t len, apr_uint64_t *n)
     *n = v;
     return 1;
 }
+
+const char *wsp_query_take(apr_pool_t *p, const char *args, const char *name,
+                           int *count, const char **value)
+{
+    apr_size_t nlen = strlen(name);
+    char *out, *o;
+    const char *a = args;
+
+    *count = 0;
+    *value = NULL;
+    if (!args) {
+        return NULL;
+    }
+    o = out = apr_palloc(p, strlen(args) + 1);
+    while (*a) {
+        const char *end = strchr(a, '&');
+        apr_size_t len = end ? (apr_size_t)(end - a) : strlen(a);
+
+        if (len >= nlen && !strncmp(a, name, nlen)
+            && (len == nlen || a[nlen] == '=')) {
+            if (!(*count)++) {
+                *value = apr_pstrmemdup(p, a + nlen + (len > nlen),
+                                        len - nlen - (len > nlen));
+            }
+        }
+        else if (len > 0) {
+            if (o > out) {
+                *o++ = '&';
+            }
+            memcpy(o, a, len);
+            o += len;
+        }
+        a += len + (end != NULL);
+    }
+    *o = '\0';
+    return o > out ? out : NULL;
+}

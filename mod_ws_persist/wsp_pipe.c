@@ -17,8 +17,8 @@
 #include "wsp_registry.h"
 
 static const char *const wsp_state_names[] = {
-    "connecting", "live", "failing-over", "moving", "closing", "done",
-    "failed"
+    "connecting", "live", "failing-over", "moving", "detached", "closing",
+    "done", "failed"
 };
 
 const char *wsp_pipe_backend_url(const wsp_pipe_t *p)
@@ -44,7 +44,20 @@ int wsp_closing(const wsp_pipe_t *p)
 
 static int wsp_relaying(const wsp_pipe_t *p)
 {
-    return p->state == WSP_ST_LIVE || p->state == WSP_ST_MOVING;
+    return p->state == WSP_ST_LIVE || p->state == WSP_ST_MOVING
+           || p->state == WSP_ST_DETACHED;
+}
+
+int wsp_pipe_detached(const wsp_pipe_t *p)
+{
+    return p->detach_until != 0;
+}
+
+/* A backend took over relaying: live, or detached without a client. */
+void wsp_settle(wsp_pipe_t *p, const char *why)
+{
+    wsp_transit(p, wsp_pipe_detached(p) ? WSP_ST_DETACHED : WSP_ST_LIVE,
+                why);
 }
 
 int wsp_connecting(const wsp_pipe_t *p)
@@ -59,7 +72,7 @@ wsp_state_e wsp_pipe_state(const wsp_pipe_t *p)
 
 int wsp_pipe_upgrade_due(const wsp_pipe_t *p)
 {
-    return p->state == WSP_ST_LIVE && !p->client->upgraded;
+    return p->state == WSP_ST_LIVE && p->client && !p->client->upgraded;
 }
 
 int wsp_pipe_backend_bound(const wsp_pipe_t *p)
@@ -71,6 +84,12 @@ int wsp_pipe_open(const wsp_pipe_t *p)
 {
     return !wsp_closing(p) && p->state != WSP_ST_FAILED && p->client
            && p->client->upgraded;
+}
+
+int wsp_pipe_session(const wsp_pipe_t *p)
+{
+    return wsp_pipe_open(p)
+           || (wsp_pipe_detached(p) && !wsp_closing(p));
 }
 
 /* While a backend takes the buffer (or will take what a slow one left), a
@@ -148,9 +167,25 @@ void wsp_pipe_set_driver(wsp_pipe_t *p,
 static void wsp_pipe_run_once(wsp_pipe_t *p,
                               const apr_int16_t rev[WSP_SOCKS]);
 
+/* A client connection that dropped while the session stays: the pipe
+ * forgets it (it lives in its request's pool), and the driver finishes
+ * that connection. */
+static void wsp_pipe_release_client(wsp_pipe_t *p)
+{
+    wsp_hop_t *cl = p->client;
+
+    wsp_hop_drop(&cl->in);
+    apr_brigade_cleanup(cl->ibb);
+    apr_brigade_cleanup(cl->out);
+    p->client = NULL;
+}
+
 void wsp_pipe_run(wsp_pipe_t *p, const apr_int16_t rev[WSP_SOCKS])
 {
     wsp_pipe_run_once(p, rev);
+    if (p->client && p->client->gone && wsp_pipe_detached(p)) {
+        wsp_pipe_release_client(p);
+    }
     /* the thread's read buffer is the next pipe's */
     if (p->b->bc) {
         wsp_bconn_settle(p->b->bc);
@@ -184,6 +219,7 @@ static void wsp_pipe_run_once(wsp_pipe_t *p,
     if (wsp_move_due(p, now)) {
         wsp_move_start(p, now);
     }
+    wsp_detached_step(p, now);
     do {
         progress = wsp_connect_step(p, now);
         progress |= wsp_aux_step(p, now, aready);
@@ -205,6 +241,7 @@ static void wsp_pipe_run_once(wsp_pipe_t *p,
         return;                       /* the driver sends the 101 first */
     }
     wsp_connect_timeout(p, now);
+    wsp_detached_step(p, now);
     wsp_pings(p, now);
     wsp_client_flush(p, now);
     wsp_backend_flush(p, now);
@@ -289,6 +326,9 @@ void wsp_pipe_want(wsp_pipe_t *p, wsp_want_t *want)
     }
     if (wsp_closing(p)) {
         WSP_SOONER(p->close_deadline);
+    }
+    else if (wsp_pipe_detached(p)) {
+        WSP_SOONER(p->detach_until);
     }
     if (p->b2->bc) {
         *asock = p->b2->bc->sock;
@@ -385,6 +425,13 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     p->b = &p->hops[0];
     p->b2 = &p->hops[1];
     p->b->in.msg = apr_brigade_create(pool, p->ba);
+    if (conf->resume_window > 0) {
+        /* backend messages outlive client connections: they are built in
+         * the pipe's memory, and the spare brigade of moves is its own */
+        p->resumable = 1;
+        wsp_retain_init(&p->rt, p->ba, conf->resume_buffer);
+        p->rspare = apr_brigade_create(pool, p->ba);
+    }
     p->deadline = apr_time_now() + conf->connect_timeout;
     *out = p;
     return APR_SUCCESS;
@@ -423,8 +470,11 @@ void wsp_pipe_attach(wsp_pipe_t *p, request_rec *r)
     cl->ibb = apr_brigade_create(r->pool, c->bucket_alloc);
     cl->out = apr_brigade_create(r->pool, c->bucket_alloc);
     cl->tmp = apr_brigade_create(r->pool, c->bucket_alloc);
-    cl->spare = apr_brigade_create(r->pool, c->bucket_alloc);
     p->client = cl;
+    if (p->resumable) {
+        return;                        /* backend frames are the pipe's */
+    }
+    cl->spare = apr_brigade_create(r->pool, c->bucket_alloc);
     /* backend frames now go to this connection (a former one cleaned up
      * its brigade when it let go) */
     p->b->in.msg = apr_brigade_create(r->pool, c->bucket_alloc);
@@ -451,6 +501,17 @@ void wsp_pipe_detach(wsp_pipe_t *p)
     unsigned char pl[WSP_CONTROL_MAX];
     apr_size_t n;
 
+    if (!cl) {
+        /* detached: the backend hop stays as it is (its frames are the
+         * pipe's), a handshake under way does not (see below) */
+        WSP_LOG(p, APLOG_DEBUG, 0, "a new connection resumes the session");
+        wsp_aux_end(p);
+        if (p->b->bc && p->b->bc->state != WSP_BC_OPEN) {
+            wsp_bhop_end(p, p->b);
+            p->retry_at = 0;
+        }
+        return;
+    }
     WSP_LOG(p, APLOG_INFO, 0, "a newer connection takes the pipe over: "
             "closing this one with 1008");
     if (!cl->gone) {
@@ -469,19 +530,22 @@ void wsp_pipe_detach(wsp_pipe_t *p)
     }
     /* what this thread allocated stays with it */
     wsp_hop_drop(&cl->in);
+    p->client = NULL;
+    if (p->resumable) {
+        return;                        /* backend frames are the pipe's */
+    }
     if (wsp_hop_mid_message(&p->b->in)) {
         p->b->in.drop = 1;
     }
     wsp_hop_drop(&p->b->in);
     p->b->in.msg = NULL;
-    p->client = NULL;
 }
 
 int wsp_pipe_handover_begin(wsp_pipe_t *p)
 {
-    return p->handover == WSP_HANDOVER_ASKED && p->client
-           && p->client->upgraded && !wsp_closing(p)
-           && wsp_registry_begin_handover(p);
+    return p->handover == WSP_HANDOVER_ASKED
+           && ((p->client && p->client->upgraded) || wsp_pipe_detached(p))
+           && !wsp_closing(p) && wsp_registry_begin_handover(p);
 }
 
 int wsp_pipe_handover_asked(const wsp_pipe_t *p)
@@ -512,6 +576,10 @@ void wsp_pipe_destroy(wsp_pipe_t *p)
         wsp_hop_drop(&p->client->in);
     }
     wsp_queue_clear(&p->q);
+    if (p->resumable) {
+        wsp_retain_clear(&p->rt);
+        apr_brigade_cleanup(p->rspare);
+    }
     apr_bucket_alloc_destroy(p->ba);
     apr_pool_destroy(p->pool);
 }

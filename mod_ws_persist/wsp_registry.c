@@ -40,10 +40,11 @@ static int wsp_registry_offers(const wsp_pipe_t *old, const char *offered)
            || (offered && wsp_header_has_token(offered, old->protocol));
 }
 
-apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
+apr_status_t wsp_registry_claim(wsp_pipe_t *p, int how,
                                 apr_interval_time_t wait,
                                 wsp_pipe_t **taken)
 {
+    int replace = (how & WSP_CLAIM_REPLACE) != 0;
     apr_time_t until = apr_time_now() + wait;
     apr_status_t rv = APR_SUCCESS;
     wsp_pipe_t *old;
@@ -52,11 +53,15 @@ apr_status_t wsp_registry_claim(wsp_pipe_t *p, int replace,
     apr_thread_mutex_lock(wsp_reg_lock);
     for (;;) {
         old = apr_hash_get(wsp_pipes, p->id, APR_HASH_KEY_STRING);
+        if (!old && (how & WSP_CLAIM_RESUME)) {
+            rv = APR_NOTFOUND;        /* no session to resume here */
+            break;
+        }
         if (!old) {
             apr_hash_set(wsp_pipes, p->id, APR_HASH_KEY_STRING, p);
             break;
         }
-        if (!replace) {
+        if (!replace && !(how & WSP_CLAIM_RESUME) && !old->detached) {
             rv = APR_EEXIST;
             break;
         }
@@ -115,6 +120,13 @@ void wsp_registry_pin(wsp_pipe_t *p, const char *protocol)
     p->protocol = protocol ? apr_pstrdup(p->pool, protocol) : NULL;
     p->pinned = 1;
     apr_thread_cond_broadcast(wsp_reg_cond);
+    apr_thread_mutex_unlock(wsp_reg_lock);
+}
+
+void wsp_registry_detached(wsp_pipe_t *p, int on)
+{
+    apr_thread_mutex_lock(wsp_reg_lock);
+    p->detached = on;
     apr_thread_mutex_unlock(wsp_reg_lock);
 }
 

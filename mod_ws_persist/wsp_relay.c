@@ -42,6 +42,29 @@ void wsp_client_ctrl(wsp_pipe_t *p, int opcode,
         (const char *)f, h + len, apr_bucket_free, cl->c->bucket_alloc));
     cl->out_bytes += (apr_off_t)wsp_frame_cost(h + len);
     cl->ctrl_out += (apr_off_t)wsp_frame_cost(h + len);
+    cl->out_total += (apr_off_t)(h + len);
+}
+
+/* A kept backend message joins the client's output as a copy in the
+ * connection's memory (the record stays the pipe's): in pieces of at
+ * most a pass, so that passing them cuts none. */
+void wsp_client_give(wsp_pipe_t *p, wsp_rmsg_t *m)
+{
+    wsp_hop_t *cl = p->client;
+    const char *d = wsp_rmsg_data(m);
+    apr_size_t left = m->len;
+
+    while (left > 0) {
+        apr_size_t n = left < WSP_PASS_CHUNK ? left : WSP_PASS_CHUNK;
+
+        APR_BRIGADE_INSERT_TAIL(cl->out, apr_bucket_heap_create(d, n, NULL,
+                                cl->c->bucket_alloc));
+        cl->out_bytes += (apr_off_t)wsp_frame_cost(n);
+        d += n;
+        left -= n;
+    }
+    cl->out_total += (apr_off_t)m->len;
+    m->end = cl->out_total;
 }
 
 static void wsp_client_pong(wsp_pipe_t *p, int opcode,
@@ -82,8 +105,13 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
             }
         }
         cl->want_write = 0;
+        /* the core holds nothing: all that was passed is written */
+        if (p->resumable) {
+            wsp_retain_flushed(&p->rt, cl->out_passed);
+        }
         if (APR_BRIGADE_EMPTY(cl->out)) {
             cl->ctrl_out = 0;
+            cl->out_bytes = 0;        /* what cuts left of the count */
         }
         /* a pong joins the output while the control frames put there
          * since it last emptied stay within the allowance: toward a
@@ -106,6 +134,7 @@ int wsp_client_flush(wsp_pipe_t *p, apr_time_t now)
                 APR_BUCKET_REMOVE(b);
                 APR_BRIGADE_INSERT_TAIL(cl->tmp, b);
                 cl->out_bytes -= (apr_off_t)wsp_frame_cost(b->length);
+                cl->out_passed += (apr_off_t)b->length;
             }
             if (cl->h2) {
                 APR_BRIGADE_INSERT_TAIL(cl->tmp,
@@ -251,9 +280,16 @@ static void wsp_client_control(wsp_pipe_t *p, apr_time_t now)
     int res = wsp_control(p, &cl->in, wsp_client_pong, &cl->ping_sent,
                           &code, &reason, &rlen);
 
+    apr_uint64_t k;
+
     if (res >= 1000) {
         wsp_client_violation(p, now, res);
         return;
+    }
+    /* a client that counts what it got frees the kept messages */
+    if (p->resumable && cl->in.rd.hdr.opcode == WSP_OP_PONG
+        && wsp_ack_parse(cl->in.cpay, (apr_size_t)cl->in.rd.hdr.len, &k)) {
+        wsp_retain_ack(&p->rt, k);
     }
     switch (res) {
     case WSP_CTL_CLOSE:
@@ -582,6 +618,10 @@ void wsp_backend_data(wsp_pipe_t *p, wsp_hop_in_t *in, int ev)
 {
     wsp_hop_t *cl = p->client;
 
+    if (p->resumable) {
+        wsp_backend_kept(p, in, ev);
+        return;
+    }
     if (ev == WSP_EV_DATA) {
         if (!cl || cl->gone || cl->close_sent) {
             in->drop = 1;

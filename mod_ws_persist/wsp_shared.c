@@ -30,7 +30,7 @@
 
 /* bumped when the layout changes: a graceful restart into a new build
  * does not read an old segment with the new layout */
-#define WSP_SHM_MAGIC 0x77737034u
+#define WSP_SHM_MAGIC 0x77737035u
 #define WSP_POOL_NAME_MAX 256
 #define WSP_NONCE_LEN 32
 
@@ -39,7 +39,9 @@ typedef struct {
     apr_uint32_t in_use;
     apr_uint32_t retired_gen;    /* 0: in the running configuration */
     apr_uint32_t spare;          /* WSPersistBackendSlots */
-    apr_uint32_t pad;
+    apr_uint32_t detached;       /* sessions detached now (atomic) */
+    apr_uint32_t resumed;        /* sessions resumed, ever */
+    apr_uint32_t expired;        /* detached sessions that ended */
 } wsp_pool_shared_t;
 
 typedef struct {
@@ -882,9 +884,37 @@ apr_array_header_t *wsp_shared_snapshot(apr_pool_t *p)
         }
         pi->free_slots = (int)pools[i].spare > added
                          ? (int)pools[i].spare - added : 0;
+        pi->detached = (int)apr_atomic_read32(&pools[i].detached);
+        pi->resumed = apr_atomic_read32(&pools[i].resumed);
+        pi->expired = apr_atomic_read32(&pools[i].expired);
     }
     wsp_shared_unlock();
     return out;
+}
+
+void wsp_shared_session_event(const wsp_pool_t *pool, wsp_session_ev_e ev)
+{
+    wsp_pool_shared_t *ps;
+
+    if (!wsp_head || !pool || pool->index < 0
+        || (apr_uint32_t)pool->index >= wsp_head->npools) {
+        return;
+    }
+    ps = &wsp_pools_of(wsp_head)[pool->index];
+    switch (ev) {
+    case WSP_SESSION_DETACHED:
+        apr_atomic_inc32(&ps->detached);
+        break;
+    case WSP_SESSION_ATTACHED:
+        apr_atomic_dec32(&ps->detached);
+        break;
+    case WSP_SESSION_RESUMED:
+        apr_atomic_inc32(&ps->resumed);
+        break;
+    case WSP_SESSION_EXPIRED:
+        apr_atomic_inc32(&ps->expired);
+        break;
+    }
 }
 
 const char *wsp_shared_check_text(apr_pool_t *p, const wsp_be_info_t *b)

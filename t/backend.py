@@ -16,6 +16,10 @@ commands:
     halfmsg:<text>          sends <text> as the first fragment of a message
                             it never finishes (logs "sent-fragment")
     big:<n>                 answers a text message of n "b" characters
+    count:<n>:<ms>[:<size>] sends n messages "c1".."c<n>" (padded with "."
+                            to size characters), one every ms
+                            milliseconds (0: at once), logging "counted"
+                            when the last is sent
 
 With --state DIR it is a backend that keeps session state (DESIGN 7,
 WSPersistAck): per client id (X-WS-Persist-Client-Id) the file DIR/<id>
@@ -294,6 +298,16 @@ class Backend:
                        head=head if isinstance(head, str)
                        else head.decode("latin-1"))
 
+    async def count(self, ws, conn, n, ms, size="0"):
+        try:
+            for i in range(1, int(n) + 1):
+                await ws.send(("c%d" % i).ljust(int(size), "."))
+                if int(ms):
+                    await asyncio.sleep(int(ms) / 1000)
+            self.event("counted", conn=conn, n=int(n))
+        except websockets.ConnectionClosed:
+            pass
+
     async def handler(self, ws, path):
         conn = ws.wsp_conn
         headers = self.headers_of(ws)
@@ -328,6 +342,10 @@ class Backend:
                     if msg.startswith("halfmsg:"):
                         asyncio.ensure_future(self.half_message(
                             ws, conn, msg.split(":", 1)[1]))
+                        continue
+                    if msg.startswith("count:"):
+                        asyncio.ensure_future(self.count(
+                            ws, conn, *msg.split(":")[1:]))
                         continue
                     if msg.startswith("big:"):
                         await self.echo(ws, conn, msg,

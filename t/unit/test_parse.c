@@ -217,7 +217,43 @@ static void test_origin_allowed(apr_pool_t *p)
     CHECK(wsp_origin_allowed(any, "null"));
 }
 
+/* The resume count's query parameter is taken out of what backends see. */
+static void test_query_take(apr_pool_t *p)
+{
+    const char *v;
+    int n;
+
+    CHECK_STR(wsp_query_take(p, "a=1&wsp_received=7&b=2", "wsp_received",
+                             &n, &v), "a=1&b=2");
+    CHECK_INT(n, 1);
+    CHECK_STR(v, "7");
+    CHECK(wsp_query_take(p, "wsp_received=3", "wsp_received", &n, &v)
+          == NULL);
+    CHECK_STR(v, "3");
+    CHECK_STR(wsp_query_take(p, "wsp_received=3&x", "wsp_received", &n, &v),
+              "x");
+    CHECK_STR(wsp_query_take(p, "x&wsp_received=", "wsp_received", &n, &v),
+              "x");
+    CHECK_STR(v, "");
+    /* a bare name, twice: both go, the first one's value is kept */
+    CHECK(wsp_query_take(p, "wsp_received&wsp_received=9", "wsp_received",
+                         &n, &v) == NULL);
+    CHECK_INT(n, 2);
+    CHECK_STR(v, "");
+    /* a longer name that starts the same stays */
+    CHECK_STR(wsp_query_take(p, "wsp_receivedx=1&id=u", "wsp_received", &n,
+                             &v), "wsp_receivedx=1&id=u");
+    CHECK_INT(n, 0);
+    CHECK(v == NULL);
+    /* empty parts are dropped, nothing else changes */
+    CHECK_STR(wsp_query_take(p, "a=%20&&b", "wsp_received", &n, &v),
+              "a=%20&b");
+    CHECK(wsp_query_take(p, NULL, "wsp_received", &n, &v) == NULL);
+    CHECK(wsp_query_take(p, "", "wsp_received", &n, &v) == NULL);
+}
+
 WSP_TEST_MAIN(
+    RUN(test_query_take);
     RUN(test_size_plain);
     RUN(test_size_suffixes);
     RUN(test_size_bad);
