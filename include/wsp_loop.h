@@ -20,4 +20,9 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r);
  * pipes must close now (1001); *seen: when the stop was first seen. */
 int wsp_stop_due(apr_time_t *seen, apr_time_t now);
 
+/* The MPM is stopping this child (a stop, or a restart: new connections
+ * go to other children). A detached session, which no resume can reach
+ * here any more, ends at once. */
+int wsp_mpm_stopping(void);
+
 #endif /* WSP_LOOP_H */

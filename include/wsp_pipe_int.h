@@ -104,7 +104,7 @@ void wsp_detach(wsp_pipe_t *p, apr_time_t now, const char *why,
                 apr_status_t rv);
 void wsp_detached_end(wsp_pipe_t *p, apr_time_t now, const char *why);
 void wsp_detached_step(wsp_pipe_t *p, apr_time_t now);
-void wsp_session_attached(wsp_pipe_t *p);
+void wsp_session_undetach(wsp_pipe_t *p, int resumed);
 void wsp_backend_kept(wsp_pipe_t *p, wsp_hop_in_t *in, int ev);
 
 #endif /* WSP_PIPE_INT_H */

@@ -433,6 +433,21 @@ static void wsp_ev_close_all(wsp_evloop_t *L)
     }
 }
 
+/* See wsp_mpm_stopping(): detached sessions end, live pipes have their
+ * grace. */
+static void wsp_ev_end_detached(wsp_evloop_t *L)
+{
+    wsp_ev_t *ep;
+
+    for (ep = APR_RING_FIRST(&L->live); ep != APR_RING_SENTINEL(&L->live,
+         wsp_ev_t, link); ep = APR_RING_NEXT(ep, link)) {
+        if (ep->p && wsp_pipe_detached(ep->p) && wsp_pipe_session(ep->p)) {
+            wsp_pipe_going_away(ep->p);
+            wsp_ev_activate(L, ep);
+        }
+    }
+}
+
 static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
 {
     wsp_evloop_t *L = data;
@@ -480,6 +495,9 @@ static void * APR_THREAD_FUNC wsp_ev_main(apr_thread_t *t, void *data)
         apr_array_clear(L->taken);
         if (L->closing_all || wsp_ev_stop_due(L, now)) {
             wsp_ev_close_all(L);      /* and pipes adopted since */
+        }
+        else if (wsp_mpm_stopping()) {
+            wsp_ev_end_detached(L);
         }
         while ((ep = apr_skiplist_peek(L->timers)) && ep->wake_at <= now) {
             wsp_ev_timer(L, ep, 0);

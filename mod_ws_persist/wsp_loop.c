@@ -87,6 +87,14 @@ int wsp_stop_due(apr_time_t *seen, apr_time_t now)
     return now >= *seen + grace;
 }
 
+int wsp_mpm_stopping(void)
+{
+    int state = AP_MPMQ_RUNNING;
+
+    return ap_mpm_query(AP_MPMQ_MPM_STATE, &state) == APR_SUCCESS
+           && state == AP_MPMQ_STOPPING;
+}
+
 wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
 {
     /* a handover waits for the 101, so the waker (two descriptors, held
@@ -127,7 +135,8 @@ wsp_loop_result_e wsp_loop_run(wsp_pipe_t *p, request_rec *r)
             return WSP_LOOP_HANDED_OVER;
         }
         if (!stopping && wsp_pipe_session(p)
-            && wsp_stop_due(&stop_seen, apr_time_now())) {
+            && ((wsp_pipe_detached(p) && wsp_mpm_stopping())
+                || wsp_stop_due(&stop_seen, apr_time_now()))) {
             stopping = 1;
             wsp_pipe_going_away(p);
             continue;

@@ -570,6 +570,11 @@ void wsp_pipe_end(wsp_pipe_t *p)
 
 void wsp_pipe_destroy(wsp_pipe_t *p)
 {
+    if (wsp_pipe_detached(p)) {
+        WSP_LOG(p, APLOG_INFO, 0, "detached session ends (%s)",
+                wsp_pipe_state(p) == WSP_ST_DONE ? "closed" : "dropped");
+        wsp_session_undetach(p, 0);
+    }
     wsp_aux_end(p);
     wsp_bhop_end(p, p->b);
     if (p->client) {

@@ -33,8 +33,7 @@ void wsp_detached_end(wsp_pipe_t *p, apr_time_t now, const char *why)
 {
     WSP_LOG(p, APLOG_INFO, 0, "detached session ends (%s): backend gets "
             "1001", why);
-    wsp_shared_session_event(p->conf->pool, WSP_SESSION_EXPIRED);
-    wsp_session_attached(p);
+    wsp_session_undetach(p, 0);
     wsp_begin_ending(p, now, why);
     if (p->b->bc && p->b->bc->state == WSP_BC_OPEN) {
         p->b->close_pending = WSP_CLOSE_GOING_AWAY;
@@ -45,13 +44,16 @@ void wsp_detached_end(wsp_pipe_t *p, apr_time_t now, const char *why)
     }
 }
 
-/* The session has its client again, or is over: no longer detached. */
-void wsp_session_attached(wsp_pipe_t *p)
+/* The session leaves the detached state: resumed, or over (it expired,
+ * in the counters' words). */
+void wsp_session_undetach(wsp_pipe_t *p, int resumed)
 {
     if (p->detach_until) {
         p->detach_until = 0;
         wsp_registry_detached(p, 0);
         wsp_shared_session_event(p->conf->pool, WSP_SESSION_ATTACHED);
+        wsp_shared_session_event(p->conf->pool, resumed
+                                 ? WSP_SESSION_RESUMED : WSP_SESSION_EXPIRED);
     }
 }
 
@@ -130,8 +132,7 @@ int wsp_pipe_resume(wsp_pipe_t *p, int has_n, apr_uint64_t n)
                 "message(s) not completely written before sent again "
                 "(from %" APR_UINT64_T_FMT ")", count, first);
     }
-    wsp_shared_session_event(p->conf->pool, WSP_SESSION_RESUMED);
-    wsp_session_attached(p);
+    wsp_session_undetach(p, 1);
     if (p->state == WSP_ST_DETACHED) {
         wsp_settle(p, "resumed");
     }
@@ -144,7 +145,7 @@ void wsp_pipe_gone(wsp_pipe_t *p, const char *why)
 
     WSP_LOG(p, APLOG_INFO, 0, "session ends (%s): closing the client with "
             "4410 and the backend with 1001", why);
-    wsp_session_attached(p);
+    wsp_session_undetach(p, 0);
     wsp_client_close(p, now, WSP_CLOSE_SESSION_GONE, "session gone", 12);
     if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_sent) {
         p->b->close_pending = WSP_CLOSE_GOING_AWAY;

@@ -7,13 +7,15 @@ wsp_received query parameter), exactly once and in order; a resume that
 cannot be honoured is answered 101 and closed with 4410."""
 
 import asyncio
+import re
 import socket
+import ssl
 import struct
 
 import pytest
 import websockets
 
-from wsp_env import (await_until, closed, connect, echo, hget, new_id,
+from wsp_env import (HOST, await_until, closed, connect, echo, hget, new_id,
                      recv, wait_until, whoami)
 
 WINDOW = "WSPersistResumeWindow 30"
@@ -353,3 +355,194 @@ def test_detached_session_past_the_buffer_limit_ends(env):
     assert env.httpd.log_lines(r"client %s .*detached session ends "
                                r"\(messages kept for the client passed "
                                r"WSPersistBufferLimit\)" % cid)
+
+
+def test_failover_while_detached(env):
+    """The backend dies while the session is detached: the session fails
+    over without its client, and the resume gets what the dead backend
+    had sent before (kept), then live traffic from the spare."""
+    a, b = env.backend("a"), env.backend("b")
+    env.start_httpd(env.location("/ws/", [a, b], WINDOW,
+                                 "WSPersistRetry 50ms 500ms"))
+    cid = new_id()
+    env.expect_failover(cid)
+
+    async def run():
+        ws = await connect(env, cid)
+        await ws.send("count:50:0")
+        got = await take(ws, 10)
+        await await_until(lambda: a.events("counted"), 10, what="all sent")
+        abort(ws)
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+        await asyncio.sleep(0.3)             # the proxy has read them all
+        a.kill()
+        await await_until(lambda: b.opens(cid), 10,
+                          what="the spare's connection")
+        async with resume(env, cid, 10) as ws2:
+            got += await take(ws2, 40)
+            me = await whoami(ws2)
+        return got, me
+
+    got, me = asyncio.run(run())
+    assert got == [counted(i) for i in range(1, 51)]
+    assert me["name"] == "b"
+
+
+def test_resume_forwards_the_new_request_headers(env):
+    """The resuming request's Cookie, Authorization and X-Forwarded-*
+    replace the first one's for later backend handshakes."""
+    a, b = env.backend("a"), env.backend("b")
+    env.start_httpd(env.location("/ws/", [a, b], WINDOW,
+                                 "WSPersistRetry 50ms 500ms"))
+    cid = new_id()
+    env.expect_failover(cid)
+
+    async def run():
+        ws = await connect(env, cid, extra_headers={"Cookie": "s=old",
+                                                    "Authorization": "A"})
+        await echo(ws, "x")
+        abort(ws)
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+        async with connect(env, cid, extra_headers={
+                "X-WS-Persist-Received": "1", "Cookie": "s=new",
+                "Authorization": "B"}) as ws2:
+            assert session_of(ws2) == "resumed"
+            first = (await whoami(ws2))["headers"]
+            a.kill()
+            await await_until(lambda: b.opens(cid), 10, what="failover")
+            second = (await whoami(ws2))["headers"]
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first["Cookie"] == "s=old"          # the same connection
+    assert second["Cookie"] == "s=new"
+    assert second["Authorization"] == "B"
+
+
+def test_resume_without_count_sends_what_was_not_written(env):
+    """Without a count the proxy sends again only what it had not
+    completely written to the old connection (its log says from which
+    message): here the client stopped reading, so much was not."""
+    a = env.backend("a")
+    env.start_httpd(env.location("/ws/", [a], WINDOW,
+                                 "WSPersistBufferLimit 32M"))
+    cid = new_id()
+
+    async def run():
+        # a small receive buffer: the kernels hold little of the 8 MB
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((HOST, env.httpd.port))
+        ws = await connect(env, cid, sock=sock)
+        await ws.send("count:200:0:40000")
+        first = await recv(ws)
+        ws.transport.pause_reading()
+        await asyncio.sleep(0.5)
+        abort(ws)
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+        async with resume(env, cid) as ws2:
+            assert session_of(ws2) == "resumed"
+            rest = []
+            while not rest or not rest[-1].startswith("c200."):
+                rest.append(await recv(ws2))
+        return first, rest
+
+    first, rest = asyncio.run(run())
+    nums = [int(m.split(".")[0][1:]) for m in rest]
+    assert nums == list(range(nums[0], 201)), "not one run up to c200"
+    lines = env.httpd.log_lines(r"client %s .*session resumed without a "
+                                r"count: (\d+) message\(s\) not completely "
+                                r"written before sent again \(from (\d+)\)"
+                                % cid)
+    assert len(lines) == 1
+    m = re.search(r"count: (\d+) .*\(from (\d+)\)", lines[0])
+    assert int(m.group(1)) == len(rest) and int(m.group(2)) == nums[0]
+    assert nums[0] > 1
+
+
+def test_wss_client_resumes(env):
+    """The same exact replay over wss:// (mod_ssl on the client hop)."""
+    a = env.backend("a")
+    env.start_httpd(env.location("/ws/", [a], WINDOW), ssl=True)
+    ctx = ssl.create_default_context(cafile=str(env.make_cert()))
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid, scheme="wss", ssl=ctx)
+        await ws.send("count:100:1")
+        got = await take(ws, 30)
+        abort(ws)
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+        async with resume(env, cid, 30, scheme="wss", ssl=ctx) as ws2:
+            got += await take(ws2, 70)
+        return got
+
+    assert asyncio.run(run()) == [counted(i) for i in range(1, 101)]
+
+
+def test_stop_ends_detached_sessions(env):
+    """A server stopping closes a detached session's backend with 1001,
+    as it does a live pipe's."""
+    a = env.backend("a")
+    env.start_httpd(env.location("/ws/", [a], WINDOW))
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid)
+        await echo(ws, "x")
+        abort(ws)
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+
+    asyncio.run(run())
+    env.httpd.stop()
+    wait_until(lambda: a.closes(cid), 10, what="the backend's close")
+    assert [c["code"] for c in a.closes(cid)] == [1001]
+
+
+def test_resume_in_another_child_gets_4410(env):
+    """The registry is per child: a resume that another child accepts
+    gets 4410 from it and makes no second session; the session stays
+    detached in its child, where a later resume still finds it."""
+    from wsp_manage import TWO_CHILDREN, child_of
+    a = env.backend("a")
+    env.start_httpd(TWO_CHILDREN + env.location("/ws/", [a], WINDOW))
+    wait_until(lambda: len(env.httpd.children()) == 2, 20,
+               what="two apache2 children")
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid)
+        await echo(ws, "m")
+        home, n, other, resumed_after = child_of(env, ws), 1, None, False
+        abort(ws)
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+        for _ in range(200):
+            ws2 = await resume(env, cid, n)
+            if session_of(ws2) != "resumed":
+                # the other child: it has no such session
+                other = await closed(ws2)
+                continue
+            assert child_of(env, ws2) == home
+            # at home: resumed; one more message, and detached again
+            await echo(ws2, "m")
+            n += 1
+            resumed_after = other is not None
+            abort(ws2)
+            await await_until(lambda: len(detached(env, cid)) == n, 10,
+                              what="detached again")
+            if resumed_after:
+                break
+        return other, resumed_after
+
+    other, resumed_after = asyncio.run(run())
+    assert other == (4410, "session gone")
+    assert resumed_after, "no resume at home after the other child's 4410"
+    assert env.httpd.log_lines(r"client %s .*resume refused \(no such "
+                               r"session in this process\)" % cid)
+    assert len(a.opens(cid)) == 1
