@@ -150,9 +150,10 @@ static void wsp_manager_json(request_rec *r)
                                                    wsp_pool_info_t);
 
         ap_rprintf(r, "%s\n  {\"name\": %s, \"pipes\": %d, "
-                   "\"free_slots\": %d, \"backends\": [", i ? "," : "",
-                   wsp_json_str(r->pool, pi->name), pi->pipes,
-                   pi->free_slots);
+                   "\"free_slots\": %d, \"detached\": %d, "
+                   "\"resumed\": %u, \"expired\": %u, \"backends\": [",
+                   i ? "," : "", wsp_json_str(r->pool, pi->name), pi->pipes,
+                   pi->free_slots, pi->detached, pi->resumed, pi->expired);
         for (j = 0; pi->backends && j < pi->backends->nelts; ++j) {
             const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
                                                     wsp_be_info_t);
@@ -377,8 +378,11 @@ static void wsp_manager_html(request_rec *r, const wsp_page_t *pg)
 
         ap_rvputs(r, "<h2>Pool ", wsp_h(r->pool, pi->name), "</h2>\n",
                   NULL);
-        ap_rprintf(r, "<p>Live pipes: %d. Free slots for backends added "
-                   "at run time: %d.</p>\n", pi->pipes, pi->free_slots);
+        ap_rprintf(r, "<p class=\"pool\">Live pipes: %d. Sessions "
+                   "without their client: %d detached now, %u resumed, "
+                   "%u expired. Free slots for backends added at run "
+                   "time: %d.</p>\n", pi->pipes, pi->detached, pi->resumed,
+                   pi->expired, pi->free_slots);
         ap_rputs("<table>\n<tr><th>backend</th><th>state</th>"
                  "<th>weight</th><th>pipes</th><th>served</th>"
                  "<th>failovers</th><th>errors</th><th>errors in a row</th>"

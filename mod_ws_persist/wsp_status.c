@@ -8,13 +8,17 @@
  *   WSPersistProcessPid: <pid of the child that answered>
  *   WSPersistProcessPipes: <pipes live in that child>
  *   WSPersistPools: <number of pools>
- *   WSPersistPool[<pool>]: pipes=N free_slots=N backends=N
+ *   WSPersistPool[<pool>]: pipes=N free_slots=N backends=N detached=N
+ *     resumed=N expired=N
  *   WSPersistBackend[<pool>][<url>]: state=S weight=N pipes=N served=N
  *     failovers=N errors=N consecutive_errors=N bytes_in=N bytes_out=N
  *     added=0|1 removing=0|1 check=none|pass|fail check_at=<seconds
  *     since the epoch, 0 when none>
  *
- * (each backend on one line). <pool> is the location path, <url> the
+ * (each pool and each backend on one line). detached counts the sessions
+ * whose client connection dropped and that wait for a resume now
+ * (WSPersistResumeWindow), resumed those taken up again since the start,
+ * expired the detached ones that ended unresumed. <pool> is the location path, <url> the
  * backend as configured or added; in both '%', '[', ']', ':', spaces,
  * control characters and bytes from 0x7f up are written %XX, so a key
  * holds no ':' (parsers split a line at its first ':') and its brackets
@@ -74,7 +78,9 @@ static void wsp_status_auto(request_rec *r, apr_array_header_t *pools)
         int n = pi->backends ? pi->backends->nelts : 0;
 
         ap_rprintf(r, "WSPersistPool[%s]: pipes=%d free_slots=%d "
-                   "backends=%d\n", name, pi->pipes, pi->free_slots, n);
+                   "backends=%d detached=%d resumed=%u expired=%u\n", name,
+                   pi->pipes, pi->free_slots, n, pi->detached, pi->resumed,
+                   pi->expired);
         for (j = 0; j < n; ++j) {
             const wsp_be_info_t *b = &APR_ARRAY_IDX(pi->backends, j,
                                                     wsp_be_info_t);
@@ -111,9 +117,11 @@ static void wsp_status_html(request_rec *r, apr_array_header_t *pools,
         const wsp_pool_info_t *pi = &APR_ARRAY_IDX(pools, i,
                                                    wsp_pool_info_t);
 
-        ap_rprintf(r, "<h3>Pool %s</h3>\n<p>Live pipes: %d. Free slots "
-                   "for backends added at run time: %d.</p>\n",
-                   wsp_h(r->pool, pi->name), pi->pipes, pi->free_slots);
+        ap_rprintf(r, "<h3>Pool %s</h3>\n<p>Live pipes: %d. Sessions "
+                   "without their client: %d detached now, %u resumed, "
+                   "%u expired. Free slots for backends added at run "
+                   "time: %d.</p>\n", wsp_h(r->pool, pi->name), pi->pipes,
+                   pi->detached, pi->resumed, pi->expired, pi->free_slots);
         if (!notable) {
             ap_rputs("<table border=\"0\">\n<tr><th>Backend</th>"
                      "<th>State</th><th>Weight</th><th>Pipes</th>"

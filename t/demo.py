@@ -38,6 +38,7 @@ APACHE = "/usr/sbin/apache2"
 MODDIR = "/usr/lib/apache2/modules"
 HOST = "127.0.0.1"
 CONNECT_TIMEOUT = 10
+RESUME_WINDOW = 60
 
 sys.path.insert(0, str(REPO / "t"))
 from wsp_user import run_user  # noqa: E402
@@ -56,10 +57,11 @@ LoadModule authz_host_module {moddir}/mod_authz_host.so
 LoadModule status_module {moddir}/mod_status.so
 LoadModule ws_persist_module {module}
 
-# Two children: they share the backend state (errors, back-off, pipes).
-# Under the event MPM idle WebSockets hold no worker thread.
-StartServers 2
-ServerLimit 2
+# One child: a session is resumed only by the child that holds it (the
+# client registry is per child; the backend state is shared by any
+# number). Under the event MPM idle WebSockets hold no worker thread.
+StartServers 1
+ServerLimit 1
 ThreadLimit 32
 ThreadsPerChild 32
 MaxRequestWorkers 64
@@ -78,6 +80,9 @@ Listen {host}:{port}
 {backends}
     WSPersistRetry 100ms 2s
     WSPersistConnectTimeout {timeout}
+    # a client whose connection drops without a close frame may come back
+    # within this long and resume its session (the demo client's d key)
+    WSPersistResumeWindow {window}
 </Location>
 
 # Drain, disable, enable, remove and add backends at run time.
@@ -272,7 +277,7 @@ class Demo:
         self.conf.write_text(CONF.format(
             root=ROOT, host=HOST, port=self.port, user=run_user(),
             moddir=MODDIR, module=MODULE, backends=backends,
-            timeout=CONNECT_TIMEOUT))
+            timeout=CONNECT_TIMEOUT, window=RESUME_WINDOW))
 
     def start_httpd(self):
         self.httpd = spawn([APACHE, "-f", str(self.conf), "-d", str(ROOT),
@@ -368,6 +373,14 @@ class Demo:
             "",
             "     http://%s:%d/ws-manager" % (HOST, self.port),
             "     http://%s:%d/server-status" % (HOST, self.port),
+            "",
+            "5. Type d and Enter in the client: it drops its own connection "
+            "(no close",
+            "   frame) and comes back with its id and the count of messages "
+            "it got;",
+            "   the proxy resumes the session on the same backend "
+            "(WSPersistResumeWindow",
+            "   %d s) and sends again what the client missed." % RESUME_WINDOW,
             "",
             "Ctrl-C stops httpd and the backends.",
             "=" * 76,

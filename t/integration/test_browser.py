@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -311,3 +312,109 @@ def test_manager_remove_asks_first(env, browser):
         assert await mgr.eval(row_js(b1.url, "state")) == "ok"
         await br.stop()
     asyncio.run(run())
+
+
+# --------------------------------------------------------------------------
+# The README's resume client (WSPersistResumeWindow) in the browser
+
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                      "README.md")
+
+# The page: the README's client, run as a reader would, against ?url=;
+# window.st is what the test reads.
+RESUME_PAGE = """\
+<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>resume</title></head><body>
+<p id="status">connecting</p>
+<script>
+%s
+var st = {got: [], fresh: 0};
+var sock = persistentSocket(new URLSearchParams(location.search).get('url'),
+  {message: function (d) {
+     st.got.push(d);
+     document.getElementById('status').textContent = 'got ' + st.got.length;
+   },
+   fresh: function () { st.fresh++; }});
+</script>
+</body></html>
+"""
+
+
+def readme_client():
+    """The JavaScript between the README's resume-client-example
+    markers, without its code fence."""
+    with open(README) as f:
+        text = f.read()
+    m = re.search(r"<!-- resume-client-example -->\s*```js\n(.*?)```\s*"
+                  r"<!-- /resume-client-example -->", text, re.S)
+    assert m, "README.md has no resume-client-example block"
+    return m.group(1)
+
+
+def drop_browser_connections(port):
+    """Destroy the browser's TCP connections to port (ss -K: the kernel
+    resets them, the browser sees them abort): no close frame either way.
+    How many it destroyed."""
+    out = subprocess.run(
+        ["ss", "-K", "-tnH", "state", "established", "dst", "127.0.0.1",
+         "dport", "=", ":%d" % port],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    assert out.returncode == 0, out.stdout
+    return len(out.stdout.decode().splitlines())
+
+
+@pytest.mark.alarm(180)
+def test_readme_resume_client_gets_every_message_once(env, browser):
+    """The README's JavaScript client in chromium: it counts what it
+    receives of a backend streaming c1..c300; the browser's connection is
+    reset under it mid-stream (ss -K), it reconnects with
+    ?wsp_received=N, the proxy resumes the session on the same backend
+    connection, and the page holds every message exactly once, in
+    order, in one session."""
+    if os.geteuid() != 0:
+        pytest.skip("ss -K needs CAP_NET_ADMIN")
+    a = env.backend("a")
+    path = os.path.join(env.shared(), "htdocs", "resume.html")
+    with open(path, "w") as f:
+        f.write(RESUME_PAGE % readme_client())
+    os.chmod(path, 0o644)
+    env.start_httpd(HTML_TYPE + env.location("/ws/", [a], *FAST,
+                                             "WSPersistResumeWindow 30"))
+    url = env.httpd.url("/resume.html?url=" + env.url(""), "http")
+    total = 300
+
+    async def run():
+        br = await browser().start()
+        page = await br.new_page(url)
+        await page.until("sock.ws.readyState === 1", 20,
+                         what="the client's socket open")
+        cid = await page.eval("sock.id")
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
+                            r"[89ab][0-9a-f]{3}-[0-9a-f]{12}", cid), cid
+        assert await page.eval("sock.send('count:%d:10')" % total)
+        await page.until("st.got.length >= 50", 20, what="50 messages")
+        dropped = await asyncio.to_thread(drop_browser_connections,
+                                          env.httpd.port)
+        assert dropped >= 1, "no connection of the browser's to drop"
+        before = await page.eval("st.got.length")
+        assert before < total, "the stream ended before the drop"
+        await page.until("st.got.length >= %d" % total, 60,
+                         what="all %d messages" % total)
+        await asyncio.sleep(0.3)            # nothing more may come
+        got = await page.eval("st.got")
+        fresh = await page.eval("st.fresh")
+        await page.eval("sock.close()")
+        await br.stop()
+        return cid, before, got, fresh
+
+    cid, before, got, fresh = asyncio.run(run())
+    assert got == ["c%d" % i for i in range(1, total + 1)], \
+        "not every message once and in order: %s" % [
+            (i, g) for i, g in enumerate(got, 1) if g != "c%d" % i][:5]
+    assert fresh == 1, "the client had to start afresh (4410)"
+    assert env.httpd.log_lines(r"client %s .*session detached" % cid)
+    resumed = env.httpd.log_lines(r"client %s .*session resumed: the client "
+                                  r"received (\d+) message" % cid)
+    assert len(resumed) == 1, resumed
+    assert len(a.opens(cid)) == 1, "one backend connection for the session"
+    print("dropped after %d of %d; %s" % (before, total, resumed[0]))

@@ -43,6 +43,14 @@ BAD = [
     ("WSPersistFailoverCodes 1001 99", "99"),
     ("WSPersistHealthCheck ping", "ping"),
     ("WSPersistHealthCheck tcp interval=soon", "interval=soon"),
+    ("WSPersistResumeWindow forever", "forever"),
+    ("WSPersistResumeWindow -1", "-1"),
+    ("WSPersistResumeWindow 30x", "30x"),
+    ("WSPersistResumeWindow 99999999999h", "99999999999h"),
+    ("WSPersistResumeBuffer lots", "lots"),
+    ("WSPersistResumeBuffer -5", "-5"),
+    ("WSPersistResumeBuffer 256Q", "256Q"),
+    ("WSPersistResumeBuffer 99999999999G", "99999999999G"),
 ]
 
 
@@ -77,7 +85,9 @@ def test_good_config_passes(env):
         "WSPersistExclusive On",
         "WSPersistPingInterval 0",
         "WSPersistFailoverCodes 1001 1006 1011 1012 4000",
-        "WSPersistHealthCheck ws:/health/ interval=10s timeout=1s fails=2"))
+        "WSPersistHealthCheck ws:/health/ interval=10s timeout=1s fails=2",
+        "WSPersistResumeWindow 2m",
+        "WSPersistResumeBuffer 64K"))
     rc, out = h.configtest()
     assert rc == 0, out
     assert "Syntax OK" in out
@@ -87,6 +97,22 @@ def test_good_config_passes(env):
                                   "cookie sid", "generate"])
 def test_client_id_modes_parse(env, mode):
     rc, out = env.conf(location("WSPersistClientId " + mode)).configtest()
+    assert rc == 0, out
+
+
+@pytest.mark.parametrize("line", [
+    "WSPersistResumeWindow 0", "WSPersistResumeWindow 30",
+    "WSPersistResumeWindow 250ms", "WSPersistResumeWindow 2s",
+    "WSPersistResumeWindow 5m", "WSPersistResumeWindow 1h",
+    "WSPersistResumeBuffer 0", "WSPersistResumeBuffer 4096",
+    "WSPersistResumeBuffer 64K", "WSPersistResumeBuffer 512kb",
+    "WSPersistResumeBuffer 1M"])
+def test_resume_values_parse(env, line):
+    """The resume directives take an admin's suffixes, in a Location and
+    in the server config."""
+    rc, out = env.conf(location(line)).configtest()
+    assert rc == 0, out
+    rc, out = env.conf(line + "\n" + location()).configtest()
     assert rc == 0, out
 
 

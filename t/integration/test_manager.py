@@ -8,12 +8,13 @@ import asyncio
 import json
 import re
 import socket
+import struct
 from html.parser import HTMLParser
 
 import pytest
 
-from wsp_env import HOST, MODDIR, await_until, connect, echo, wait_until, \
-    whoami
+from wsp_env import HOST, MODDIR, await_until, connect, echo, new_id, \
+    wait_until, whoami
 from wsp_manage import (MANAGER, TWO_CHILDREN, applied, backend_of,
                         expect_refusal, pool_of,
                         post, request, state)
@@ -68,7 +69,9 @@ def test_json_has_every_documented_field(env):
     doc = json.loads(body)
     assert set(doc) == {"nonce", "pools"}
     pool = pool_of(doc)
-    assert set(pool) == {"name", "pipes", "free_slots", "backends"}
+    assert set(pool) == {"name", "pipes", "free_slots", "detached",
+                         "resumed", "expired", "backends"}
+    assert (pool["detached"], pool["resumed"], pool["expired"]) == (0, 0, 0)
     assert pool["free_slots"] == 16, "WSPersistBackendSlots' default"
     assert set(pool["backends"][0]) == {
         "url", "state", "weight", "pipes", "errors", "consecutive_errors",
@@ -187,6 +190,79 @@ def test_names_are_escaped_in_json_and_html(env):
     forms = Forms()
     forms.feed(page)
     assert any(f["hidden"].get("pool") == weird for f in forms.forms)
+
+
+def abort(ws):
+    """Reset the client's TCP connection: no close frame."""
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    struct.pack("ii", 1, 0))
+    ws.transport.abort()
+
+
+def sessions(doc, name="/ws/"):
+    p = pool_of(doc, name)
+    return {k: p[k] for k in ("detached", "resumed", "expired")}
+
+
+def page_sessions(env, name="/ws/"):
+    """The figures of the line under the pool's heading on the page."""
+    status, _, body = request(env, "GET")
+    assert status == 200
+    m = re.search(r"<h2>Pool %s</h2>\n<p class=\"pool\">Live pipes: \d+\. "
+                  r"Sessions without their client: (\d+) detached now, "
+                  r"(\d+) resumed, (\d+) expired\. " % re.escape(name),
+                  body.decode())
+    assert m, "no pool line with the session figures"
+    return dict(zip(("detached", "resumed", "expired"),
+                    map(int, m.groups())))
+
+
+def test_detached_resumed_and_expired_sessions_are_counted(env):
+    """Per pool, in the JSON and on the page's pool line: a reset client
+    connection makes a detached session; its resume makes it 0 detached,
+    1 resumed; a second one left past its window (1 s, in another pool)
+    counts expired there. The table keeps its columns."""
+    b1, b2 = env.backend("b1"), env.backend("b2")
+    start(env, [b1], "WSPersistResumeWindow 30", extra=env.location(
+        "/short/", [b2], "WSPersistResumeWindow 1"))
+    cid, cid2 = new_id(), new_id()
+
+    async def run():
+        ws = await connect(env, cid)
+        await echo(ws, "one")
+        abort(ws)
+        await await_until(lambda: sessions(state(env))["detached"] == 1, 20,
+                          what="the session counted detached")
+        doc = state(env)
+        assert sessions(doc) == {"detached": 1, "resumed": 0, "expired": 0}
+        assert pool_of(doc)["pipes"] == 1
+        assert page_sessions(env) == sessions(doc)
+        async with connect(env, cid, query="wsp_received=1") as ws2:
+            await echo(ws2, "two")
+            doc = state(env)
+            assert sessions(doc) == {"detached": 0, "resumed": 1,
+                                     "expired": 0}
+            assert page_sessions(env) == sessions(doc)
+
+            ws3 = await connect(env, cid2, location="/short/")
+            await echo(ws3, "three")
+            abort(ws3)
+            await await_until(lambda: b2.closes(cid2), 20,
+                              what="the backend's close after the window")
+            await await_until(
+                lambda: sessions(state(env), "/short/")["expired"] == 1, 20,
+                what="the session counted expired")
+            doc = state(env)
+            assert sessions(doc, "/short/") == {"detached": 0, "resumed": 0,
+                                                "expired": 1}
+            assert sessions(doc) == {"detached": 0, "resumed": 1,
+                                     "expired": 0}, "counted per pool"
+            assert page_sessions(env, "/short/") == sessions(doc, "/short/")
+        _, _, body = request(env, "GET")
+        heads = re.findall(r"<tr><th>.*?</tr>", body.decode())
+        assert heads and all(h.count("<th>") == 13 for h in heads), heads
+    asyncio.run(run())
 
 
 # --------------------------------------------------------------------------

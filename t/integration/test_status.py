@@ -4,9 +4,11 @@
 import asyncio
 import http.client
 import re
+import socket
+import struct
 
 from wsp_env import (HOST, MODDIR, await_until, connect, echo,
-                     interruptions, whoami)
+                     interruptions, new_id, whoami)
 
 STATUS = """\
 LoadModule status_module {moddir}/mod_status.so
@@ -17,10 +19,11 @@ ExtendedStatus On
 """.format(moddir=MODDIR)
 
 
-def start(env, backends, extra=""):
+def start(env, backends, extra="", lines=()):
     env.start_httpd(STATUS + env.location("/ws/", backends,
                                           "WSPersistConnectTimeout 5",
-                                          "WSPersistRetry 50ms 500ms")
+                                          "WSPersistRetry 50ms 500ms",
+                                          *lines)
                     + extra)
 
 
@@ -111,7 +114,8 @@ def test_auto_lines_count_pipes(env):
         assert lines["WSPersistProcessPipes"] == "4"
         assert lines["WSPersistPools"] == "1"
         assert fields(lines["WSPersistPool[/ws/]"]) == {
-            "pipes": 4, "free_slots": 16, "backends": 2}
+            "pipes": 4, "free_slots": 16, "backends": 2, "detached": 0,
+            "resumed": 0, "expired": 0}
         for be in (b1, b2):
             f = backend_line(lines, be.url)
             assert f["state"] == "ok"
@@ -129,8 +133,8 @@ def test_auto_lines_count_pipes(env):
 
 
 def test_auto_backend_line_format(env):
-    """Every documented field, in order, for each configured backend; the
-    URL's ':' written %3A so the key holds none."""
+    """Every documented field, in order, for the pool and each configured
+    backend; the URL's ':' written %3A so the key holds none."""
     b1 = env.backend("b1")
     start(env, [b1])
     text = get(env, "/server-status?auto")
@@ -140,6 +144,9 @@ def test_auto_backend_line_format(env):
           r"check=none check_at=0$"
           % (re.escape(HOST), b1.port))
     assert re.search(rx, text, re.M), text
+    assert re.search(r"^WSPersistPool\[/ws/\]: pipes=0 free_slots=16 "
+                     r"backends=1 detached=0 resumed=0 expired=0$", text,
+                     re.M), text
     auto(env)    # every line parses, no key twice
 
 
@@ -183,3 +190,90 @@ def test_auto_escapes_pool_names(env):
     lines = auto(env)
     assert "WSPersistPool[/a%5B1%5D%3Ab%20c/]" in lines
     assert backend_line(lines, b2.url, odd)["state"] == "ok"
+
+
+# --------------------------------------------------------------------------
+# Sessions that outlive the client's connection (WSPersistResumeWindow)
+
+
+def abort(ws):
+    """Reset the client's TCP connection: no close frame."""
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    struct.pack("ii", 1, 0))
+    ws.transport.abort()
+
+
+def pool_line(env):
+    return fields(auto(env)["WSPersistPool[/ws/]"])
+
+
+def sessions(f):
+    return {k: f[k] for k in ("detached", "resumed", "expired")}
+
+
+def html_sessions(env):
+    """The pool's figures as the HTML section's line under its heading
+    says them."""
+    m = re.search(r"<h3>Pool /ws/</h3>\n<p>Live pipes: (\d+)\. Sessions "
+                  r"without their client: (\d+) detached now, (\d+) "
+                  r"resumed, (\d+) expired\. ", get(env, "/server-status"))
+    assert m, "no pool line with the session figures"
+    return {"pipes": int(m.group(1)), "detached": int(m.group(2)),
+            "resumed": int(m.group(3)), "expired": int(m.group(4))}
+
+
+def test_detached_and_resumed_sessions_are_counted(env):
+    """A session whose client connection is reset counts as detached
+    (its pipe still lives); the resume takes it back to 0 detached and 1
+    resumed, in ?auto and in the HTML section alike."""
+    b1 = env.backend("b1")
+    start(env, [b1], lines=["WSPersistResumeWindow 30"])
+    cid = new_id()
+
+    async def run():
+        assert sessions(pool_line(env)) == {
+            "detached": 0, "resumed": 0, "expired": 0}
+        ws = await connect(env, cid)
+        await echo(ws, "one")
+        abort(ws)
+        await await_until(lambda: pool_line(env)["detached"] == 1, 20,
+                          what="the session counted detached")
+        f = pool_line(env)
+        assert sessions(f) == {"detached": 1, "resumed": 0, "expired": 0}
+        assert f["pipes"] == 1, "a detached session keeps its pipe"
+        assert html_sessions(env) == {"pipes": 1, "detached": 1,
+                                      "resumed": 0, "expired": 0}
+        async with connect(env, cid, extra_headers={
+                "X-WS-Persist-Received": "1"}) as ws2:
+            await echo(ws2, "two")
+            assert sessions(pool_line(env)) == {
+                "detached": 0, "resumed": 1, "expired": 0}
+            assert html_sessions(env) == {"pipes": 1, "detached": 0,
+                                          "resumed": 1, "expired": 0}
+    asyncio.run(run())
+    assert env.httpd.log_lines(r"client %s .*session resumed" % cid)
+
+
+def test_expired_sessions_are_counted(env):
+    """A detached session whose window runs out ends: expired 1,
+    detached 0, its pipe gone."""
+    b1 = env.backend("b1")
+    start(env, [b1], lines=["WSPersistResumeWindow 1"])
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid)
+        await echo(ws, "one")
+        abort(ws)
+        await await_until(lambda: b1.closes(cid), 20,
+                          what="the backend's close after the window")
+        await await_until(lambda: pool_line(env)["expired"] == 1, 20,
+                          what="the session counted expired")
+        f = pool_line(env)
+        assert sessions(f) == {"detached": 0, "resumed": 0, "expired": 1}
+        assert html_sessions(env)["expired"] == 1
+        await await_until(lambda: pool_line(env)["pipes"] == 0, 20,
+                          what="the expired session's pipe counted out")
+    asyncio.run(run())
+    assert [c["code"] for c in b1.closes(cid)] == [1001]
