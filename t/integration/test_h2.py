@@ -751,6 +751,42 @@ def test_h2_replace_mode_takeovers(env):
     assert len(b1.opens(cid)) == 1
 
 
+def test_h2_stream_reset_detaches_and_resumes(env):
+    """WSPersistResumeWindow: an h2 WebSocket whose stream is reset
+    detaches its session (it held an h2 worker, which goes on with it);
+    the same h2 connection's other stream works meanwhile, and an
+    HTTP/1.1 connection resumes the session with its count: every
+    message after it, once, in order, on the same backend connection."""
+    b1 = env.backend("b1")
+    start(env, [b1], False, "WSPersistResumeWindow 30")
+    cid = new_id()
+    c = H2Client(env)
+    try:
+        ws = H2WS(c, cid)
+        assert hget(ws.headers, "x-ws-persist-session") == "new", ws.headers
+        ws.send("count:60:5")
+        got = [ws.recv() for _ in range(10)]
+        c.reset(ws.sid)
+        c.pump(0.2)
+        wait_until(lambda: env.httpd.log_lines(
+            r"client %s .*session detached" % cid), 15, what="detached")
+        H2WS(c, new_id()).echo("another stream")
+    finally:
+        c.close()
+
+    async def resume():
+        async with connect(env, cid, extra_headers={
+                "X-WS-Persist-Received": str(len(got))}) as ws1:
+            assert hget(ws1.response_headers,
+                        "X-WS-Persist-Session") == "resumed"
+            return [await asyncio.wait_for(ws1.recv(), 20)
+                    for _ in range(60 - len(got))]
+
+    got += asyncio.run(resume())
+    assert got == ["c%d" % i for i in range(1, 61)]
+    assert len(b1.opens(cid)) == 1
+
+
 def test_h2_graceful_stop_closes_with_1001(env):
     """graceful-stop with an h2 WebSocket open: it is relayed on while the
     server stops, closed with 1001 ("server stopping") on both hops a
