@@ -11,6 +11,8 @@ import os
 import random
 import re
 import socket
+import ssl
+import struct
 import subprocess
 import threading
 from pathlib import Path
@@ -466,3 +468,35 @@ def test_hung_tls_handshake_times_out(env, pki):
                                        r"timed out")) >= 2
     finally:
         hung.close()
+
+
+def test_session_resumes_over_wss_on_both_hops(env, pki):
+    """WSPersistResumeWindow with TLS on both hops: a wss:// client whose
+    connection is reset resumes its session, kept on the same wss://
+    backend connection, with every message after its count."""
+    b1 = tls_backend(env, "b1", pki.good)
+    env.start_httpd(proxy_tls(pki) + env.location(
+        "/ws/", [b1], "WSPersistResumeWindow 30"), ssl=True)
+    ctx = ssl.create_default_context(cafile=str(env.make_cert()))
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid, scheme="wss", ssl=ctx)
+        await ws.send("count:80:2")
+        got = [await asyncio.wait_for(ws.recv(), 20) for _ in range(25)]
+        sock = ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack("ii", 1, 0))
+        ws.transport.abort()
+        await asyncio.sleep(0.3)
+        async with connect(env, cid, scheme="wss", ssl=ctx, extra_headers={
+                "X-WS-Persist-Received": str(len(got))}) as ws2:
+            assert hget(ws2.response_headers,
+                        "X-WS-Persist-Session") == "resumed"
+            got += [await asyncio.wait_for(ws2.recv(), 20)
+                    for _ in range(80 - len(got))]
+            await echo(ws2, "still there")
+        return got
+
+    assert asyncio.run(run()) == ["c%d" % i for i in range(1, 81)]
+    assert len(b1.opens(cid)) == 1
