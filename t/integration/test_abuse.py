@@ -40,8 +40,9 @@ from wsp_abuse import (KB, MB, STATUS, Checks, CpuWindow, Flooder, Probe,
                        fd_extra, fd_targets, fds, frame, mb, probe_problems,
                        raw_client, rss, run_sessions, save, settled_fds,
                        status_pipes)
-from wsp_env import (CRASH_RE, DRIVER, close_payload, connect, echo,
-                     new_id, send_request, upgrade_headers, wait_until)
+from wsp_env import (CRASH_RE, DRIVER, MODDIR, close_payload, connect,
+                     echo, hget, new_id, send_request, upgrade_headers,
+                     wait_until)
 from wsp_hostile import child_pid, hostile
 from wsp_manage import MANAGER, applied, backend_of, state
 
@@ -1143,3 +1144,278 @@ def test_many_short_sessions(env, fig):
             "warm-up" % (fig["fds_after"], before_fds))
     c.memory("RSS", rss(env) - before_rss, 16 * MB)
     c.done()
+
+
+# ---------------------------------------------------------------------------
+# 15. The rows of issue 9's table that are not floods: replace mode's
+# subprotocol and headers, the manager through DNS rebinding, HTTP/2
+# streams. Each records what the proxy gave the abuser, so that a run
+# against another build (WSP_MODULE) shows the difference.
+
+
+def _whoami_raw(ws, timeout=5):
+    """whoami on a raw client: the backend's JSON, or None."""
+    try:
+        ws.send(ws.OP_TEXT, b"whoami")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            f = ws.recv_frame(max(0.1, deadline - time.monotonic()))
+            if f is None or f[2] == ws.OP_CLOSE:
+                return None
+            if f[2] == ws.OP_TEXT and f[3].startswith(b"{"):
+                return json.loads(f[3])
+    except (OSError, socket.timeout, AssertionError):
+        pass
+    return None
+
+
+def test_replace_with_other_subprotocol_and_cookies(env, fig):
+    """WSPersistDuplicateClient replace: a connection that offers the
+    session's subprotocol takes the pipe over, and the backend after a
+    failover gets its Cookie and Authorization, not the replaced
+    client's; then a connection that offers another subprotocol gets 400
+    (not a 101 naming the session's, which a client must fail) and the
+    live client keeps its pipe. The probe gets every echo."""
+    b1 = env.backend("b1", subprotocols=["chat", "other"])
+    b2 = env.backend("b2", subprotocols=["chat", "other"])
+    good = env.backend("good")
+    start(env, ("/ws/", [b1, b2], "WSPersistDuplicateClient replace"),
+          ("/ok/", [good]))
+    backends = {"b1": b1, "b2": b2}
+    probe = Probe(env, "/ok/").start()
+    cid = new_id()
+    env.expect_failover(cid)
+    env.expect_refused(b1, cid)
+    env.expect_refused(b2, cid)
+    sampler = Sampler(env).start()
+    port, path = env.httpd.port, "/ws/" + cid
+
+    first = Raw(port, path)
+    r = first.handshake(Sec_WebSocket_Protocol="chat", Cookie="who=first",
+                        Authorization="Bearer first")
+    assert r.status == 101, r
+    assert _whoami_raw(first), "no whoami answer on the first connection"
+
+    second = Raw(port, path)
+    r = second.handshake(Sec_WebSocket_Protocol="chat", Cookie="who=second",
+                         Authorization="Bearer second")
+    fig["second_status"] = r.status
+    headers = None
+    if r.status == 101:
+        now = _whoami_raw(second)
+        if now:
+            backends[now["name"]].kill()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                again = _whoami_raw(second, 2)
+                if again and again["name"] != now["name"]:
+                    headers = again["headers"]
+                    break
+                if second.tcp_state() != 1:
+                    break
+    fig["after_failover"] = {
+        "Cookie": hget(headers, "Cookie") if headers else None,
+        "Authorization": hget(headers, "Authorization") if headers
+        else None}
+
+    other = Raw(port, path)
+    r = other.handshake(Sec_WebSocket_Protocol="other", Cookie="who=other",
+                        Authorization="Bearer other")
+    fig["other_subprotocol"] = {
+        "status": r.status,
+        "subprotocol": r.header("Sec-WebSocket-Protocol")}
+    if r.status == 101:
+        # a 101 naming a subprotocol it did not offer: the client fails
+        # the connection (RFC 6455 4.1)
+        other.reset()
+    else:
+        other.close()
+    time.sleep(0.5)
+    fig["live_client_kept_pipe"] = bool(_whoami_raw(second))
+    for ws in (first, second):
+        ws.close()
+    sampler.stop()
+    pfig = probe.stop()
+    fig["rss_growth_mb"] = mb(sampler.rss_growth)
+    c = Checks(fig)
+    c.check(fig["second_status"] == 101, "the takeover got %r"
+            % fig["second_status"])
+    c.check(fig["after_failover"] == {"Cookie": "who=second",
+                                      "Authorization": "Bearer second"},
+            "the backend after the failover got %r, expected the new "
+            "connection's headers" % fig["after_failover"])
+    c.check(fig["other_subprotocol"]["status"] == 400, "another "
+            "subprotocol got %r, expected 400" % fig["other_subprotocol"])
+    c.check(fig["live_client_kept_pipe"], "the live client lost its pipe "
+            "to a connection with another subprotocol")
+    c.memory("RSS", sampler.rss_growth, PIPE_BOUND)
+    probe_checks(c, fig, pfig)
+    c.done()
+
+
+# a page served as evil.example, whose name the attacker then points at
+# 127.0.0.1: the browser sends the page's own name as Host, Origin and
+# Referer
+REBIND_HOST = "evil.example"
+
+
+def test_manager_dns_rebinding(env, fig):
+    """A page on a foreign host name reaches the manager (behind Require
+    ip 127.0.0.1) through DNS rebinding: its GET gets 421 without the
+    nonce, its POSTs (add its own backend, disable the real one, with
+    the nonce it would need, Origin and Referer matching its Host) get
+    421 and change nothing, every answer forbids framing, and the next
+    client's Cookie goes to the real backend."""
+    from wsp_manage import post, request
+    real = env.backend("real")
+    evil = env.backend("evil")
+    good = env.backend("good")
+    start(env, ("/ws/", [real]), ("/ok/", [good]), manager=True)
+    probe = Probe(env, "/ok/").start()
+    authority = "%s:%d" % (REBIND_HOST, env.httpd.port)
+    page = {"Host": authority, "Origin": "http://" + authority,
+            "Referer": "http://%s/ws-manager" % authority}
+    status, headers, body = request(env, "GET", headers=dict(
+        page, Accept="application/json"))
+    nonce = None
+    if status == 200:
+        try:
+            nonce = json.loads(body).get("nonce")
+        except ValueError:
+            pass
+    fig["get"] = {"status": status, "nonce_leaked": bool(nonce),
+                  "x_frame_options": headers.get("x-frame-options"),
+                  "csp": headers.get("content-security-policy")}
+    posts = {}
+    for action, url in (("add", evil.url), ("disable", real.url)):
+        s, h, _ = post(env, action, url, nonce=nonce or "0" * 32,
+                       headers=page)
+        posts[action] = {"status": s,
+                         "x_frame_options": h.get("x-frame-options")}
+    fig["posts"] = posts
+    doc = state(env)
+    fig["evil_added"] = backend_of(doc, evil.url) is not None
+    fig["real_state"] = (backend_of(doc, real.url) or {}).get("state")
+    cid = new_id()
+    ws = Raw(env.httpd.port, "/ws/" + cid)
+    r = ws.handshake(Cookie="session=secret")
+    who = _whoami_raw(ws) if r.status == 101 else None
+    ws.close()
+    fig["next_client"] = {"status": r.status,
+                          "on": who["name"] if who else None}
+    pfig = probe.stop()
+    c = Checks(fig)
+    c.check(status == 421 and not nonce, "the foreign Host's GET got %d%s"
+            % (status, " with the nonce" if nonce else ""))
+    c.check(fig["get"]["x_frame_options"] == "DENY", "no X-Frame-Options "
+            "DENY on the answer")
+    for action, p in posts.items():
+        c.check(p["status"] == 421, "the foreign Host's %s got %d"
+                % (action, p["status"]))
+    c.check(not fig["evil_added"], "the attacker's backend was added")
+    c.check(fig["real_state"] == "ok", "the real backend is %r"
+            % fig["real_state"])
+    c.check(fig["next_client"]["on"] == "real", "the next client went to "
+            "%r" % (fig["next_client"],))
+    probe_checks(c, fig, pfig)
+    c.done()
+
+
+H2_CONF = """\
+LoadModule http2_module {moddir}/mod_http2.so
+Protocols h2 h2c http/1.1
+H2WebSockets on
+""".format(moddir=MODDIR)
+# Streams per h2c connection, and connections. Five: mod_http2 (2.4.71)
+# served at most six WebSocket streams of one connection at once here,
+# the seventh waiting for one of them to end (its per-connection
+# processing limit, not H2MaxSessionStreams).
+H2_STREAMS, H2_CONNS = 5, 2
+
+
+def test_h2_streams_leave_no_orphan(env, fig):
+    """RFC 8441 WebSockets (H2WebSockets on): 5 streams on each of two
+    h2c connections each get an echo; on one connection they end by
+    RST_STREAM, the other connection is reset under its streams.
+    Afterwards no pipe is left but the probe's, every backend connection
+    is closed, and every client id connects again over HTTP/1.1 (no 409
+    from an orphaned pipe); the probe gets every echo."""
+    from test_h2 import H2Client, H2WS
+    be = env.backend("b1")
+    good = env.backend("good")
+    start(env, ("/ws/", [be]), ("/ok/", [good]), extra=H2_CONF)
+    probe = Probe(env, "/ok/").start()
+    base = status_pipes(env)           # the probe's
+    sampler = Sampler(env).start()
+    ids, outcomes, conns = [], {}, []
+    for k in range(H2_CONNS):
+        c = H2Client(env)
+        socks = []
+        for n in range(H2_STREAMS):
+            cid = new_id()
+            ids.append(cid)
+            # an old build answers 200 and resets the stream: whatever
+            # happens is recorded, not raised
+            try:
+                ws = H2WS(c, cid)
+            except Exception as e:   # noqa: BLE001 - recorded
+                outcomes[cid] = "not 200: %s %s" % (type(e).__name__,
+                                                     str(e)[:60])
+                continue
+            try:
+                ws.echo("h2 %d %d" % (k, n), timeout=5)
+                outcomes[cid] = "echo"
+            except Exception as e:   # noqa: BLE001 - recorded
+                outcomes[cid] = "200, then %s %s" % (type(e).__name__,
+                                                      str(e)[:40])
+            socks.append(ws)
+        conns.append((c, socks))
+    fig["h2_outcomes"] = collections_count(outcomes.values())
+    fig["pipes_while_open"] = status_pipes(env) - base
+    c, socks = conns[0]
+    for ws in socks:
+        try:
+            c.reset(ws.sid)
+            c.pump(0.05)
+        except Exception:   # noqa: BLE001 - a stream the server reset
+            pass
+    for c, _ in conns:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                          struct.pack("ii", 1, 0))
+        c.sock.close()
+    try:
+        wait_until(lambda: status_pipes(env) == base, 15,
+                   what="the pipes of the ended streams gone")
+    except AssertionError:
+        pass
+    fig["pipes_after"] = status_pipes(env) - base
+    fig["backend_open_after"] = len(be.opens()) - len(be.closes())
+    again = {}
+    for cid in ids:
+        ws = Raw(env.httpd.port, "/ws/" + cid)
+        again[cid] = ws.handshake().status
+        ws.close()
+    fig["http11_again"] = collections_count(again.values())
+    sampler.stop()
+    pfig = probe.stop()
+    fig["rss_growth_mb"] = mb(sampler.rss_growth)
+    ch = Checks(fig)
+    total = H2_STREAMS * H2_CONNS
+    ch.check(fig["h2_outcomes"] == {"echo": total}, "h2 streams: %r"
+             % fig["h2_outcomes"])
+    ch.check(fig["pipes_after"] == 0, "%d pipes orphaned"
+             % fig["pipes_after"])
+    ch.check(fig["backend_open_after"] == 0, "%d backend connections "
+             "still open" % fig["backend_open_after"])
+    ch.check(set(again.values()) == {101}, "the ids again over HTTP/1.1: "
+             "%r" % fig["http11_again"])
+    ch.memory("RSS", sampler.rss_growth, PIPE_BOUND)
+    probe_checks(ch, fig, pfig)
+    ch.done()
+
+
+def collections_count(values):
+    out = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out

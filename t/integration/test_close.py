@@ -4,6 +4,7 @@ the pipe; a client close is passed to the backend; a client that vanishes
 gets its backend closed with 1001."""
 
 import asyncio
+import re
 
 import pytest
 import websockets
@@ -102,6 +103,80 @@ def test_failover_codes_directive(env):
         await ws.send("close:1012:restart")
         assert await closed(ws) == (1012, "restart")
     asyncio.run(run())
+
+
+def test_backend_1010_is_not_relayed(env):
+    """1010 is a client's code (RFC 6455 7.4.1: the server did not offer an
+    extension the client needs): a backend that closes with it broke the
+    protocol. The client never sees 1010; the proxy answers the backend
+    with 1002 and the pipe fails over to the other backend."""
+    backends = two_backends(env, *SLOW_RETRY)
+    cid = new_id()
+    why = r"its close frame broke the protocol: 1002 \(protocol error\)"
+    env.expect_failover(cid, why=why, messages="0")
+
+    async def run():
+        ws = await connect(env, cid)
+        me = await whoami(ws)
+        await ws.send("close:1010:need ext")
+        await until_closed(backends[me["name"]], cid)
+        me2 = await whoami(ws)
+        assert me2["name"] != me["name"]
+        assert ws.open, "the client was closed (%r)" % ws.close_code
+        await echo(ws, "still here")
+        await ws.close()
+        return backends[me["name"]]
+    bad = asyncio.run(run())
+    assert env.httpd.log_lines(r"client %s .*%s" % (cid, why))
+    c = bad.closes(cid)
+    assert (c[0]["by"], c[0]["code"]) == ("us", 1002), \
+        "the backend's 1010 was not answered with 1002: %r" % c
+
+
+def _log_text(raw):
+    """What the error log shows of a peer's bytes: the module writes
+    printable ASCII as it is, anything else and quotes and backslashes as
+    \\xHH; httpd's error log then doubles each backslash."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b not in b'"\\'
+                   else "\\\\x%02x" % b for b in raw)
+
+
+# valid UTF-8 (no 1007) that would forge a line, colour the terminal and
+# end the quoted reason early if written as it is
+FORGED = 'x"\\\nAH00000: [core:error] forged\x1b[31m\u00e9'
+
+
+@pytest.mark.parametrize("code", [1000, 1012])
+def test_backend_close_reason_escaped_in_log(env, code):
+    """A backend's close reason reaches the error log only escaped,
+    whether the close ends the session (its debug line) or moves the
+    pipe (its failover warning)."""
+    backends = two_backends(env, *SLOW_RETRY)
+    cid = new_id()
+    shown = re.escape(_log_text(FORGED.encode()))
+    if code == 1012:
+        env.expect_failover(cid, why=r'close 1012 "%s"' % shown,
+                            messages="0")
+
+    async def run():
+        ws = await connect(env, cid)
+        me = await whoami(ws)
+        await ws.send("close:%d:%s" % (code, FORGED))
+        if code == 1000:
+            assert await closed(ws) == (1000, FORGED)
+        else:
+            await until_closed(backends[me["name"]], cid)
+            me2 = await whoami(ws)
+            assert me2["name"] != me["name"]
+            await ws.close()
+    asyncio.run(run())
+    lines = env.httpd.log_lines(r"client %s " % cid)
+    assert [l for l in lines if ('%d \"%s\"' % (code, _log_text(
+        FORGED.encode()))) in l], "no line names the escaped reason:\n" \
+        + "\n".join(lines)
+    for line in env.httpd.log_lines():
+        assert all(32 <= ord(ch) < 127 for ch in line), repr(line)
+        assert not line.startswith("AH00000"), "a forged line: %r" % line
 
 
 def test_client_close_passed_to_backend(env):
