@@ -500,3 +500,38 @@ def test_session_resumes_over_wss_on_both_hops(env, pki):
 
     assert asyncio.run(run()) == ["c%d" % i for i in range(1, 81)]
     assert len(b1.opens(cid)) == 1
+
+
+def test_takeover_during_a_backend_tls_handshake(env, pki):
+    """A replace takeover while the pipe's failover is in the middle of a
+    TLS handshake with a wss:// backend (mod_ssl runs it on a coroutine of
+    the driver thread's own): the old driver ends that handshake, the new
+    one starts afresh, and the session goes on on the next backend."""
+    a = tls_backend(env, "a", pki.good)
+    hung = HungServer(env)
+    c = TlsBackend(env, "c", env.port(), pki.good)
+    env.backends.append(c)
+    env.start_httpd(proxy_tls(pki) + env.location(
+        "/ws/", [a, hung, c], "WSPersistDuplicateClient replace",
+        "WSPersistConnectTimeout 20", "WSPersistRetry 50ms 200ms"),
+        ssl=True)
+    cid = new_id()
+    env.expect_failover(cid, a)
+    env.expect_refused(c, cid)
+    env.expect_warn(r"client %s \(\S+\) backend %s: handshake failed: "
+                    r"handshake timed out" % (cid, re.escape(hung.url)))
+
+    async def run():
+        ws = await connect(env, cid)
+        await echo(ws, "on a")
+        a.kill()
+        await await_until(lambda: hung.hellos() >= 1, 15,
+                          what="a TLS handshake with the hung backend")
+        async with connect(env, cid) as ws2:
+            c.start()
+            await echo(ws2, "after the takeover", timeout=40)
+            me = await whoami(ws2)
+        return me
+
+    assert asyncio.run(run())["name"] == "c"
+    hung.close()
