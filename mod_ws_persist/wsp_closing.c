@@ -16,7 +16,9 @@ void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
     cl->gone = 1;
     apr_brigade_cleanup(cl->out);
     cl->out_bytes = 0;
-    if (wsp_closing(p)) {
+    /* a client being let go for a newer connection (its 1008 may fail
+     * to go out) takes nothing with it: the session is the newer one's */
+    if (wsp_closing(p) || p->handover == WSP_HANDOVER_HANDING) {
         return;
     }
     if (p->resumable && cl->upgraded && !cl->close_sent

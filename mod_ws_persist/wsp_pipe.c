@@ -425,9 +425,10 @@ apr_status_t wsp_pipe_create(wsp_pipe_t **out, request_rec *r,
     p->b = &p->hops[0];
     p->b2 = &p->hops[1];
     p->b->in.msg = apr_brigade_create(pool, p->ba);
-    if (conf->resume_window > 0) {
+    if (conf->resume_window > 0 && conf->id_source != WSP_ID_GENERATE) {
         /* backend messages outlive client connections: they are built in
-         * the pipe's memory, and the spare brigade of moves is its own */
+         * the pipe's memory, and the spare brigade of moves is its own.
+         * A generated id is never sent again: no session could resume. */
         p->resumable = 1;
         wsp_retain_init(&p->rt, p->ba, conf->resume_buffer);
         p->rspare = apr_brigade_create(pool, p->ba);
@@ -495,6 +496,28 @@ void wsp_pipe_upgraded(wsp_pipe_t *p)
     cl->more_input = 1;
 }
 
+/* The pipe goes to another driver: a backend handshake under way stays
+ * with this thread (mod_ssl's runs on a coroutine of its stack) and is
+ * ended, the next driver starts afresh. An open second backend (a
+ * draining one still sending its last messages, or a replacement
+ * waiting for a message boundary) goes along when its frames are the
+ * pipe's (a resumable session); otherwise they are the old client's
+ * memory, and it is let go. */
+static void wsp_pipe_let_hops_go(wsp_pipe_t *p)
+{
+    if (p->b2->bc && (!p->resumable || p->b2->bc->state != WSP_BC_OPEN)) {
+        if (p->b2->retiring) {
+            WSP_LOG(p, APLOG_DEBUG, 0, "draining backend %s let go (the "
+                    "pipe changes connections)", p->b2->be->url);
+        }
+        wsp_aux_end(p);
+    }
+    if (p->b->bc && p->b->bc->state != WSP_BC_OPEN) {
+        wsp_bhop_end(p, p->b);
+        p->retry_at = 0;
+    }
+}
+
 void wsp_pipe_detach(wsp_pipe_t *p)
 {
     wsp_hop_t *cl = p->client;
@@ -502,14 +525,8 @@ void wsp_pipe_detach(wsp_pipe_t *p)
     apr_size_t n;
 
     if (!cl) {
-        /* detached: the backend hop stays as it is (its frames are the
-         * pipe's), a handshake under way does not (see below) */
         WSP_LOG(p, APLOG_DEBUG, 0, "a new connection resumes the session");
-        wsp_aux_end(p);
-        if (p->b->bc && p->b->bc->state != WSP_BC_OPEN) {
-            wsp_bhop_end(p, p->b);
-            p->retry_at = 0;
-        }
+        wsp_pipe_let_hops_go(p);
         return;
     }
     WSP_LOG(p, APLOG_INFO, 0, "a newer connection takes the pipe over: "
@@ -521,13 +538,7 @@ void wsp_pipe_detach(wsp_pipe_t *p)
         cl->close_sent = 1;
         wsp_client_flush(p, apr_time_now());
     }
-    wsp_aux_end(p);
-    /* a backend handshake under way stays with this thread (mod_ssl's
-     * runs on a coroutine of its stack): the next driver starts afresh */
-    if (p->b->bc && p->b->bc->state != WSP_BC_OPEN) {
-        wsp_bhop_end(p, p->b);
-        p->retry_at = 0;
-    }
+    wsp_pipe_let_hops_go(p);
     /* what this thread allocated stays with it */
     wsp_hop_drop(&cl->in);
     p->client = NULL;

@@ -546,3 +546,91 @@ def test_resume_in_another_child_gets_4410(env):
     assert env.httpd.log_lines(r"client %s .*resume refused \(no such "
                                r"session in this process\)" % cid)
     assert len(a.opens(cid)) == 1
+
+
+def test_reset_and_resume_at_once_again_and_again(env):
+    """A client that resets its connection and comes back at once, before
+    the proxy has seen the reset: the resume takes the half-open
+    connection over (its 1008 cannot be written, which must not end the
+    session), 60 times in a row, every message once and in order."""
+    a = env.backend("a")
+    env.start_httpd(env.location("/ws/", [a], WINDOW))
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid, max_queue=None)
+        await ws.send("count:100000:1")
+        n = 0
+        for i in range(60):
+            for _ in range(20):
+                n += 1
+                assert await recv(ws, 10) == counted(n), (i, n)
+            abort(ws)
+            try:
+                while True:                 # what had arrived already
+                    m = await ws.recv()
+                    n += 1
+                    assert m == counted(n), (i, n)
+            except websockets.ConnectionClosed:
+                pass
+            ws = await resume(env, cid, n, max_queue=None)
+            assert session_of(ws) == "resumed", i
+        await ws.close()
+        return n
+
+    assert asyncio.run(run()) >= 1200
+    assert not env.httpd.log_lines(r"client %s .*resume refused" % cid)
+    assert len(a.opens(cid)) == 1
+
+
+def test_resume_while_the_old_backend_retires(env):
+    """The session moves off a draining backend and its client drops
+    while the old backend still sends its last messages: the resume
+    keeps that retiring connection (its frames are the pipe's), which
+    delivers them and gets its 1001; nothing is cut, every message
+    arrives once and in order."""
+    from wsp_manage import MANAGER, applied
+    a, b = env.backend("a"), env.backend("b")
+    env.start_httpd(MANAGER + env.location("/ws/", [a, b], WINDOW,
+                                           "WSPersistConnectTimeout 5"))
+    cid = new_id()
+
+    async def run():
+        ws = await connect(env, cid, max_queue=None)
+        me = await whoami(ws)
+        old = a if me["name"] == "a" else b
+        await ws.send("count:400:10")
+        got = [await recv(ws) for _ in range(20)]
+        old.pause()                 # its last messages wait in it
+        applied(env, "drain", old.url)
+        await await_until(lambda: env.httpd.log_lines(
+            r"client %s .*moved off draining backend" % cid), 15,
+            what="the switch to the replacement")
+        abort(ws)
+        try:
+            while True:
+                got.append(await ws.recv())
+        except websockets.ConnectionClosed:
+            pass
+        await await_until(lambda: detached(env, cid), 10,
+                          what="detached line")
+        # the count is of every backend message, the whoami answer too
+        async with resume(env, cid, len(got) + 1, max_queue=None) as ws2:
+            assert session_of(ws2) == "resumed"
+            old.resume()
+            await await_until(lambda: old.closes(cid), 15,
+                              what="the old backend's close")
+            await asyncio.sleep(0.3)
+            while True:
+                try:
+                    got.append(await asyncio.wait_for(ws2.recv(), 0.5))
+                except asyncio.TimeoutError:
+                    break
+        return old, got
+
+    old, got = asyncio.run(run())
+    assert got == [counted(i) for i in range(1, len(got) + 1)]
+    assert len(got) > 20
+    assert [c["code"] for c in old.closes(cid)] == [1001]
+    assert env.httpd.log_lines(r"client %s .*draining backend %s let go "
+                               r"\(closed\)" % (cid, re.escape(old.url)))
