@@ -4,7 +4,7 @@
     /usr/bin/python3 t/soak.py [--duration 120] [--clients 50]
         [--backends 3] [--rate 20] [--kill-every 0.3] [--driver event]
         [--children 2] [--drain-every 2] [--big-every 50] [--hang 0.03]
-        [--ack]
+        [--ack | --resume]
 
 Starts the real apache2 with the built module in front of --backends echo
 backends (t/soak_backend.py, each logging what it reads and echoes),
@@ -105,6 +105,38 @@ X-WS-Persist-Received and acknowledge every message: then the backends'
 session files must show every message sent processed exactly once, in
 order (0 lost, 0 twice, 0 out of order), kills and drains included. The
 buckets above still judge the echoes.
+
+With --resume (DESIGN §7) the run is --ack's, in one httpd child (the
+registry of sessions is per child: a session resumes only in the child
+that has it), and the location also has WSPersistResumeWindow 10s and
+WSPersistResumeBuffer 4M. Each client's own connection is aborted every
+2-5 s: it stops sending, waits until what it wrote has left its socket
+(nothing in its transport's buffer, nothing unacknowledged, SIOCOUTQ;
+one that is not out within 5 s fails the run) and 50-100 ms more, then
+ends the connection with a reset (SO_LINGER 0) or a FIN followed by a
+close, while echoes keep coming toward it. It reads what websockets had
+queued, then reconnects for its id at once, or (3 in 10) after up to
+1 s, giving the count of backend messages it received in the session:
+the header X-WS-Persist-Received for even clients, the query
+wsp_received=N for odd ones. The 101 must say X-WS-Persist-Session:
+resumed; then it sends on, numbering on. Clients 2-3 of every 4 also
+free kept messages now and then with a wsp-ack:N pong of their count.
+Kills and drains go on meanwhile, detached sessions included. Checks,
+on top of --ack's: every echo a client receives, across all its
+connections, exactly once and in order (duplicates and reordering fail
+as before); a missing echo passes only with the kill evidence above that
+it never reached the proxy whole (in flight at kill, cut by the reset;
+the other buckets cannot occur, as only processed messages count with
+WSPersistAck On). Nothing is allowed for a client's abort: an echo the
+proxy had and the client never got is "echo lost" or "unexplained".
+The table counts aborts, resumes (header, query, after a pause), and
+the proxy's lines: sessions detached, resumed (each count the proxy
+logged must be the one the client gave, resume by resume), takeovers
+and those of a connection the proxy still held open (closed 1008, as
+replace does: a resume can come before the proxy has seen the abort);
+any resume refused, resume without a count, detached
+session ended (window, limit), or connection closed 4410 fails the run,
+as does a run without resumes or detaches.
 """
 
 import argparse
@@ -139,6 +171,10 @@ MSG_RE = re.compile(r"^c(\d+):(\d+):")
 SOAK_BACKEND = Path(__file__).resolve().parent / "soak_backend.py"
 # a proxy that keeps a backend connection this long after its FIN fails
 FIN_HOLD_LIMIT = 15.0
+# --resume: the location's window, and what it keeps of written messages
+# (each client's connection is aborted every 2-5 s and resumed within 1 s)
+RESUME_WINDOW = "10s"
+RESUME_BUFFER = "4M"
 
 
 class SoakBackend(wsp_env.Backend):
@@ -164,12 +200,32 @@ class SoakBackend(wsp_env.Backend):
 
 
 class Client:
-    def __init__(self, k, env, rate, big):
+    def __init__(self, k, env, rate, big, resume=False):
         self.k = k
         self.env = env
         self.rate = rate
         self.big = big                 # chance of a large message
         self.id = new_id()
+        # --resume: the client's connection is aborted now and then, and
+        # it resumes the session, giving its count in a header (even k)
+        # or the query (odd k); odd k//2 also frees kept messages with
+        # wsp-ack:N pongs
+        self.resume = resume
+        self.count_how = "header" if k % 2 == 0 else "query"
+        self.client_acks = (k // 2) % 2 == 1
+        self.received = 0              # backend messages, this session
+        self.aborts = {"rst": 0, "fin": 0}
+        self.resumes = 0
+        self.delayed = 0               # resumes after a pause
+        self.not_flushed = 0           # aborts with output still ours
+        self.resume_log = []           # (time, count given) per resume
+        self.hold = False              # --resume: stop sending
+        self.go = asyncio.Event()
+        self.go.set()
+        self.in_send = False
+        self.aborting = None           # the connection being aborted
+        self.aborter = None
+        self.gone_4410 = 0             # connections closed "session gone"
         self.sent = 0
         self.sent_wall = {}            # seq -> time.time() sent
         self.sizes = {}                # seq -> length sent
@@ -191,28 +247,152 @@ class Client:
         except Exception as e:        # noqa: BLE001 - reported below
             self.dropped = "connect failed: %r" % e
             return
-        self.reader = asyncio.ensure_future(self.read())
+        if self.resume:
+            session = hget(self.ws.response_headers, "X-WS-Persist-Session")
+            if session != "new":
+                self.dropped = "first connection: X-WS-Persist-Session " \
+                    "%r, not 'new'" % session
+        self.reader = asyncio.ensure_future(self.read(self.ws))
+        if self.resume:
+            self.aborter = asyncio.ensure_future(self.abort_loop())
+        try:
+            await self.send_loop()
+        finally:
+            if self.aborter is not None:
+                await self.aborter
+
+    async def send_loop(self):
         try:
             period = 1.0 / self.rate
             while not self.stop and not self.dropped:
+                if self.hold:
+                    # --resume: an abort is coming or under way; the next
+                    # message goes on the resumed connection, numbered on
+                    await self.go.wait()
+                    continue
+                self.in_send = True
                 big = random.random() < self.big
                 pad = "x" * (random.randint(64 << 10, 512 << 10) if big
                              else random.randint(0, 2000))
                 msg = "c%d:%d:%s" % (self.k, self.sent, pad)
                 self.sent_wall[self.sent] = time.time()
                 self.sizes[self.sent] = len(msg)
-                if big:
-                    # now and then a large one, in fragments that take
-                    # their time: the proxy passes on each as it comes,
-                    # so kills find messages half written, which the
-                    # proxy must send again whole
-                    await self.ws.send(self.trickle(msg))
-                else:
-                    await self.ws.send(msg)
+                try:
+                    if big:
+                        # now and then a large one, in fragments that
+                        # take their time: the proxy passes on each as it
+                        # comes, so kills find messages half written,
+                        # which the proxy must send again whole
+                        await self.ws.send(self.trickle(msg))
+                    else:
+                        await self.ws.send(msg)
+                finally:
+                    self.in_send = False
                 self.sent += 1
                 await asyncio.sleep(period * random.uniform(0.5, 1.5))
         except websockets.ConnectionClosed as e:
             self.dropped = self.dropped or "closed while sending: %s" % e
+
+    # --resume ----------------------------------------------------------
+
+    async def abort_loop(self):
+        """Every 2-5 s: stop sending, wait until what the client wrote has
+        left its socket (the proxy's kernel acknowledged it all) and
+        50-100 ms more, abort the connection (a reset, or a FIN then a
+        close), and resume at once or after up to 1 s with the count of
+        backend messages received in this session. Echoes keep coming
+        until the abort: those the proxy wrote into the dying connection
+        and the client never read are what the resume must send again."""
+        try:
+            while not self.stop and not self.dropped:
+                until = time.monotonic() + random.uniform(2, 5)
+                while time.monotonic() < until and not self.stop:
+                    await asyncio.sleep(0.1)
+                    if self.client_acks and self.ws.open \
+                            and random.random() < 0.15:
+                        try:
+                            await self.ws.pong(b"wsp-ack:%d"
+                                               % self.received)
+                        except websockets.ConnectionClosed:
+                            pass
+                if self.stop or self.dropped:
+                    break
+                self.hold = True
+                self.go.clear()
+                while self.in_send:
+                    await asyncio.sleep(0.002)
+                if not await self.flushed():
+                    self.not_flushed += 1
+                await asyncio.sleep(random.uniform(0.05, 0.1))
+                if self.dropped:
+                    break
+                await self.abort_and_resume()
+                self.hold = False
+                self.go.set()
+        finally:
+            self.hold = False
+            self.go.set()
+
+    async def flushed(self, limit=5.0):
+        """Whether all the client wrote left its socket within limit s:
+        nothing in the transport's buffer, nothing unacknowledged in the
+        kernel's (SIOCOUTQ)."""
+        tr = self.ws.transport
+        sock = tr.get_extra_info("socket")
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            if tr.get_write_buffer_size() == 0:
+                q = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                struct.pack("i", 0))
+                if struct.unpack("i", q)[0] == 0:
+                    return True
+            await asyncio.sleep(0.005)
+        return False
+
+    async def abort_and_resume(self):
+        ws = self.ws
+        sock = ws.transport.get_extra_info("socket")
+        how = random.choice(("rst", "fin"))
+        self.aborting = ws
+        if how == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            struct.pack("ii", 1, 0))
+        else:
+            # a FIN; echoes still come until the close a moment later
+            # (which resets if any are unread)
+            sock.shutdown(socket.SHUT_WR)
+            await asyncio.sleep(random.uniform(0, 0.03))
+        ws.transport.abort()
+        self.aborts[how] += 1
+        # what websockets had queued is read; then the count is final
+        await self.reader
+        if random.random() < 0.3:
+            self.delayed += 1
+            await asyncio.sleep(random.uniform(0, 1.0))
+        n = self.received
+        try:
+            if self.count_how == "header":
+                new = await wsp_env.connect(
+                    self.env, self.id, max_queue=None,
+                    extra_headers={"X-WS-Persist-Received": str(n)})
+            else:
+                new = await wsp_env.connect(
+                    self.env, self.id, max_queue=None,
+                    query="wsp_received=%d" % n)
+        except Exception as e:        # noqa: BLE001 - reported below
+            self.dropped = self.dropped or "resume (%s %d) failed: %r" % (
+                self.count_how, n, e)
+            return
+        self.resume_log.append((time.time(), n))
+        self.ws = new
+        self.aborting = None
+        session = hget(new.response_headers, "X-WS-Persist-Session")
+        self.reader = asyncio.ensure_future(self.read(new))
+        if session != "resumed":
+            self.dropped = self.dropped or "resume (%s %d) answered " \
+                "X-WS-Persist-Session %r" % (self.count_how, n, session)
+            return
+        self.resumes += 1
 
     @staticmethod
     async def trickle(msg, size=32 << 10):
@@ -221,9 +401,10 @@ class Client:
                 await asyncio.sleep(random.uniform(0.002, 0.01))
             yield msg[i:i + size]
 
-    async def read(self):
+    async def read(self, ws):
         try:
-            async for m in self.ws:
+            async for m in ws:
+                self.received += 1
                 mt = MSG_RE.match(m)
                 if not mt or int(mt.group(1)) != self.k:
                     self.dropped = "foreign message %r" % m[:60]
@@ -241,14 +422,19 @@ class Client:
                 self.last = max(self.last, seq)
         except websockets.ConnectionClosed:
             pass
-        # the connection ended: only the soak's own close may end it
+        # the connection ended: only the soak's own close (or, --resume,
+        # its abort) may end it
+        if ws is self.aborting:
+            return
+        if ws.close_code == 4410:
+            self.gone_4410 += 1
         if not self.closing and not self.dropped:
             self.dropped = "closed %s%s" % (
-                self.close_text(),
+                self.close_text(ws),
                 " after the clients stopped sending" if self.stop else "")
 
-    def close_text(self):
-        ws = self.ws
+    def close_text(self, ws=None):
+        ws = ws or self.ws
         return "code %s reason %r" % (ws.close_code, ws.close_reason)
 
     async def close(self):
@@ -527,7 +713,7 @@ async def drainer(env, backends, args, stats):
 
 async def soak(args, env):
     backends = []
-    if args.ack:
+    if args.ack:            # also with --resume
         SoakBackend.state = env.root / "state"
         SoakBackend.state.mkdir(parents=True, exist_ok=True)
     for i in range(args.backends):
@@ -544,21 +730,27 @@ async def soak(args, env):
         "WSPersistConnectTimeout 10",
         "WSPersistRetry 100ms 2s",
         "WSPersistBufferLimit 5M",
-        *(["WSPersistAck On"] if args.ack else []))
+        *(["WSPersistAck On"] if args.ack else []),
+        *(["WSPersistResumeWindow %s" % RESUME_WINDOW,
+           "WSPersistResumeBuffer %s" % RESUME_BUFFER]
+          if args.resume else []))
         + "LogLevel warn ws_persist:debug\n")
     wsp_env.wait_until(lambda: len(env.httpd.children()) == args.children,
                        20, what="%d children" % args.children)
     child = env.httpd.children()
     clients = [Client(k, env, args.rate,
-                      1.0 / args.big_every if args.big_every > 0 else 0)
+                      1.0 / args.big_every if args.big_every > 0 else 0,
+                      args.resume)
                for k in range(args.clients)]
     tasks = [asyncio.ensure_future(c.run()) for c in clients]
     stats = {"kill_list": [], "drains": 0, "freeze_failed": 0}
     t0 = time.monotonic()
     print("soak: %d clients, %d backends, %d children, %d s, a kill every "
-          "%.2f s, a drain every %.2f s (driver %s)" % (
+          "%.2f s, a drain every %.2f s%s (driver %s)" % (
               args.clients, args.backends, args.children, args.duration,
-              args.kill_every, args.drain_every, wsp_env.DRIVER), flush=True)
+              args.kill_every, args.drain_every,
+              ", client aborts and resumes, window %s" % RESUME_WINDOW
+              if args.resume else "", wsp_env.DRIVER), flush=True)
     await asyncio.gather(chaos(env, backends, args, stats),
                          drainer(env, backends, args, stats))
     for c in clients:
@@ -943,6 +1135,48 @@ def state_account(clients, state):
     return out
 
 
+RESUMED_RE = re.compile(r"ws_persist: client ([0-9a-f-]{36}) .*session "
+                        r"resumed: the client received (\d+) message")
+
+
+def resume_account(clients, log):
+    """--resume: the clients' aborts and resumes, and the proxy's lines
+    for them; the counts the proxy logged must be the ones the clients
+    gave, resume by resume."""
+    out = {"rst": sum(c.aborts["rst"] for c in clients),
+           "fin": sum(c.aborts["fin"] for c in clients),
+           "not_flushed": sum(c.not_flushed for c in clients),
+           "resumes": sum(c.resumes for c in clients),
+           "header": sum(c.resumes for c in clients
+                         if c.count_how == "header"),
+           "query": sum(c.resumes for c in clients
+                        if c.count_how == "query"),
+           "delayed": sum(c.delayed for c in clients),
+           "gone": sum(c.gone_4410 for c in clients),
+           "detached": len(re.findall(r"\): session detached for", log)),
+           "took_over": len(re.findall(r"took over the live pipe", log)),
+           "half_open": len(re.findall(r"a newer connection takes the pipe "
+                                       r"over", log)),
+           "no_count": len(re.findall(r"session resumed without a count",
+                                      log)),
+           "refused": [l for l in log.splitlines()
+                       if "resume refused" in l],
+           "expired": [l for l in log.splitlines()
+                       if re.search(r"detached session ends|session ends "
+                                    r"\(.*4410", l)],
+           "mismatch": []}
+    counts = {}
+    for m in RESUMED_RE.finditer(log):
+        counts.setdefault(m.group(1), []).append(int(m.group(2)))
+    out["resumed"] = sum(len(v) for v in counts.values())
+    for c in clients:
+        want = [n for _, n in c.resume_log]
+        got = counts.get(c.id, [])
+        if got != want:
+            out["mismatch"].append((c.id, got, want))
+    return out
+
+
 def report(args, env, clients, stats, child, elapsed, stop_problems):
     log = env.httpd.log_text() if env.httpd else ""
     acc = account(clients, env.backends, stats["kill_list"], log, args.ack)
@@ -1026,6 +1260,34 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
              "nonzero"),
             ("  sent again, dropped by number (repeats)", repeats, None),
         ]
+    if args.resume:
+        ra = resume_account(clients, log)
+        rows += [
+            ("resume: client aborts (reset / FIN, then close)",
+             "%d/%d" % (ra["rst"], ra["fin"]), None),
+            ("  aborts with the client's output not yet out",
+             ra["not_flushed"], "nonzero"),
+            ("  resumes (101, X-WS-Persist-Session: resumed)",
+             ra["resumes"], "zero"),
+            ("    count in the header / in the query",
+             "%d/%d" % (ra["header"], ra["query"]), None),
+            ("    after a pause of up to 1 s", ra["delayed"], None),
+            ("  proxy: sessions detached", ra["detached"], "zero"),
+            ("  proxy: sessions resumed with a count", ra["resumed"],
+             None),
+            ("  proxy: takeovers (\"took over the live pipe\")",
+             ra["took_over"], None),
+            ("    of a connection still open (closed 1008)", ra["half_open"],
+             None),
+            ("  proxy: counts unlike the clients'", len(ra["mismatch"]),
+             "nonzero"),
+            ("  proxy: resumes without a count", ra["no_count"],
+             "nonzero"),
+            ("  proxy: resumes refused", len(ra["refused"]), "nonzero"),
+            ("  proxy: detached sessions ended", len(ra["expired"]),
+             "nonzero"),
+            ("  closed 4410 (session gone)", ra["gone"], "nonzero"),
+        ]
     failed = []
     print("\nsoak report (driver %s)" % wsp_env.DRIVER)
     print("  %-50s %10s  %-9s %s" % ("", "count", "rule", "verdict"))
@@ -1039,7 +1301,7 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
             key, v, "allowed" if allowed else rule,
             "FAIL" if bad else ("ok" if when else "")))
     for k, why in dropped[:10]:
-        print("  dropped: client %d: %s" % (k, why))
+        print("  dropped: client %d (%s): %s" % (k, clients[k].id, why))
     for l in crashes[:10]:
         print("  crash: %s" % l)
     for p in problems[:10]:
@@ -1059,12 +1321,31 @@ def report(args, env, clients, stats, child, elapsed, stop_problems):
         print("  client %d seq %d on %s (client %s)" % (
             ks[0], ks[1], c.label(), c.client_id))
 
+    if args.resume:
+        for cid, got, want in ra["mismatch"][:5]:
+            print("  resume counts of %s: proxy %s, client %s" % (
+                cid, got, want))
+        for l in (ra["refused"] + ra["expired"])[:10]:
+            print("  resume: %s" % l)
+
     def when(cl, seq):
         w = cl.sent_wall.get(seq, 0)
         return time.strftime("%H:%M:%S", time.localtime(w)) \
             + ".%06d" % (w % 1 * 1e6)
 
     if args.ack:
+        ranges = {}
+        for k, n in st["lost"]:
+            r = ranges.setdefault(k, [])
+            if r and r[-1][1] == n - 1:
+                r[-1][1] = n
+            else:
+                r.append([n, n])
+        for k, r in sorted(ranges.items())[:20]:
+            print("  state file: client %d (%s): never processed %s" % (
+                k, clients[k].id, ", ".join(
+                    "%d-%d" % tuple(x) if x[0] != x[1] else str(x[0])
+                    for x in r)))
         for what in ("lost", "twice", "out_of_order", "misnumbered"):
             for x in st[what][:10]:
                 print("  state file: %s: client %d seq %s" % (
@@ -1102,13 +1383,19 @@ def main():
     ap.add_argument("--big-every", type=float, default=50,
                     help="one message in this many (on average) is 64-512 "
                     "KB instead of up to 2 KB; 0: none")
-    ap.add_argument("--children", type=int, default=2)
+    ap.add_argument("--children", type=int, default=None,
+                    help="httpd children (default 2; --resume: 1, as the "
+                    "registry of sessions is per child)")
     ap.add_argument("--drain-every", type=float, default=2.0)
     ap.add_argument("--driver", choices=sorted(wsp_env.DRIVER_CONF),
                     default=wsp_env.DRIVER)
     ap.add_argument("--ack", action="store_true",
                     help="WSPersistAck On with backends that keep session "
                     "state: every message must be processed exactly once")
+    ap.add_argument("--resume", action="store_true",
+                    help="--ack, plus WSPersistResumeWindow: clients' "
+                    "connections are aborted and resumed; every message "
+                    "each way must arrive exactly once, in order")
     ap.add_argument("--keep", action="store_true",
                     help="keep the server root (logs) afterwards")
     ap.add_argument("--verbose", action="store_true",
@@ -1116,6 +1403,14 @@ def main():
     args = ap.parse_args()
     if args.backends < 2:
         ap.error("--backends must be at least 2")
+    if args.resume:
+        args.ack = True
+        if args.children not in (None, 1):
+            ap.error("--resume needs one child: a session can only be "
+                     "resumed in the child that has it")
+        args.children = 1
+    elif args.children is None:
+        args.children = 2
     wsp_env.DRIVER = args.driver
     root = Path(tempfile.mkdtemp(prefix="wsp-soak-"))
     os.chmod(root, 0o755)
