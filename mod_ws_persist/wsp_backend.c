@@ -19,6 +19,7 @@
 #include "mod_ws_persist.h"
 #include "wsp_backend.h"
 #include "wsp_resolve.h"
+#include "wsp_sock.h"
 #include "wsp_tls.h"
 
 const char *wsp_bconn_errtext(apr_pool_t *p, const char *what,
@@ -282,7 +283,7 @@ apr_status_t wsp_bconn_fill(wsp_bconn_t *bc)
     if (bc->tls) {
         return wsp_tls_fill(bc);
     }
-    rv = apr_socket_recv(bc->sock, (char *)bc->ibuf + bc->ilen, &n);
+    rv = wsp_sock_recv(bc->sock, (char *)bc->ibuf + bc->ilen, &n);
     bc->ilen += n;
     if (n > 0) {
         return APR_SUCCESS;
@@ -299,7 +300,7 @@ apr_status_t wsp_bconn_send(wsp_bconn_t *bc, const char *buf, apr_size_t *n)
         vec.iov_len = *n;
         return wsp_tls_sendv(bc, &vec, 1, n);
     }
-    return apr_socket_send(bc->sock, buf, n);
+    return wsp_sock_send(bc->sock, buf, n);
 }
 
 apr_status_t wsp_bconn_sendv(wsp_bconn_t *bc, const struct iovec *vec,
@@ -308,7 +309,7 @@ apr_status_t wsp_bconn_sendv(wsp_bconn_t *bc, const struct iovec *vec,
     if (bc->tls) {
         return wsp_tls_sendv(bc, vec, nvec, n);
     }
-    return apr_socket_sendv(bc->sock, vec, nvec, n);
+    return wsp_sock_sendv(bc->sock, vec, nvec, n);
 }
 
 int wsp_bconn_buffers_input(const wsp_bconn_t *bc)

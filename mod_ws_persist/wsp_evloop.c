@@ -28,6 +28,7 @@
 #include "wsp_loop.h"
 #include "wsp_registry.h"
 #include "wsp_shared.h"
+#include "wsp_sock.h"
 
 #define WSP_EV_SETTLE  apr_time_from_msec(100)
 #define WSP_EV_LINGER  apr_time_from_sec(2)
@@ -307,7 +308,7 @@ static void wsp_ev_linger(wsp_evloop_t *L, wsp_ev_t *ep, apr_time_t now)
 
     while (now < ep->linger_until) {
         apr_size_t n = sizeof(buf);
-        apr_status_t rv = apr_socket_recv(sock, buf, &n);
+        apr_status_t rv = wsp_sock_recv(sock, buf, &n);
 
         if (rv == APR_SUCCESS && n > 0
             && (total += n) < WSP_EV_LINGER_BUDGET) {

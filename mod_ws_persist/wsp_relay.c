@@ -7,6 +7,7 @@
 
 #include "wsp_pipe_int.h"
 #include "wsp_config.h"
+#include "wsp_sock.h"
 
 /* A control frame toward the backend, sent at the next frame boundary. */
 void wsp_backend_ctrl(wsp_pipe_t *p, int opcode,
@@ -445,7 +446,7 @@ static apr_status_t wsp_client_recv(wsp_pipe_t *p, apr_time_t now,
     wsp_hop_t *cl = p->client;
     unsigned char buf[WSP_DIRECT_CHUNK];
     apr_size_t n = want < sizeof(buf) ? want : sizeof(buf), used = 0;
-    apr_status_t rv = apr_socket_recv(cl->sock, (char *)buf, &n);
+    apr_status_t rv = wsp_sock_recv(cl->sock, (char *)buf, &n);
 
     *got = 0;
     *res = WSP_FEED_ALL;
