@@ -194,25 +194,8 @@ static void wsp_ev_forget_pipe(wsp_evloop_t *L, wsp_ev_t *ep)
 
 /* Last step: the MPM counts a suspended connection out when its pool
  * goes, so the state must say suspended then. */
-static void wsp_ev_release(wsp_evloop_t *L, wsp_ev_t *ep)
-{
-    conn_rec *c = ep->c;
-
-    wsp_ev_watch(L, ep, WSP_SOCK_CLIENT, NULL, 0);
-    wsp_ev_timer(L, ep, 0);
-    APR_RING_REMOVE(ep, link);
-    apr_thread_mutex_lock(L->lock);
-    L->count--;
-    apr_thread_mutex_unlock(L->lock);
-    if (c->cs) {
-        c->cs->state = CONN_STATE_SUSPENDED;
-    }
-    apr_pool_destroy(c->pool);        /* ep lived there too */
-}
-
-/* A detached session's entry leaves the loop (its pipe ended or was
- * resumed elsewhere). */
-static void wsp_ev_drop_detached(wsp_evloop_t *L, wsp_ev_t *ep)
+/* An entry leaves the loop: no socket, no timer, not counted. */
+static void wsp_ev_leave(wsp_evloop_t *L, wsp_ev_t *ep)
 {
     int i;
 
@@ -224,6 +207,24 @@ static void wsp_ev_drop_detached(wsp_evloop_t *L, wsp_ev_t *ep)
     apr_thread_mutex_lock(L->lock);
     L->count--;
     apr_thread_mutex_unlock(L->lock);
+}
+
+static void wsp_ev_release(wsp_evloop_t *L, wsp_ev_t *ep)
+{
+    conn_rec *c = ep->c;
+
+    wsp_ev_leave(L, ep);
+    if (c->cs) {
+        c->cs->state = CONN_STATE_SUSPENDED;
+    }
+    apr_pool_destroy(c->pool);        /* ep lived there too */
+}
+
+/* A detached session's entry leaves the loop (its pipe ended or was
+ * resumed elsewhere). */
+static void wsp_ev_drop_detached(wsp_evloop_t *L, wsp_ev_t *ep)
+{
+    wsp_ev_leave(L, ep);
     free(ep);
 }
 

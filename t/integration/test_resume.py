@@ -57,6 +57,13 @@ def detached(env, cid):
     return env.httpd.log_lines(r"client %s .*session detached" % cid)
 
 
+async def drop(env, ws, cid):
+    """Reset the client's connection and wait for the proxy's word that
+    the session is detached."""
+    abort(ws)
+    await await_until(lambda: detached(env, cid), 10, what="detached line")
+
+
 @pytest.mark.parametrize("how", ["header", "query"])
 def test_exact_replay_after_abort(env, how):
     """The client reads 20 of 200 counted messages, its connection is
@@ -72,9 +79,7 @@ def test_exact_replay_after_abort(env, how):
         assert session_of(ws) == "new"
         await ws.send("count:200:2")
         got = await take(ws, 20)
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         await asyncio.sleep(0.2)
         async with resume(env, cid, 20, how) as ws2:
             assert session_of(ws2) == "resumed"
@@ -102,9 +107,7 @@ def test_resume_count_never_reaches_the_backend(env):
         async with connect(env, cid, query="x=1") as ws:
             await ws.send("count:3:0")
             await take(ws, 3)
-            abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+            await drop(env, ws, cid)
         async with connect(env, cid, query="x=2&wsp_received=3&y=3") as ws2:
             assert session_of(ws2) == "resumed"
             me = await whoami(ws2)
@@ -191,9 +194,7 @@ def test_gap_beyond_resume_buffer_gets_4410(env):
         ws = await connect(env, cid)
         await ws.send("count:100:0:1000")
         got = await take(ws, 100)
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         async with resume(env, cid, 1) as ws2:
             res = await closed(ws2)
         return got, res
@@ -215,9 +216,7 @@ def test_count_beyond_what_was_sent_gets_4410(env):
     async def run():
         ws = await connect(env, cid)
         await echo(ws, "one")
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         async with resume(env, cid, 5) as ws2:
             return await closed(ws2)
 
@@ -242,9 +241,7 @@ def test_client_acks_free_kept_messages(env):
             await echo(ws, "acked")
         else:
             await echo(ws, "not acked")
-        abort(ws)
-        await await_until(lambda: detached(env, c), 10,
-                          what="detached line")
+        await drop(env, ws, c)
         async with resume(env, c, count) as ws2:
             if not ack:
                 first = await recv(ws2)
@@ -297,9 +294,7 @@ def test_resume_must_offer_the_pinned_subprotocol(env):
         ws = await connect(env, cid, subprotocols=["chat"])
         assert ws.subprotocol == "chat"
         await echo(ws, "x")
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         try:
             await resume(env, cid, 1, subprotocols=["v2"])
             raise AssertionError("a resume with another subprotocol was "
@@ -372,9 +367,7 @@ def test_failover_while_detached(env):
         await ws.send("count:50:0")
         got = await take(ws, 10)
         await await_until(lambda: a.events("counted"), 10, what="all sent")
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         await asyncio.sleep(0.3)             # the proxy has read them all
         a.kill()
         await await_until(lambda: b.opens(cid), 10,
@@ -402,9 +395,7 @@ def test_resume_forwards_the_new_request_headers(env):
         ws = await connect(env, cid, extra_headers={"Cookie": "s=old",
                                                     "Authorization": "A"})
         await echo(ws, "x")
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         async with connect(env, cid, extra_headers={
                 "X-WS-Persist-Received": "1", "Cookie": "s=new",
                 "Authorization": "B"}) as ws2:
@@ -440,9 +431,7 @@ def test_resume_without_count_sends_what_was_not_written(env):
         first = await recv(ws)
         ws.transport.pause_reading()
         await asyncio.sleep(0.5)
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         async with resume(env, cid) as ws2:
             assert session_of(ws2) == "resumed"
             rest = []
@@ -474,9 +463,7 @@ def test_wss_client_resumes(env):
         ws = await connect(env, cid, scheme="wss", ssl=ctx)
         await ws.send("count:100:1")
         got = await take(ws, 30)
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         async with resume(env, cid, 30, scheme="wss", ssl=ctx) as ws2:
             got += await take(ws2, 70)
         return got
@@ -494,9 +481,7 @@ def test_stop_ends_detached_sessions(env):
     async def run():
         ws = await connect(env, cid)
         await echo(ws, "x")
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
 
     asyncio.run(run())
     env.httpd.stop()
@@ -519,9 +504,7 @@ def test_resume_in_another_child_gets_4410(env):
         ws = await connect(env, cid)
         await echo(ws, "m")
         home, n, other, resumed_after = child_of(env, ws), 1, None, False
-        abort(ws)
-        await await_until(lambda: detached(env, cid), 10,
-                          what="detached line")
+        await drop(env, ws, cid)
         for _ in range(200):
             ws2 = await resume(env, cid, n)
             if session_of(ws2) != "resumed":
