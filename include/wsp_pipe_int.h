@@ -97,6 +97,7 @@ void wsp_begin_ending(wsp_pipe_t *p, apr_time_t now, const char *why);
 void wsp_client_close(wsp_pipe_t *p, apr_time_t now, int code,
                       const char *reason, apr_size_t rlen);
 void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code);
+void wsp_backend_going_away(wsp_pipe_t *p, const char *reason);
 void wsp_check_done(wsp_pipe_t *p, apr_time_t now);
 
 /* wsp_resume.c: sessions that outlive a client connection */

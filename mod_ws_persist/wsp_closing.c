@@ -22,8 +22,7 @@ void wsp_client_gone(wsp_pipe_t *p, apr_time_t now, const char *why,
         return;
     }
     if (p->resumable && cl->upgraded && !cl->close_sent
-        && !cl->close_rcvd && p->state != WSP_ST_FAILED
-        && p->state != WSP_ST_CONNECTING) {
+        && !cl->close_rcvd) {
         wsp_detach(p, now, why, rv);
         return;
     }
@@ -74,9 +73,16 @@ void wsp_client_violation(wsp_pipe_t *p, apr_time_t now, int code)
     /* its stream cannot be parsed any more: read nothing further (no
      * close reply can be found in it) and close once our close is out */
     p->client->close_rcvd = 1;
+    wsp_backend_going_away(p, "client error");
+}
+
+/* The session is over for the backend: an open one gets 1001 once what
+ * is queued for it is written, one still connecting is dropped. */
+void wsp_backend_going_away(wsp_pipe_t *p, const char *reason)
+{
     if (p->b->bc && p->b->bc->state == WSP_BC_OPEN) {
         p->b->close_pending = WSP_CLOSE_GOING_AWAY;
-        p->b->close_pending_reason = "client error";
+        p->b->close_pending_reason = reason;
     }
     else {
         wsp_backend_drop(p);

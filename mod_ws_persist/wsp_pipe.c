@@ -241,7 +241,6 @@ static void wsp_pipe_run_once(wsp_pipe_t *p,
         return;                       /* the driver sends the 101 first */
     }
     wsp_connect_timeout(p, now);
-    wsp_detached_step(p, now);
     wsp_pings(p, now);
     wsp_client_flush(p, now);
     wsp_backend_flush(p, now);

@@ -35,13 +35,7 @@ void wsp_detached_end(wsp_pipe_t *p, apr_time_t now, const char *why)
             "1001", why);
     wsp_session_undetach(p, 0);
     wsp_begin_ending(p, now, why);
-    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN) {
-        p->b->close_pending = WSP_CLOSE_GOING_AWAY;
-        p->b->close_pending_reason = "client went away";
-    }
-    else {
-        wsp_backend_drop(p);
-    }
+    wsp_backend_going_away(p, "client went away");
 }
 
 /* The session leaves the detached state: resumed, or over (it expired,
@@ -147,11 +141,5 @@ void wsp_pipe_gone(wsp_pipe_t *p, const char *why)
             "4410 and the backend with 1001", why);
     wsp_session_undetach(p, 0);
     wsp_client_close(p, now, WSP_CLOSE_SESSION_GONE, "session gone", 12);
-    if (p->b->bc && p->b->bc->state == WSP_BC_OPEN && !p->b->close_sent) {
-        p->b->close_pending = WSP_CLOSE_GOING_AWAY;
-        p->b->close_pending_reason = "session gone";
-    }
-    else {
-        wsp_backend_drop(p);
-    }
+    wsp_backend_going_away(p, "session gone");
 }
